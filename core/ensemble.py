@@ -1,0 +1,389 @@
+"""Step 6: the ensemble of group adapters: manifest, per-task weights, and shared inference.
+
+For task t the ensemble's choice logits are Σ_k α_{t,k} · logits_k(x), where logits_k is the
+base model with group adapter k. Weights "own" put 1 on t's own group adapter (one forward per
+example); weights "fit" are fitted per task on the simplex to minimise val NLL of the mixed
+logits, starting from "own" and never ending worse than it on val.
+
+Manifest `ensemble.json` (workspace root):
+  {"version": 1, "base_model": fingerprint, "quantization": "4bit",
+   "adapters": {"group-0": "adapters/group-0", ...}   (paths relative to the workspace),
+   "groups": [[task, ...], ...], "task_to_group": {task: group index},
+   "weights": {task: {adapter: weight}}, "weights_kind": "own" | "fit",
+   "fit": {task: {"val_nll_own", "val_nll_fit", ...}}   (only when fitted)}
+Inference loads the base once, all adapters into one PeftModel (by name), and per task runs only
+the adapters with nonzero weight (`set_adapter`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import GroupTuneError, StaleError
+from core.flops import Accounting, Meter, count_flops, padded_tokens, stage_entry
+from core.io import read_npy, write_npy
+from core.prompts import Encoded, encode_split, pad_batch
+from core.scoring import choice_logits, metrics_from_logits, model_device, with_mean
+
+MANIFEST = "ensemble.json"
+VERSION = 1
+SIMPLEX_TOL = 1e-6
+PRUNE_BELOW = 1e-3  # fitted weights this small are dropped: each costs a forward at inference
+
+
+def group_adapter_name(i: int) -> str:
+    return f"group-{i}"
+
+
+# --- manifest -------------------------------------------------------------------------------
+
+
+def own_weights(groups: list[list[str]]) -> dict[str, dict[str, float]]:
+    """Default weights: each task puts 1 on its own group's adapter."""
+    return {t: {group_adapter_name(i): 1.0} for i, g in enumerate(groups) for t in g}
+
+
+def make_manifest(
+    base_model: dict,
+    quantization: str,
+    groups: list[list[str]],
+    adapters: dict[str, str] | None = None,
+    weights: dict | None = None,
+    weights_kind: str = "own",
+) -> dict:
+    """A validated manifest; adapters default to adapters/group-<i>, weights to "own"."""
+    groups = [list(g) for g in groups]
+    adapters = adapters or {
+        group_adapter_name(i): f"adapters/group-{i}" for i in range(len(groups))
+    }
+    manifest = {
+        "version": VERSION,
+        "base_model": base_model,
+        "quantization": quantization,
+        "adapters": dict(adapters),
+        "groups": groups,
+        "task_to_group": {t: i for i, g in enumerate(groups) for t in g},
+        "weights": weights or own_weights(groups),
+        "weights_kind": weights_kind,
+    }
+    return validate_manifest(manifest)
+
+
+def validate_manifest(manifest: dict, ws=None) -> dict:
+    """Check structure, a partition of tasks, weights on the simplex over known adapters and,
+    with a workspace, that every adapter folder holds a finished adapter. Returns the manifest."""
+    for key in ("base_model", "adapters", "groups", "task_to_group", "weights", "weights_kind"):
+        if key not in manifest:
+            raise GroupTuneError(f"{MANIFEST}: missing key {key!r}")
+    if manifest["weights_kind"] not in ("own", "fit"):
+        raise GroupTuneError(f"{MANIFEST}: weights_kind must be 'own' or 'fit'")
+    tasks = [t for g in manifest["groups"] for t in g]
+    if not tasks or len(set(tasks)) != len(tasks) or not all(manifest["groups"]):
+        raise GroupTuneError(f"{MANIFEST}: groups must be non-empty and list each task once")
+    if manifest["task_to_group"] != {t: i for i, g in enumerate(manifest["groups"]) for t in g}:
+        raise GroupTuneError(f"{MANIFEST}: task_to_group does not match groups")
+    for task in tasks:
+        _check_simplex(task, manifest["weights"].get(task), manifest["adapters"])
+    if ws is not None:
+        for name, rel in manifest["adapters"].items():
+            if not (ws.path(rel) / "grouptune.json").exists():
+                raise GroupTuneError(
+                    f"adapter {name!r} is missing or unfinished in {ws.path(rel)}: run training"
+                )
+    return manifest
+
+
+def _check_simplex(task: str, weights: dict | None, adapters: dict) -> None:
+    if not weights:
+        raise GroupTuneError(f"{MANIFEST}: task {task!r} has no ensemble weights")
+    unknown = [a for a in weights if a not in adapters]
+    if unknown:
+        raise GroupTuneError(f"{MANIFEST}: task {task!r} weights unknown adapter(s) {unknown}")
+    values = np.array(list(weights.values()), dtype=float)
+    if not np.all(np.isfinite(values)) or values.min() < -SIMPLEX_TOL:
+        raise GroupTuneError(f"{MANIFEST}: task {task!r} has negative or non-finite weights")
+    if abs(values.sum() - 1.0) > SIMPLEX_TOL:
+        raise GroupTuneError(
+            f"{MANIFEST}: task {task!r} weights sum to {values.sum():.6g}, not 1 (the simplex)"
+        )
+
+
+def save_manifest(ws, manifest: dict) -> Path:
+    return ws.write(validate_manifest(manifest), MANIFEST)
+
+
+def load_manifest(ws) -> dict:
+    """The workspace's manifest, validated (adapters must exist)."""
+    try:
+        manifest = ws.read(MANIFEST)
+    except ValueError as err:
+        raise GroupTuneError(f"{ws.path(MANIFEST)}: not valid JSON ({err})") from None
+    if manifest is None:
+        raise GroupTuneError(f"no {MANIFEST} in {ws.root}: train the group adapters first")
+    return validate_manifest(manifest, ws)
+
+
+def create_manifest(cfg, ws, groups: list[list[str]]) -> dict:
+    """Write the "own"-weights manifest for group adapters group-<i> trained on `groups`."""
+    from core.models import model_fingerprint
+
+    manifest = make_manifest(model_fingerprint(cfg.model), cfg.model.quantization, groups)
+    save_manifest(ws, manifest)
+    return manifest
+
+
+def train_groups(cfg, ws, groups: list[list[str]], progress: bool = True, **kw) -> dict:
+    """Train (or resume) group-<i> on groups[i] for every group, then write the manifest."""
+    from core.training import train_adapter
+
+    for i, group in enumerate(groups):
+        train_adapter(cfg, ws, group_adapter_name(i), list(group), progress, **kw)
+    return create_manifest(cfg, ws, groups)
+
+
+# --- fitting weights ------------------------------------------------------------------------
+
+
+def mixed_logits(logits: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Σ_k w_k · logits_k over the adapters with nonzero weight; each (n, C) -> (n, C)."""
+    return sum(w * logits[a].astype(np.float64) for a, w in weights.items() if w > 0)
+
+
+def _nll_and_grad(alpha: np.ndarray, stack: np.ndarray, gold: np.ndarray):
+    """Mean NLL of softmax(Σ_k α_k L_k) at gold, and its gradient in α. stack: (K, n, C)."""
+    z = np.tensordot(alpha, stack, axes=1)  # (n, C)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    rows = np.arange(len(gold))
+    nll = float(np.mean(log_norm - z[rows, gold]))
+    resid = np.exp(z - log_norm[:, None])
+    resid[rows, gold] -= 1.0  # p - onehot(gold)
+    return nll, np.einsum("knc,nc->k", stack, resid) / len(gold)
+
+
+def fit_weights(
+    logits: dict[str, np.ndarray], gold: np.ndarray, start: dict[str, float]
+) -> tuple[dict[str, float], dict]:
+    """Simplex weights over adapters minimising val NLL of the mixed logits (SLSQP).
+
+    logits: adapter -> (n, C) val choice logits; gold: (n,); start: the "own" weights. Starts
+    from `start` and returns it unchanged when the fit does not lower the NLL, so the fitted
+    val NLL is never above own. Weights under 1e-3 are pruned (each costs a forward).
+    """
+    from scipy.optimize import minimize
+
+    names = list(logits)
+    stack = np.stack([logits[a] for a in names]).astype(np.float64)
+    a0 = np.array([start.get(a, 0.0) for a in names], dtype=float)
+    nll0 = _nll_and_grad(a0, stack, gold)[0]
+    res = minimize(
+        _nll_and_grad,
+        a0,
+        args=(stack, gold),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * len(names),
+        constraints=[
+            {"type": "eq", "fun": lambda a: a.sum() - 1.0, "jac": lambda a: np.ones_like(a)}
+        ],
+    )
+    alpha = np.clip(res.x, 0.0, None)
+    alpha[alpha < PRUNE_BELOW] = 0.0
+    alpha = alpha / alpha.sum() if alpha.sum() > 0 else a0
+    nll = _nll_and_grad(alpha, stack, gold)[0]
+    if not math.isfinite(nll) or nll > nll0:
+        alpha, nll = a0, nll0
+    weights = {a: float(w) for a, w in zip(names, alpha, strict=True) if w > 0}
+    return weights, {"val_nll_own": nll0, "val_nll_fit": nll, "converged": bool(res.success)}
+
+
+# --- inference ------------------------------------------------------------------------------
+
+
+def _check_adapter(path: Path, name: str, base_fp: dict, tasks: list[str] | None = None) -> dict:
+    """The adapter's grouptune.json, after checking it is finished and made for this base."""
+    from core.training import _read_json_file
+
+    if not (path / "grouptune.json").exists() or not (path / "adapter_model.safetensors").exists():
+        raise GroupTuneError(f"adapter {name!r} is missing or unfinished in {path}: train it first")
+    record = _read_json_file(path / "grouptune.json")
+    if record.get("base_model") != base_fp:
+        raise StaleError(
+            f"{path} was trained on another base model ({record.get('base_model')}, now "
+            f"{base_fp}); retrain it or restore the config it was made with"
+        )
+    if tasks is not None and sorted(record.get("tasks", [])) != sorted(tasks):
+        raise StaleError(
+            f"{path} was trained on tasks {record.get('tasks')}, but the ensemble's group is "
+            f"{tasks}; retrain the group adapters"
+        )
+    return record
+
+
+def load_adapters(cfg, ws, adapters: dict[str, str], groups: list[list[str]] | None = None):
+    """The base model loaded ONCE with every adapter in one PeftModel under its own name.
+
+    adapters: name -> folder relative to the workspace. Returns (PeftModel in eval mode,
+    tokenizer). A damaged adapter file raises an error naming it.
+    """
+    from peft import PeftModel
+
+    from core.models import load_model, model_fingerprint
+    from core.training import keep_bnb_training_layout
+
+    fp = model_fingerprint(cfg.model)
+    paths = {name: ws.path(rel) for name, rel in adapters.items()}
+    for i, (name, path) in enumerate(paths.items()):
+        _check_adapter(path, name, fp, groups[i] if groups is not None else None)
+    base, tokenizer = load_model(cfg.model)
+    model = None
+    for name, path in paths.items():
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+            else:
+                model.load_adapter(str(path), adapter_name=name)
+        except Exception as err:  # safetensors/peft raise various types for a damaged file
+            raise GroupTuneError(
+                f"{path / 'adapter_model.safetensors'}: cannot load adapter {name!r} ({err})"
+            ) from None
+    keep_bnb_training_layout(model)  # the numerics the adapters were trained and validated with
+    model.eval()
+    return model, tokenizer
+
+
+def adapter_logits(model, tokenizer, enc: Encoded, adapter: str, cfg) -> np.ndarray:
+    """(n, C) choice logits of `enc` with only `adapter` active."""
+    model.set_adapter(adapter)
+    desc = f"{enc.split} {enc.task} [{adapter}]"
+    return choice_logits(model, tokenizer, enc, cfg.features.batch_size, desc=desc)
+
+
+def _cached_val_logits(ws, model, tokenizer, enc: Encoded, adapter: str, cfg) -> np.ndarray:
+    """Val logits per (adapter, task), cached on disk keyed by the adapter file and the tokens."""
+    h = hashlib.sha256()
+    h.update((ws.path("adapters", adapter) / "adapter_model.safetensors").read_bytes())
+    h.update(repr((enc.input_ids, enc.choice_ids, enc.gold.tolist())).encode())
+    path = ws.path("eval", "cache", adapter, f"{enc.task}-{enc.split}-{h.hexdigest()[:16]}.npy")
+    if path.exists():
+        return read_npy(path)
+    logits = adapter_logits(model, tokenizer, enc, adapter, cfg)
+    write_npy(path, logits)
+    return logits
+
+
+def fit_all_weights(ws, model, tokenizer, tasks, manifest: dict, cfg) -> tuple[dict, dict]:
+    """Per task, `fit_weights` on cached val logits of every adapter. Returns (weights, info)."""
+    own = own_weights(manifest["groups"])
+    weights, info = {}, {}
+    for task in tasks:
+        enc = encode_split(tokenizer, task, "val", cfg.data.max_tokens)
+        logits = {
+            a: _cached_val_logits(ws, model, tokenizer, enc, a, cfg) for a in manifest["adapters"]
+        }
+        weights[task.name], info[task.name] = fit_weights(logits, enc.gold, own[task.name])
+    return weights, info
+
+
+def _inference_entry(model, tokenizer, encs: dict[str, Encoded], active: dict, meter, cfg) -> dict:
+    """Accounting of a test pass: FLOPs = per-token rate × padded tokens × active adapters.
+
+    meter: a Meter started before the pass; its elapsed time now is the pass's wall time.
+    """
+    wall, peak = meter.elapsed(), meter.peak_memory()["peak_memory_bytes"]
+    first = next(iter(encs.values()))
+    batch = pad_batch(first.input_ids[:8], tokenizer.pad_token_id, model_device(model))
+    rate = count_flops(model, batch, backward=False)
+    bs = cfg.features.batch_size
+    flops = sum(rate.per_token * padded_tokens(e.lengths, bs) * active[t] for t, e in encs.items())
+    examples = sum(len(e) for e in encs.values())
+    return stage_entry(
+        flops,
+        wall,
+        peak,
+        sum(int(e.lengths.sum()) for e in encs.values()),
+        rate.method + " per token x tokens",
+        examples=examples,
+        flops_per_example=flops / max(examples, 1),
+        adapters_per_example=sum(active[t] * len(e) for t, e in encs.items()) / max(examples, 1),
+    )
+
+
+def evaluate_ensemble(cfg, ws) -> dict:
+    """Test metrics per task (+ mean) of the ensemble; writes eval/ensemble.json.
+
+    With ensemble.weights = "fit", weights are fitted on val first (saved in the manifest), and
+    the file holds both results under "by_weights"; "metrics" is the configured kind.
+    """
+    from core.training import select_tasks
+
+    manifest = load_manifest(ws)
+    tasks = select_tasks(cfg, [t for g in manifest["groups"] for t in g])
+    model, tokenizer = load_adapters(cfg, ws, manifest["adapters"], manifest["groups"])
+    meter = Meter(model_device(model)).__enter__()
+    kind = cfg.ensemble.weights
+    weights = {"own": own_weights(manifest["groups"])}
+    manifest = {k: v for k, v in manifest.items() if k != "fit"}
+    if kind == "fit":
+        weights["fit"], manifest["fit"] = fit_all_weights(
+            ws, model, tokenizer, tasks, manifest, cfg
+        )
+    save_manifest(ws, {**manifest, "weights": weights[kind], "weights_kind": kind})
+    encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
+    memo: dict[tuple[str, str], np.ndarray] = {}
+    by_weights = {}
+    for wk, w in weights.items():
+        per_task = {}
+        for name, enc in encs.items():
+            for a in w[name]:
+                if (name, a) not in memo:
+                    memo[(name, a)] = adapter_logits(model, tokenizer, enc, a, cfg)
+            per_task[name] = metrics_from_logits(
+                mixed_logits({a: memo[(name, a)] for a in w[name]}, w[name]), enc.gold
+            )
+        by_weights[wk] = with_mean(per_task)
+    result = by_weights[kind]
+    doc = {"model": "ensemble", "split": "test", "metrics": result, "weights_kind": kind}
+    ws.write({**doc, "by_weights": by_weights}, "eval", "ensemble.json")
+    active = {t: sum(1 for v in weights[kind][t].values() if v > 0) for t in encs}
+    entry = _inference_entry(model, tokenizer, encs, active, meter, cfg)
+    Accounting(ws).record("ensemble_inference", entry)
+    return result
+
+
+def evaluate_baseline(cfg, ws) -> dict:
+    """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json."""
+    from core.evaluation import evaluate_model
+    from core.training import _read_json_file, select_tasks
+
+    path = ws.adapter_dir("baseline")
+    if not (path / "grouptune.json").exists():
+        raise GroupTuneError(f"no finished baseline adapter in {path}: train it first")
+    record = _read_json_file(path / "grouptune.json")
+    tasks = select_tasks(cfg, record["tasks"])
+    model, tokenizer = load_adapters(cfg, ws, {"baseline": "adapters/baseline"})
+    meter = Meter(model_device(model)).__enter__()
+    result = evaluate_model(model, tokenizer, tasks, cfg, split="test")
+    ws.write({"model": "baseline", "split": "test", "metrics": result}, "eval", "baseline.json")
+    encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
+    entry = _inference_entry(model, tokenizer, encs, dict.fromkeys(encs, 1), meter, cfg)
+    Accounting(ws).record("baseline_inference", entry)
+    return result
+
+
+def evaluate_trained(cfg, ws) -> dict:
+    """Evaluate what is trained: {"baseline": metrics, "ensemble": metrics}, each if present."""
+    out = {}
+    if (ws.adapter_dir("baseline") / "grouptune.json").exists():
+        out["baseline"] = evaluate_baseline(cfg, ws)
+    if ws.path(MANIFEST).exists():
+        out["ensemble"] = evaluate_ensemble(cfg, ws)
+    if not out:
+        raise GroupTuneError(
+            f"nothing trained in {ws.root}: train the baseline and/or the group adapters first"
+        )
+    return out

@@ -1,0 +1,79 @@
+"""Where workers run: detached local processes (the default) or Ray tasks (`ray_backend`).
+
+The scheduler decides *which* job starts; a backend only starts a worker for it. Jobs record
+their backend at submit, and each dispatcher only starts the jobs of its own backend.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Protocol
+
+from core.jobs.runner import child_env, job_cwd, runner_command
+
+
+class Backend(Protocol):
+    name: str
+
+    def default_limit(self) -> int | None:
+        """How many of this backend's jobs may run at once when no limit is given."""
+
+    def start(self, db: str, job: dict, extra_env: dict[str, str]) -> int | None:
+        """Start a worker for a claimed job; return its pid when known at once."""
+
+
+class LocalBackend:
+    """Each job in its own detached worker process on this machine.
+
+    Workers start in a new session with stdin/stdout on /dev/null and no inherited file
+    descriptors, so they outlive the process that submitted them (a closed terminal, a
+    restarted dashboard) and a signal to the session reaches the step's own subprocesses.
+    """
+
+    name = "local"
+
+    def default_limit(self) -> int:
+        # One at a time: two training jobs on 2 CPU cores only slow each other down.
+        return int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
+
+    def start(self, db: str, job: dict, extra_env: dict[str, str]) -> int:
+        proc = subprocess.Popen(
+            runner_command(db, job["id"]),
+            cwd=job_cwd(job),
+            env=child_env(extra_env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+        return proc.pid
+
+
+_BACKENDS: dict[tuple, Backend] = {}
+
+
+def get_backend(kind: str = "local", address: str | None = None, **ray_init) -> Backend:
+    """The backend called `kind` ("local" or "ray"), one shared instance per address.
+
+    For Ray, `address` is a cluster ("ray://host:10001", "auto"); None starts a small local
+    instance. Extra keyword arguments go to `RayBackend` (e.g. num_cpus for a local instance).
+    """
+    if kind == "local":
+        return _BACKENDS.setdefault(("local",), LocalBackend())
+    if kind == "ray":
+        key = ("ray", address)
+        if key not in _BACKENDS:
+            from core.jobs.ray_backend import RayBackend
+
+            _BACKENDS[key] = RayBackend(address=address, **ray_init)
+        return _BACKENDS[key]
+    raise ValueError(f"backend must be 'local' or 'ray', got {kind!r}")
+
+
+def forget_backend(backend: Backend) -> None:
+    """Drop a shut-down backend from the shared instances."""
+    for key, value in list(_BACKENDS.items()):
+        if value is backend:
+            del _BACKENDS[key]

@@ -1,0 +1,166 @@
+"""Jobs as Ray tasks, for a cluster (`pip install 'grouptune[ray]'`).
+
+The same jobs, the same worker: each Ray task runs `python -m core.jobs.runner DB ID` as a
+subprocess on whichever node Ray picks (with the job's `resources` as num_cpus / num_gpus, so
+Ray also sets CUDA_VISIBLE_DEVICES). State still goes to the SQLite database in the workspace,
+which must therefore be on a file system every node shares, and GroupTune must be importable
+at the same path (or installed) on every node.
+
+Ray does the resource accounting, so there is no job limit by default: ready jobs are handed
+to Ray at once and stay `queued` (marked claimed) until Ray starts them. A watcher thread in
+this process dispatches the next jobs as tasks finish. Ray stops a driver's tasks when the
+driver exits, so the process that owns a RayBackend must live as long as its jobs (unlike the
+local backend, whose workers are detached).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import traceback
+
+from core.errors import GroupTuneError
+from core.jobs.runner import child_env, job_cwd
+from core.jobs.store import TERMINAL, JobStore
+
+
+def _run_worker(db: str, job_id: int, env: dict[str, str], cwd: str) -> int:
+    """The Ray task: one worker process for one job, on the node Ray chose; its exit code."""
+    cmd = [sys.executable, "-m", "core.jobs.runner", db, str(job_id), "--no-dispatch"]
+    full_env = {**os.environ, **env}  # Ray's CUDA_VISIBLE_DEVICES etc. plus ours
+    return subprocess.run(
+        cmd, env=full_env, cwd=cwd if os.path.isdir(cwd) else None, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+    ).returncode  # fmt: skip
+
+
+class RayBackend:
+    """Start jobs as Ray tasks on the cluster at `address`, or on a local instance if None.
+
+    A local instance gets `num_cpus` (None: all), no dashboard and a small object store (jobs
+    pass no data through it). Extra keyword arguments go to `ray.init`.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        object_store_memory: int = 100 * 2**20,
+        **init_kwargs,
+    ):
+        # Without this Ray writes an auth token under the home folder (see FIELD_NOTES).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        try:
+            import ray
+        except ImportError as exc:
+            raise GroupTuneError("the Ray backend needs Ray: pip install 'grouptune[ray]'") from exc
+        self._ray = ray
+        self.owns_instance = False
+        # Ray workers must import GroupTune to unpickle the task: give them our PYTHONPATH,
+        # for the whole Ray job when we connect (workers start once), else task by task.
+        self._runtime_env = {"env_vars": {"PYTHONPATH": child_env()["PYTHONPATH"]}}
+        if not ray.is_initialized():
+            init_kwargs.setdefault("runtime_env", self._runtime_env)
+            if address is None:
+                ray.init(
+                    num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                    object_store_memory=object_store_memory, **init_kwargs,
+                )  # fmt: skip
+                self.owns_instance = True
+            else:
+                ray.init(address=address, **init_kwargs)
+            self._task_runtime_env = None
+        else:
+            self._task_runtime_env = self._runtime_env
+        self._task = ray.remote(max_retries=0)(_run_worker)
+        self._refs: dict = {}  # ObjectRef -> (db, job_id)
+        self._dbs: set[str] = set()  # databases this backend has started jobs of
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._watcher = threading.Thread(
+            target=self._watch, name="grouptune-ray-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def default_limit(self) -> None:
+        return None
+
+    def start(self, db: str, job: dict, extra_env: dict[str, str]) -> None:
+        resources = job.get("resources") or {}
+        ours = child_env(extra_env)
+        env = {k: v for k, v in ours.items() if k.startswith("GROUPTUNE_") or k == "PYTHONPATH"}
+        options = {
+            "num_cpus": resources.get("cpus", 1),
+            "num_gpus": resources.get("gpus", 0),
+            "name": f"grouptune-{job['id']}-{job['step']}",
+        }
+        if self._task_runtime_env is not None:
+            options["runtime_env"] = self._task_runtime_env
+        ref = self._task.options(**options).remote(db, job["id"], env, str(job_cwd(job)))
+        with self._lock:
+            self._refs[ref] = (db, job["id"])
+            self._dbs.add(db)
+        self._wake.set()
+        return None
+
+    def _watch(self) -> None:
+        """As tasks finish: record outcomes the worker could not, then dispatch what is next."""
+        from core.jobs.scheduler import dispatch
+
+        while not self._closed:
+            with self._lock:
+                refs = list(self._refs)
+            if not refs:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                self._dispatch_all(dispatch)  # jobs resumed from elsewhere (the CLI, the UI)
+                continue
+            try:
+                ready, _ = self._ray.wait(refs, num_returns=1, timeout=0.5)
+                for ref in ready:
+                    with self._lock:
+                        db, job_id = self._refs.pop(ref)
+                    self._settle(db, job_id, ref)
+                    dispatch(db, backend=self)
+            except Exception:
+                if not self._closed:
+                    traceback.print_exc()
+
+    def _dispatch_all(self, dispatch) -> None:
+        for db in list(self._dbs):
+            try:
+                dispatch(db, backend=self)
+            except Exception:
+                traceback.print_exc()
+
+    def _settle(self, db: str, job_id: int, ref) -> None:
+        store = JobStore(db)
+        try:
+            code = self._ray.get(ref)
+            why = f"worker exited with code {code} without recording an outcome"
+        except Exception as exc:  # the task itself was lost: worker crash, node gone
+            why = f"ray task failed: {exc}".splitlines()[0]
+        if store.peek(job_id)["state"] not in TERMINAL:
+            store.mark_failed(job_id, why)
+
+    def pending(self) -> int:
+        """How many of this backend's tasks have not finished."""
+        with self._lock:
+            return len(self._refs)
+
+    def shutdown(self) -> None:
+        """Stop watching; stop the Ray instance if this backend started it."""
+        from core.jobs.backends import forget_backend
+
+        self._closed = True
+        self._wake.set()
+        self._watcher.join(timeout=5)
+        forget_backend(self)
+        if self.owns_instance:
+            self._ray.shutdown()

@@ -1,0 +1,260 @@
+"""The worker process of one job: `python -m core.jobs.runner DB JOB_ID [--no-dispatch]`.
+
+A job is exactly a command a user could type (`grouptune <argv>` is `python -m core.cli <argv>`),
+so the worker runs the job's module in-process with `runpy` and that argv, after it has:
+  - marked the job running with its pid (and given up if the job was cancelled meanwhile);
+  - sent its stdout and stderr (file descriptors, so child processes too) to the job's log,
+    `<workspace>/logs/<id>-<step>.log`, appended to across attempts;
+  - set GROUPTUNE_JOB_ID / GROUPTUNE_JOB_DB (and GROUPTUNE_PROGRESS=0 unless set: no bars in
+    logs), changed to the directory the job was submitted from, and installed a
+    `core.progress` reporter that writes progress and metrics to the DB;
+  - started a heartbeat thread, which also turns a cancel request into an interrupt of the step.
+The outcome: a normal return or SystemExit(0/None) is done; another exit code or an exception
+is failed (traceback in the log, its last line in `error`); a cancel request is cancelled.
+Then, unless --no-dispatch, the worker starts whatever queued jobs may now run.
+
+Steps must be idempotent and resumable: a job that is resumed or retried is run again with the
+same argv, and it is the step that finds its checkpoint and continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import core
+from core import progress
+from core.jobs.heartbeat import Heartbeat
+from core.jobs.reporter import DbReporter
+from core.jobs.store import HOST, JobNotFound, JobStore
+
+PROJECT_ROOT = Path(core.__file__).resolve().parent.parent
+
+
+class JobCancelled(KeyboardInterrupt):
+    """Raised in a step when its job is cancelled.
+
+    A KeyboardInterrupt, so steps that already save a checkpoint on Ctrl-C do the same here,
+    and `except Exception` in a step does not swallow it.
+    """
+
+
+def runner_command(db: str | os.PathLike, job_id: int, dispatch: bool = True) -> list[str]:
+    """The command line that runs job `job_id` of database `db` in a fresh worker."""
+    cmd = [sys.executable, "-m", "core.jobs.runner", str(Path(db).resolve()), str(int(job_id))]
+    return cmd if dispatch else [*cmd, "--no-dispatch"]
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a worker, with GroupTune importable from any directory."""
+    env = dict(os.environ)
+    paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra or {})
+    return env
+
+
+def job_cwd(job: dict) -> Path:
+    """Where the job runs: the directory it was submitted from, else the workspace."""
+    cwd = Path(job.get("cwd") or "")
+    return cwd if job.get("cwd") and cwd.is_dir() else Path(job["log_path"]).parent.parent
+
+
+class _Interrupts:
+    """Turns SIGTERM, SIGINT and cancel requests into JobCancelled inside the step only.
+
+    Outside the step (set-up, recording the outcome) a signal only sets `requested`, so the
+    worker always gets to write the job's final state.
+    """
+
+    def __init__(self):
+        self.in_step = False
+        self.requested = False
+        self._main = threading.main_thread().ident
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handler)
+        signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        if self.in_step:
+            raise JobCancelled(f"job cancelled ({signal.Signals(signum).name})")
+
+    def interrupt_main(self) -> None:
+        # A real signal (not _thread.interrupt_main) so a step blocked in sleep() wakes up.
+        self.requested = True
+        signal.pthread_kill(self._main, signal.SIGINT)
+
+
+def run_job(db: str | os.PathLike, job_id: int) -> int:
+    """Run one job in this process and record its outcome; return the worker's exit code."""
+    store = JobStore(db)
+    job = store.peek(job_id)
+    if not store.mark_running(job_id, os.getpid(), HOST):
+        # cancelled (or finished) before this worker got to it: nothing to run
+        if store.peek(job_id)["cancel_requested"]:
+            store.mark_cancelled(job_id, "cancelled before it started")
+        return 0
+    interrupts = _Interrupts()
+    interrupts.install()
+    log_path = Path(job["log_path"])
+    start_offset = _redirect_output(log_path)
+    print(_header(job), flush=True)
+    _enter_job(job, store.path)
+    reporter = DbReporter(store, job_id)
+    progress.set_reporter(reporter)
+    beat = Heartbeat(store, job_id, store.heartbeat_s, reporter, interrupts.interrupt_main)
+    with beat:
+        state, exit_code, error = _run_step(job, interrupts)
+    progress.set_reporter(None)
+    try:
+        reporter.flush()
+    except Exception:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if state == "failed" and error is None:
+        error = f"exit code {exit_code}: {_last_line(log_path, start_offset) or 'no output'}"
+    if state == "done":
+        store.mark_done(job_id)
+    elif state == "cancelled":
+        store.mark_cancelled(job_id, "cancelled while running")
+    else:
+        store.mark_failed(job_id, error, exit_code)
+    print(f"=== job {job_id} {state} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===", flush=True)
+    return 0 if state == "done" else 1
+
+
+def _run_step(job: dict, interrupts: _Interrupts) -> tuple[str, int | None, str | None]:
+    """Run the job's module as __main__; return (state, exit_code, error)."""
+    state, code, error = _call_module(job["module"], job["argv"], interrupts)
+    if state == "failed" and interrupts.requested:
+        # however the step ended once asked to stop (click turns KeyboardInterrupt into
+        # Abort or exit code 1), it was cancelled, not broken
+        print("[grouptune] job cancelled", file=sys.stderr)
+        return "cancelled", None, None
+    return state, code, error
+
+
+def _call_module(module: str, argv: list[str], interrupts: _Interrupts):
+    sys.argv = [module, *argv]
+    try:
+        if interrupts.requested:
+            raise JobCancelled("job cancelled before its step started")
+        interrupts.in_step = True
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        finally:
+            interrupts.in_step = False
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or code == 0:
+            return "done", 0, None
+        if isinstance(code, int):
+            return "failed", code, None
+        print(code, file=sys.stderr)  # what Python itself does with sys.exit("message")
+        return "failed", 1, str(code)
+    except BaseException as exc:
+        if not interrupts.requested:
+            traceback.print_exc()
+        return "failed", 1, traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return "done", 0, None
+
+
+def _redirect_output(log_path: Path) -> int:
+    """Point fds 1 and 2 at the log (appending); return where this attempt's output starts."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    start = os.fstat(fd).st_size
+    for stream, target in ((sys.stdout, 1), (sys.stderr, 2)):
+        if stream is not None:
+            stream.flush()
+        os.dup2(fd, target)
+    os.close(fd)
+    for name, target in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if stream is None or stream.fileno() != target:
+            setattr(sys, name, open(target, "w", buffering=1, closefd=False))
+        else:
+            stream.reconfigure(line_buffering=True)  # so the log is readable while it runs
+    return start
+
+
+def _enter_job(job: dict, db: Path) -> None:
+    os.environ["GROUPTUNE_JOB_ID"] = str(job["id"])
+    os.environ["GROUPTUNE_JOB_DB"] = str(db)
+    # no tqdm bars in a log file (a line per refresh): the database has the numbers
+    os.environ.setdefault("GROUPTUNE_PROGRESS", "0")
+    cwd = job_cwd(job)
+    os.chdir(cwd)
+    if str(cwd) not in sys.path:
+        sys.path.insert(0, str(cwd))  # as `python -m` typed in that directory would have it
+
+
+def _header(job: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    command = " ".join(["python", "-m", job["module"], *job["argv"]])
+    return (
+        f"=== job {job['id']} ({job['step']}) attempt {job['attempts']}: {command}"
+        f" | pid {os.getpid()} on {HOST} at {when} ==="
+    )
+
+
+def _last_line(log_path: Path, start: int) -> str | None:
+    """The last non-empty line this attempt wrote to the log (the message of a failed CLI)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(start, os.path.getsize(log_path) - 8192))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("=== job")]
+    return lines[-1][:500] if lines else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.jobs.runner", description="Run one GroupTune job (the worker)."
+    )
+    parser.add_argument("db", help="path of the job database (workspace/jobs.db)")
+    parser.add_argument("job_id", type=int)
+    parser.add_argument(
+        "--no-dispatch", action="store_true", help="do not start queued jobs when this one ends"
+    )
+    args = parser.parse_args(argv)
+    try:
+        code = run_job(args.db, args.job_id)
+    except JobNotFound as exc:
+        print(f"grouptune runner: {exc}", file=sys.stderr)
+        return 2
+    except BaseException as exc:  # the worker's own failure, not the step's: record it
+        traceback.print_exc()
+        try:
+            JobStore(args.db).mark_failed(args.job_id, f"worker error: {exc!r}")
+        except Exception:
+            traceback.print_exc()
+        code = 1
+    if not args.no_dispatch:
+        try:
+            from core.jobs.scheduler import dispatch
+
+            dispatch(args.db)
+        except Exception:
+            traceback.print_exc()
+    return code
+
+
+if __name__ == "__main__":
+    # Run the copy imported under its real name, so `core.jobs.runner.JobCancelled` is the class
+    # steps see raised (this file also executes as __main__).
+    from core.jobs.runner import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,224 @@
+"""The pipeline's steps, as the CLI and the jobs run them, and the headless `run` driver.
+
+Each step reads its inputs from the workspace, writes its outputs there atomically, and skips
+work whose outputs are fresh, so any step can be re-run or resumed at any time:
+  gradients -> affinity -> group -> train (group-<i>, baseline) -> evaluate -> report
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from core.errors import GroupTuneError
+from core.workspace import Workspace
+
+STAGES = ("gradients", "affinity", "group", "train", "evaluate", "report")
+
+
+# --- estimation ------------------------------------------------------------------------------
+def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
+    """Gradient features for the given tasks (default all), with accounting of the stage."""
+    from core.features import extract_features
+    from core.flops import Accounting, Meter
+
+    with Meter() as meter:
+        result = extract_features(cfg, ws, tasks)
+    for task, r in result.items():
+        if r["rows_computed"]:
+            entry = {
+                "wall_seconds": r["seconds"],
+                "examples": r["rows_computed"],
+                "flops": r.get("flops", 0),
+                "tokens": r.get("tokens", 0),
+                "method": r.get("flops_method", "none"),
+                "peak_memory_bytes": meter.peak_memory()["peak_memory_bytes"],
+            }
+            Accounting(ws).record("gradients", entry, part=task)
+    return result
+
+
+def affinity(cfg, ws: Workspace) -> dict:
+    from core.affinity import compute_affinity
+    from core.flops import Accounting, Meter
+
+    before = (ws.read("affinity.json") or {}).get("fingerprint")
+    with Meter() as meter:
+        result = compute_affinity(cfg, ws)
+    if result.get("fingerprint") != before:  # not a cache hit: record what the work cost
+        Accounting(ws).record(
+            "estimation",
+            {
+                "wall_seconds": meter.wall_seconds,
+                "flops": 0,
+                "method": "none (solver on projected features)",
+                "peak_memory_bytes": meter.peak_memory()["peak_memory_bytes"],
+            },
+        )
+    return result
+
+
+# --- grouping --------------------------------------------------------------------------------
+def _affinity_inputs(ws: Workspace):
+    import numpy as np
+
+    data = ws.read("affinity.json")
+    if data is None:
+        raise GroupTuneError(f"{ws.path('affinity.json')}: run `grouptune affinity` first")
+    return np.asarray(data["affinity"], dtype=float), list(data["tasks"]), data.get("fingerprint")
+
+
+def sweep(cfg, ws: Workspace) -> list[dict]:
+    """Every m and method with predicted per-task accuracy; cached per affinity fingerprint."""
+    from core import grouping
+    from core.whatif import WhatIf
+
+    T, names, fingerprint = _affinity_inputs(ws)
+    cached = ws.read("groupings", "sweep.json")
+    if cached and cached.get("fingerprint") == fingerprint and fingerprint is not None:
+        return cached["entries"]
+    whatif = WhatIf.from_workspace(cfg, ws)
+    entries = grouping.sweep(T, names, whatif.predict, random_state=cfg.grouping.seed)
+    ws.write({"fingerprint": fingerprint, "entries": entries}, "groupings", "sweep.json")
+    return entries
+
+
+def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -> dict:
+    """Choose the partition to train: m from the argument, the config, or the recommendation."""
+    from core import grouping
+
+    entries = sweep(cfg, ws)
+    method = method or cfg.grouping.method
+    m = m or cfg.grouping.m
+    reason = "chosen by the user"
+    if m is None:
+        m, method, reason = grouping.recommend_m([e for e in entries if e["method"] == method])
+    n = len(entries[0]["predicted"])
+    if not 1 <= m <= n:
+        raise GroupTuneError(f"m must be between 1 and {n} (the number of tasks), got {m}")
+    entry = next(e for e in entries if e["m"] == m and e["method"] == method)
+    chosen = {**entry, "reason": reason, "source": "sweep"}
+    ws.write(chosen, "groupings", "chosen.json")
+    ws.write(chosen, "groupings", f"m{m}.json")
+    return chosen
+
+
+def edit_groups(cfg, ws: Workspace, groups: list[list[str]]) -> dict:
+    """Use a hand-edited partition: validate it, predict it, make it the chosen one."""
+    import numpy as np
+
+    from core.grouping import clustering_objective
+    from core.whatif import WhatIf
+
+    T, names, _ = _affinity_inputs(ws)
+    predicted = WhatIf.from_workspace(cfg, ws).predict(groups)
+    chosen = {
+        "m": len(groups),
+        "method": "edited",
+        "groups": groups,
+        "objective": clustering_objective(T, groups, names),
+        "predicted": predicted,
+        "mean_accuracy": float(np.mean([p["accuracy"] for p in predicted.values()])),
+        "mean_loss": float(np.mean([p["loss"] for p in predicted.values()])),
+        "reason": "edited by the user",
+        "source": "edited",
+    }
+    ws.write(chosen, "groupings", "chosen.json")
+    return chosen
+
+
+def chosen_groups(ws: Workspace) -> list[list[str]]:
+    chosen = ws.read("groupings", "chosen.json")
+    if chosen is None:
+        raise GroupTuneError(f"{ws.path('groupings', 'chosen.json')}: run `grouptune group` first")
+    return chosen["groups"]
+
+
+# --- training and evaluation ------------------------------------------------------------------
+def train(cfg, ws: Workspace, which: str = "all") -> dict:
+    """Train adapters: "all", "groups", "baseline" or one adapter name ("group-0")."""
+    from core.ensemble import create_manifest, group_adapter_name
+    from core.training import train_adapter
+
+    groups = chosen_groups(ws) if which != "baseline" else []
+    jobs = {group_adapter_name(i): g for i, g in enumerate(groups)}
+    if which in ("all", "baseline"):
+        jobs["baseline"] = list(cfg.task_names)
+    if which not in ("all", "groups", "baseline"):
+        if which not in jobs:
+            raise GroupTuneError(f"no adapter {which!r}: the chosen groups give {sorted(jobs)}")
+        jobs = {which: jobs[which]}
+    results = {name: train_adapter(cfg, ws, name, tasks) for name, tasks in jobs.items()}
+    if groups:
+        create_manifest(cfg, ws, groups)
+    return {
+        name: {"best_epoch": r.get("best_epoch"), "val": r.get("val_metrics", {}).get("mean")}
+        for name, r in results.items()
+    }
+
+
+# --- the headless driver -----------------------------------------------------------------------
+def _submit(ws: Workspace, step: str, argv: list[str], depends_on=(), backend=None) -> int:
+    from core.jobs import submit
+
+    return submit(
+        ws.root,
+        step,
+        step,
+        [*argv, "--workspace", str(ws.root)],
+        depends_on=depends_on,
+        backend=backend,
+    )
+
+
+def _wait_ok(ws: Workspace, ids: list[int], backend=None) -> None:
+    from core.jobs import wait
+
+    jobs = wait(ws.root, ids)
+    failed = [j for j in jobs.values() if j["state"] != "done"]
+    if failed:
+        lines = "; ".join(f"job {j['id']} ({j['step']}) {j['state']}: {j['error']}" for j in failed)
+        raise GroupTuneError(
+            f"pipeline stopped: {lines}. See `grouptune jobs logs ID`; "
+            "`grouptune run` again resumes where it stopped."
+        )
+
+
+def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
+    """Run every stage as background jobs in dependency order; return report.json.
+
+    Fresh outputs are skipped inside each step, so re-running resumes. The groups are only
+    known after grouping, so training is submitted in a second wave.
+    """
+    from core.store import store_status
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    timings, start = {}, time.monotonic()
+    status = store_status(ws, cfg)
+    stale = [t for t, s in status.items() if s != "fresh"]
+    log(f"gradients: {len(stale)} of {len(status)} tasks to compute")
+    grad_jobs = [
+        _submit(ws, f"gradients:{t}", ["gradients", "--task", t], backend=backend) for t in stale
+    ]
+    zero = _submit(ws, "evaluate:zero-shot", ["evaluate", "--zero-shot"], backend=backend)
+    aff = _submit(ws, "affinity", ["affinity"], grad_jobs, backend)
+    grp = _submit(ws, "group", ["group"], [aff], backend)
+    _wait_ok(ws, [*grad_jobs, aff, grp], backend)
+    timings["estimation"] = time.monotonic() - start
+    groups = chosen_groups(ws)
+    log(f"groups (m={len(groups)}): {groups}")
+    trains = [
+        _submit(ws, f"train:group-{i}", ["train", "--adapter", f"group-{i}"], backend=backend)
+        for i in range(len(groups))
+    ]
+    trains.append(
+        _submit(ws, "train:baseline", ["train", "--adapter", "baseline"], backend=backend)
+    )
+    ev = _submit(ws, "evaluate", ["evaluate"], [*trains, zero], backend)
+    rep = _submit(ws, "report", ["report"], [ev], backend)
+    _wait_ok(ws, [*trains, zero, ev, rep], backend)
+    timings["total"] = time.monotonic() - start
+    timings["training_and_evaluation"] = timings["total"] - timings["estimation"]
+    report = ws.read("report.json")
+    ws.write({"wall_seconds": timings, "finished": time.time()}, "run.json")
+    return report

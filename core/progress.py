@@ -1,0 +1,92 @@
+"""Progress of long work: a tqdm bar in the terminal, and the same numbers for the job system.
+
+Stages call `track(total, desc)` and `.update(n)`; training also calls `log_metrics`. When the
+process runs as a background job, `core.jobs` installs a reporter (`set_reporter`) that writes
+fraction, ETA, message and metrics to the job database. The engine never knows which it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+
+class Reporter(Protocol):
+    def progress(self, fraction: float, eta_s: float | None, message: str) -> None: ...
+
+    def metrics(self, record: dict) -> None: ...
+
+
+_reporter: Reporter | None = None
+
+
+def set_reporter(reporter: Reporter | None) -> None:
+    global _reporter
+    _reporter = reporter
+
+
+def get_reporter() -> Reporter | None:
+    return _reporter
+
+
+def _bars_enabled() -> bool:
+    return os.environ.get("GROUPTUNE_PROGRESS", "1") != "0"
+
+
+class track:
+    """A progress counter: `with track(100, "features") as p: ... p.update(16)`."""
+
+    def __init__(self, total: int, desc: str = "", unit: str = "it"):
+        self.total = max(int(total), 0)
+        self.desc = desc
+        self.done = 0
+        self.start = time.monotonic()
+        self._last_report = 0.0
+        self._bar = tqdm(
+            total=self.total, desc=desc, unit=unit, file=sys.stderr, disable=not _bars_enabled()
+        )
+        self._report("started", force=True)
+
+    def update(self, n: int = 1, message: str | None = None) -> None:
+        self.done += n
+        self._bar.update(n)
+        if message:
+            self._bar.set_postfix_str(message, refresh=False)
+        self._report(message)
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.done <= 0 or self.total <= 0:
+            return None
+        elapsed = time.monotonic() - self.start
+        return elapsed / self.done * (self.total - self.done)
+
+    def _report(self, message: str | None, force: bool = False) -> None:
+        if _reporter is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_report < 1.0 and self.done < self.total:
+            return  # one database write a second is plenty for a progress bar
+        self._last_report = now
+        fraction = self.done / self.total if self.total else 0.0
+        _reporter.progress(fraction, self.eta_s, f"{self.desc}: {message or ''}".rstrip(": "))
+
+    def close(self) -> None:
+        self._bar.close()
+        self._report("finished", force=True)
+
+    def __enter__(self) -> track:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def log_metrics(record: dict) -> None:
+    """Send one metrics record (e.g. {"step": 10, "loss": 0.7}) to the job, if any."""
+    if _reporter is not None:
+        _reporter.metrics(record)

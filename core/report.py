@@ -1,0 +1,109 @@
+"""The comparison a user presents: zero-shot base, single-QLoRA baseline and group ensemble.
+
+`build_report(ws)` only reads the workspace (eval/*.json, ensemble.json, accounting.json) and
+writes report.json:
+  tasks, groups, weights_kind,
+  accuracy / f1 / ece: {"zero_shot" | "baseline" | "ensemble": {task: v, "mean": v} or null},
+  flops: {gradients, estimation, group_training, baseline_training,
+          ensemble_inference_per_example, baseline_inference_per_example},
+  flops_per_group: {adapter: flops},
+  flops_ratio: {"training_ensemble_over_baseline":
+                    (gradients + estimation + group_training) / baseline_training,
+                "inference": ensemble per example / baseline per example},
+  wall_seconds, peak_memory_bytes: per stage,
+  missing: ["<what>: <which step to run>", ...]
+Anything not produced yet is null and named in "missing"; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+from core.flops import Accounting
+
+MODELS = ("zero_shot", "baseline", "ensemble")
+METRICS = ("accuracy", "f1", "ece")
+TRAINING_STAGES = ("gradients", "estimation", "group_training", "baseline_training")
+INFERENCE_STAGES = ("ensemble_inference", "baseline_inference")
+HINTS = {
+    "zero_shot": "eval/zero_shot.json: run `grouptune evaluate` (or `--zero-shot`)",
+    "baseline": "eval/baseline.json: train the baseline (`grouptune train`), then "
+    "`grouptune evaluate`",
+    "ensemble": "eval/ensemble.json: train the group adapters (`grouptune train`), then "
+    "`grouptune evaluate`",
+    "groups": "ensemble.json: train the group adapters (`grouptune train`)",
+    "gradients": "gradient cost: run `grouptune gradients`",
+    "estimation": "estimation cost: run `grouptune affinity`",
+    "group_training": "group training cost: run `grouptune train`",
+    "baseline_training": "baseline training cost: run `grouptune train`",
+    "ensemble_inference": "ensemble inference cost: run `grouptune evaluate`",
+    "baseline_inference": "baseline inference cost: run `grouptune evaluate`",
+}
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+def _metric_table(evals: dict, metric: str) -> dict:
+    """{model: {task: value, "mean": value} or None} for one metric."""
+    table = {}
+    for model, doc in evals.items():
+        if doc is None:
+            table[model] = None
+            continue
+        table[model] = {task: m.get(metric) for task, m in doc["metrics"].items()}
+    return table
+
+
+def _stage_value(acct: dict, stage: str, key: str):
+    entry = acct.get(stage)
+    return None if entry is None else entry.get(key)
+
+
+def _tasks(manifest: dict | None, evals: dict) -> list[str]:
+    if manifest is not None:
+        return [t for g in manifest["groups"] for t in g]
+    for doc in evals.values():
+        if doc is not None:
+            return [t for t in doc["metrics"] if t != "mean"]
+    return []
+
+
+def build_report(ws) -> dict:
+    """Assemble report.json from what the workspace holds; missing parts are null and listed."""
+    evals = {m: ws.read("eval", f"{m}.json") for m in MODELS}
+    manifest = ws.read("ensemble.json")
+    acct = Accounting(ws).read()
+    missing = [HINTS[m] for m in MODELS if evals[m] is None]
+    if manifest is None:
+        missing.append(HINTS["groups"])
+    missing += [HINTS[s] for s in TRAINING_STAGES + INFERENCE_STAGES if s not in acct]
+
+    flops = {s: _stage_value(acct, s, "flops") for s in TRAINING_STAGES}
+    for s in INFERENCE_STAGES:
+        flops[f"{s}_per_example"] = _stage_value(acct, s, "flops_per_example")
+    ensemble_training = None
+    if all(flops[s] is not None for s in ("gradients", "estimation", "group_training")):
+        ensemble_training = flops["gradients"] + flops["estimation"] + flops["group_training"]
+    parts = (acct.get("group_training") or {}).get("parts", {})
+    stages = TRAINING_STAGES + INFERENCE_STAGES
+    report = {
+        "tasks": _tasks(manifest, evals),
+        "groups": manifest["groups"] if manifest else None,
+        "weights_kind": manifest.get("weights_kind") if manifest else None,
+        **{metric: _metric_table(evals, metric) for metric in METRICS},
+        "flops": flops,
+        "flops_per_group": {name: p.get("flops") for name, p in parts.items()},
+        "flops_ratio": {
+            "training_ensemble_over_baseline": _ratio(
+                ensemble_training, flops["baseline_training"]
+            ),
+            "inference": _ratio(
+                flops["ensemble_inference_per_example"], flops["baseline_inference_per_example"]
+            ),
+        },
+        "wall_seconds": {s: _stage_value(acct, s, "wall_seconds") for s in stages},
+        "peak_memory_bytes": {s: _stage_value(acct, s, "peak_memory_bytes") for s in stages},
+        "missing": missing,
+    }
+    ws.write(report, "report.json")
+    return report

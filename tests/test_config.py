@@ -1,0 +1,94 @@
+"""Experiment config: validation errors name the file and field; workspace snapshots round-trip."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SAMPLE
+
+from core.config import load_config, parse_config
+from core.errors import ConfigError, DataError
+from core.io import safe_name, write_json
+from core.workspace import Workspace
+
+
+def test_defaults_and_task_strings():
+    cfg = parse_config({"tasks": ["a", {"name": "b", "path": "b.csv"}]})
+    assert cfg.task_names == ["a", "b"]
+    assert cfg.model.name == "smollm2-135m" and cfg.features.k == 400
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"tasks": ["a"], "features": {"k": "many"}}, "features.k"),
+        ({"tasks": ["a"], "model": {"quantization": "3bit"}}, "model.quantization"),
+        ({"tasks": ["a"], "adapter": {"r": 0}}, "adapter.r"),
+        ({"tasks": ["a"], "training": {"epochs": 1, "speed": 3}}, "training.speed"),
+        ({"tasks": []}, "tasks"),
+        ({"tasks": ["a", "a"]}, "duplicate task name 'a'"),
+        ({"tasks": ["../escape"]}, "tasks.0.name"),
+        ({"tasks": ["a"], "name": "x/y"}, "name"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path, data, field):
+    import yaml
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert field in str(err.value)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [a\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_safe_names():
+    assert safe_name("yelp_2-x.v1") == "yelp_2-x.v1"
+    for bad in ("..", "../x", "a/b", ".hidden", "", "x" * 65, "a b"):
+        with pytest.raises(DataError):
+            safe_name(bad)
+
+
+def test_workspace_snapshot_round_trip(tmp_path):
+    cfg = parse_config(
+        {"name": "exp", "tasks": ["a"], "data": {"root": "tasks"}}, base_dir=tmp_path
+    )
+    ws = Workspace(tmp_path / "ws")
+    ws.save_config(cfg)
+    again = ws.load_config()
+    assert again.model_dump(exclude={"base_dir"}) == cfg.model_dump(exclude={"base_dir"})
+    assert again.resolve("tasks") == tmp_path.resolve() / "tasks"
+
+
+def test_workspace_paths_cannot_escape(tmp_path):
+    ws = Workspace(tmp_path)
+    with pytest.raises(DataError):
+        ws.adapter_dir("../../etc")
+    with pytest.raises(ValueError):
+        ws.path("..", "x")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(target, {"bad": object()})
+    assert target.read_text().strip().endswith("}")  # old content intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("name", ["quick.yaml", "full.yaml"])
+def test_shipped_configs_validate(name):
+    path = SAMPLE / name
+    if not path.exists():
+        pytest.skip("sample configs not built yet")
+    cfg = load_config(path)
+    assert len(cfg.tasks) == (10 if name == "full.yaml" else len(cfg.tasks))

