@@ -30,8 +30,14 @@ install-dev: $(VENV)/.installed-dev
 model: install
 	$(BIN)/grouptune fetch-model smollm2-135m
 
-demo: model
-	$(BIN)/grouptune demo-workspace --config sample_data/quick.yaml
+# The demo workspace: a copy of the committed result of a real `grouptune run` of quick.yaml
+# (so every page has something to show at once); `grouptune init` re-checks it offline.
+workspaces/quick/config.yaml:
+	mkdir -p workspaces
+	if [ -d sample_data/workspaces/quick ]; then cp -r sample_data/workspaces/quick workspaces/quick; fi
+
+demo: model workspaces/quick/config.yaml
+	$(BIN)/grouptune init --config sample_data/quick.yaml --workspace workspaces/quick
 	$(BIN)/grouptune app --workspace workspaces/quick --host $(HOST) --port $(PORT)
 
 lint: install-dev

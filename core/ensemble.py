@@ -88,6 +88,9 @@ def validate_manifest(manifest: dict, ws=None) -> dict:
         raise GroupTuneError(f"{MANIFEST}: task_to_group does not match groups")
     for task in tasks:
         _check_simplex(task, manifest["weights"].get(task), manifest["adapters"])
+    extra = sorted(set(manifest["weights"]) - set(tasks))
+    if extra:
+        raise GroupTuneError(f"{MANIFEST}: weights for task(s) {extra} that are in no group")
     if ws is not None:
         for name, rel in manifest["adapters"].items():
             if not (ws.path(rel) / "grouptune.json").exists():
@@ -232,13 +235,13 @@ def load_adapters(cfg, ws, adapters: dict[str, str], groups: list[list[str]] | N
     """
     from peft import PeftModel
 
-    from core.models import load_model, model_fingerprint
-    from core.training import keep_bnb_training_layout
+    from core.models import keep_bnb_training_layout, load_model, model_fingerprint
 
     fp = model_fingerprint(cfg.model)
     paths = {name: ws.path(rel) for name, rel in adapters.items()}
-    for i, (name, path) in enumerate(paths.items()):
-        _check_adapter(path, name, fp, groups[i] if groups is not None else None)
+    expected = {group_adapter_name(i): g for i, g in enumerate(groups or [])}
+    for name, path in paths.items():
+        _check_adapter(path, name, fp, expected.get(name))
     base, tokenizer = load_model(cfg.model)
     model = None
     for name, path in paths.items():
@@ -263,10 +266,11 @@ def adapter_logits(model, tokenizer, enc: Encoded, adapter: str, cfg) -> np.ndar
     return choice_logits(model, tokenizer, enc, cfg.features.batch_size, desc=desc)
 
 
-def _cached_val_logits(ws, model, tokenizer, enc: Encoded, adapter: str, cfg) -> np.ndarray:
-    """Val logits per (adapter, task), cached on disk keyed by the adapter file and the tokens."""
+def _cached_val_logits(ws, model, tokenizer, enc: Encoded, adapter: str, folder: Path, cfg):
+    """(n, C) val logits of one adapter on one task, cached on disk under eval/cache/, keyed by
+    the adapter's weights file and the encoded rows (a retrained adapter is never reused)."""
     h = hashlib.sha256()
-    h.update((ws.path("adapters", adapter) / "adapter_model.safetensors").read_bytes())
+    h.update((folder / "adapter_model.safetensors").read_bytes())
     h.update(repr((enc.input_ids, enc.choice_ids, enc.gold.tolist())).encode())
     path = ws.path("eval", "cache", adapter, f"{enc.task}-{enc.split}-{h.hexdigest()[:16]}.npy")
     if path.exists():
@@ -283,7 +287,8 @@ def fit_all_weights(ws, model, tokenizer, tasks, manifest: dict, cfg) -> tuple[d
     for task in tasks:
         enc = encode_split(tokenizer, task, "val", cfg.data.max_tokens)
         logits = {
-            a: _cached_val_logits(ws, model, tokenizer, enc, a, cfg) for a in manifest["adapters"]
+            a: _cached_val_logits(ws, model, tokenizer, enc, a, ws.path(rel), cfg)
+            for a, rel in manifest["adapters"].items()
         }
         weights[task.name], info[task.name] = fit_weights(logits, enc.gold, own[task.name])
     return weights, info
@@ -319,12 +324,18 @@ def evaluate_ensemble(cfg, ws) -> dict:
     With ensemble.weights = "fit", weights are fitted on val first (saved in the manifest), and
     the file holds both results under "by_weights"; "metrics" is the configured kind.
     """
+    from core.models import model_fingerprint
     from core.training import select_tasks
 
     manifest = load_manifest(ws)
+    if manifest["base_model"] != model_fingerprint(cfg.model):
+        raise StaleError(
+            f"{ws.path(MANIFEST)} was made for another base model ({manifest['base_model']}); "
+            "retrain the group adapters or restore the config they were made with"
+        )
     tasks = select_tasks(cfg, [t for g in manifest["groups"] for t in g])
     model, tokenizer = load_adapters(cfg, ws, manifest["adapters"], manifest["groups"])
-    meter = Meter(model_device(model)).__enter__()
+    meter = Meter(model_device(model)).start()
     kind = cfg.ensemble.weights
     weights = {"own": own_weights(manifest["groups"])}
     manifest = {k: v for k, v in manifest.items() if k != "fit"}
@@ -366,7 +377,7 @@ def evaluate_baseline(cfg, ws) -> dict:
     record = _read_json_file(path / "grouptune.json")
     tasks = select_tasks(cfg, record["tasks"])
     model, tokenizer = load_adapters(cfg, ws, {"baseline": "adapters/baseline"})
-    meter = Meter(model_device(model)).__enter__()
+    meter = Meter(model_device(model)).start()
     result = evaluate_model(model, tokenizer, tasks, cfg, split="test")
     ws.write({"model": "baseline", "split": "test", "metrics": result}, "eval", "baseline.json")
     encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}

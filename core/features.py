@@ -61,7 +61,7 @@ def feature_dims(peft_model) -> list[int]:
 
 
 def prepare_for_extraction(peft_model) -> None:
-    """Eval mode (no dropout); gradients only for the B matrices.
+    """Eval mode (no dropout); gradients only for the B matrices; no activation checkpointing.
 
     Also drops the input-embedding "require grad" hook that kbit preparation installs, so
     backward stops below the lowest adapted layer instead of running to the embeddings.
@@ -74,8 +74,13 @@ def prepare_for_extraction(peft_model) -> None:
     for _, p in lora_b_parameters(peft_model):
         p.requires_grad_(True)
     base = peft_model.get_base_model()
-    if getattr(base, "_require_grads_hook", None) is not None:
+    if getattr(base, "_require_grads_hooks", None) or hasattr(base, "_require_grads_hook"):
         base.disable_input_require_grads()
+    # recomputed forwards would fire the capture hooks twice: checkpointing must be off
+    on = getattr(base, "is_activation_checkpointing", None)  # transformers 5; 4.x name below
+    if on if on is not None else getattr(base, "is_gradient_checkpointing", False):
+        off = getattr(base, "activation_checkpointing_disable", None)
+        (off or base.gradient_checkpointing_disable)()
 
 
 class _BGradHooks:
@@ -245,21 +250,36 @@ def _extract_split(
     bar,
     on_batch,
 ) -> int:
-    """Compute the pending rows of one split, shortest prompts first, one store write a batch."""
+    """Compute the pending rows of one split, shortest prompts first, one store write a batch.
+
+    Returns (rows, flops, padded tokens, flop method): the FLOPs are counted on one extra pass
+    of the first batch with torch's flop counter and scaled by the padded tokens of all batches.
+    """
+    from core.flops import count_call_flops
+
     pending = store.pending(enc.split)
     order = pending[np.argsort(enc.lengths[pending], kind="stable")] if len(pending) else pending
     device = next(peft_model.parameters()).device
+    per_token, tokens, method = 0.0, 0, "none"
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = pad_batch([enc.input_ids[i] for i in idx], pad_id, device)
-        out = batch_features(
-            peft_model, batch, enc.choice_ids, enc.gold[idx], target, enc.split, projector
-        )
+
+        def compute(batch=batch, idx=idx):
+            return batch_features(
+                peft_model, batch, enc.choice_ids, enc.gold[idx], target, enc.split, projector
+            )
+
+        if start == 0:  # count on a throwaway pass: the counter may change low-order bits
+            _, count = count_call_flops(peft_model, compute, batch, backward=True)
+            per_token, method = count.per_token, count.method
+        out = compute()
+        tokens += int(batch["input_ids"].numel())
         store.write(enc.split, idx, {n: v.detach().cpu().numpy() for n, v in out.items()})
         bar.update(len(idx), message=f"{enc.task} {enc.split}")
         if on_batch is not None:
             on_batch(enc.task, enc.split, idx)
-    return len(order)
+    return len(order), per_token * tokens, tokens, method
 
 
 def _open_stores(cfg, ws, todo, tok, peft_model, projector) -> list[tuple]:
@@ -304,7 +324,8 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
 
     `tasks`: Task objects or task names (default: all of the config's). The model is loaded
     once, and only when some task needs work. `on_batch(task, split, rows)` is called after each
-    stored batch. Returns {task: {"status_before", "rows_computed", "seconds"}}.
+    stored batch. Returns {task: {"status_before", "rows_computed", "seconds"}} plus, for tasks
+    computed, "flops", "tokens" (padded) and "flops_method".
     """
     from core.progress import track
     from core.store import store_status
@@ -324,7 +345,7 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
     with track(total, "gradient features", unit="row") as bar:
         for task, store, encs in opened:
             start = time.perf_counter()
-            n = sum(
+            parts = [
                 _extract_split(
                     peft_model,
                     store,
@@ -337,8 +358,14 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
                     on_batch,
                 )
                 for s in ("train", "val")
-            )
+            ]
             seconds = time.perf_counter() - start
             store.finish(seconds)
-            result[task.name].update(rows_computed=n, seconds=round(seconds, 3))
+            result[task.name].update(
+                rows_computed=sum(p[0] for p in parts),
+                seconds=round(seconds, 3),
+                flops=int(sum(p[1] for p in parts)),
+                tokens=sum(p[2] for p in parts),
+                flops_method="+".join(sorted({p[3] for p in parts if p[0]})) or "none",
+            )
     return result

@@ -27,30 +27,14 @@ Recording. `Accounting(ws)` keeps accounting.json: one entry per stage
 
 from __future__ import annotations
 
-import contextlib
-import resource
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from core.accounting import STAGES, Accounting, Meter, peak_rss_bytes, stage_entry  # noqa: F401 (re-exported)
 from core.errors import GroupTuneError
-from core.io import read_json, write_json
-
-STAGES = (
-    "gradients",
-    "estimation",
-    "group_training",
-    "baseline_training",
-    "ensemble_inference",
-    "baseline_inference",
-)
-_SUMMED = ("flops", "wall_seconds", "tokens", "examples", "train_flops", "val_flops")
-
 
 # --- measuring ------------------------------------------------------------------------------
 
@@ -189,6 +173,22 @@ def count_flops(
     return FlopCount(int(counter.get_total_flops() + tally[0]), method, rows * width, rows)
 
 
+def count_call_flops(model: nn.Module, fn: Callable[[], object], batch: dict, backward: bool):
+    """(result of fn(), FlopCount) for any computation on `batch`, e.g. a feature extraction
+    with several backward passes. fn runs for real: its gradients and outputs are kept."""
+    tally = [0]
+    handles = _equivalent_hooks(model, backward, tally)
+    try:
+        with _counter() as counter:
+            out = fn()
+    finally:
+        for h in handles:
+            h.remove()
+    rows, width = batch["input_ids"].shape
+    method = "flop_counter+bnb_equivalent" if tally[0] else "flop_counter"
+    return out, FlopCount(int(counter.get_total_flops() + tally[0]), method, rows * width, rows)
+
+
 def measure_flops(model: nn.Module, batch: dict, backward: bool) -> int:
     """FLOPs of one real forward (+ backward if `backward`) pass on `batch`. See `count_flops`."""
     return count_flops(model, batch, backward).flops
@@ -281,121 +281,3 @@ def padded_tokens(lengths, batch_size: int) -> int:
 
 
 # --- time and memory --------------------------------------------------------------------------
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-class Meter:
-    """Wall time and peak memory of a block: `with Meter(device) as m: ...; m.result()`.
-
-    peak_memory_bytes is torch.cuda.max_memory_allocated on CUDA (reset on entry), else the
-    process's peak RSS (which cannot be reset: it is the peak since the process started).
-    """
-
-    def __init__(self, device: torch.device | str | None = None):
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.wall_seconds = 0.0
-        self._start = 0.0
-
-    def __enter__(self) -> Meter:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall_seconds = time.perf_counter() - self._start
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._start
-
-    def peak_memory(self) -> dict:
-        out = {"peak_rss_bytes": peak_rss_bytes()}
-        if self.device.type == "cuda":
-            out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-        out["peak_memory_bytes"] = out.get("peak_cuda_bytes", out["peak_rss_bytes"])
-        return out
-
-
-# --- accounting.json --------------------------------------------------------------------------
-
-
-def stage_entry(
-    flops: int, wall_seconds: float, peak_memory_bytes: int, tokens: int, method: str, **extra
-) -> dict:
-    """One accounting record; extra keys (examples, flops_per_example, ...) are kept."""
-    return {
-        "flops": int(flops),
-        "wall_seconds": float(wall_seconds),
-        "peak_memory_bytes": int(peak_memory_bytes),
-        "tokens": int(tokens),
-        "method": str(method),
-        **extra,
-    }
-
-
-@contextlib.contextmanager
-def _locked(path):
-    """Exclusive lock next to `path`, so parallel jobs (one per group) don't lose updates."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: writes stay atomic, concurrent updates may be lost
-        yield
-        return
-    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _sum_parts(parts: dict[str, dict]) -> dict:
-    """A stage's totals over its parts: sums of additive fields, max of peaks, methods joined."""
-    total: dict[str, Any] = {}
-    for key in _SUMMED:
-        values = [p[key] for p in parts.values() if key in p]
-        if values:
-            total[key] = sum(values)
-    peaks = [p.get("peak_memory_bytes", 0) for p in parts.values()]
-    total["peak_memory_bytes"] = max(peaks) if peaks else 0
-    total["method"] = "+".join(sorted({p.get("method", "?") for p in parts.values()}))
-    if total.get("examples"):
-        total["flops_per_example"] = total["flops"] / total["examples"]
-    return total
-
-
-class Accounting:
-    """accounting.json of a workspace: per-stage cost records, updated atomically under a lock."""
-
-    def __init__(self, ws):
-        self.path = ws.path("accounting.json")
-
-    def read(self) -> dict:
-        try:
-            return read_json(self.path) if self.path.exists() else {}
-        except ValueError as err:
-            raise GroupTuneError(f"{self.path}: not valid JSON ({err}); delete it") from None
-
-    def stage(self, stage: str) -> dict | None:
-        return self.read().get(stage)
-
-    def record(self, stage: str, entry: dict, part: str | None = None) -> dict:
-        """Store `entry` under `stage` (replacing it), or as `part` of it (totals recomputed)."""
-        if stage not in STAGES:
-            raise GroupTuneError(f"unknown accounting stage {stage!r}; expected one of {STAGES}")
-        with _locked(self.path):
-            data = self.read()
-            if part is None:
-                data[stage] = dict(entry)
-            else:
-                parts = dict(data.get(stage, {}).get("parts", {}))
-                parts[part] = dict(entry)
-                data[stage] = {**_sum_parts(parts), "parts": parts}
-            write_json(self.path, data)
-        return data[stage]

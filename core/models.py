@@ -722,12 +722,27 @@ def load_model(model_cfg: ModelConfig, *, attn_implementation: str | None = None
             kwargs["quantization_config"] = _bnb_config(quant, dtype)
         kwargs["device_map"] = {"": str(device)}  # load straight onto the device
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    keep_bnb_training_layout(model)
     tok = _finish_tokenizer(tok)
     _cap_length(tok, model.config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
     return model, tok
+
+
+def keep_bnb_training_layout(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight the first time it
+    runs in eval mode without grad (absmax rounded to bf16) and from then on uses a kernel with
+    no autograd, in training too: after the first validation no gradient would flow through the
+    frozen base layers. One layout everywhere also means zero-shot scores, gradient features,
+    training and evaluation all see exactly the same weights.
+    """
+    for layer in model.modules():
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            layer.support_avx512bf16_for_cpu = False
 
 
 # --- fingerprints and counting -------------------------------------------------------------------

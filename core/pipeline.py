@@ -19,8 +19,8 @@ STAGES = ("gradients", "affinity", "group", "train", "evaluate", "report")
 # --- estimation ------------------------------------------------------------------------------
 def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
     """Gradient features for the given tasks (default all), with accounting of the stage."""
+    from core.accounting import Accounting, Meter
     from core.features import extract_features
-    from core.flops import Accounting, Meter
 
     with Meter() as meter:
         result = extract_features(cfg, ws, tasks)
@@ -39,8 +39,8 @@ def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
 
 
 def affinity(cfg, ws: Workspace) -> dict:
+    from core.accounting import Accounting, Meter
     from core.affinity import compute_affinity
-    from core.flops import Accounting, Meter
 
     before = (ws.read("affinity.json") or {}).get("fingerprint")
     with Meter() as meter:
@@ -148,13 +148,34 @@ def train(cfg, ws: Workspace, which: str = "all") -> dict:
         if which not in jobs:
             raise GroupTuneError(f"no adapter {which!r}: the chosen groups give {sorted(jobs)}")
         jobs = {which: jobs[which]}
-    results = {name: train_adapter(cfg, ws, name, tasks) for name, tasks in jobs.items()}
+    results = {
+        name: train_adapter(cfg, ws, name, tasks, restart=_regrouped(ws, name, tasks))
+        for name, tasks in jobs.items()
+    }
     if groups:
         create_manifest(cfg, ws, groups)
     return {
         name: {"best_epoch": r.get("best_epoch"), "val": r.get("val_metrics", {}).get("mean")}
         for name, r in results.items()
     }
+
+
+def _regrouped(ws: Workspace, name: str, tasks: list[str]) -> bool:
+    """True when adapter `name` holds work on another task set (the grouping changed since):
+    it is retrained from scratch rather than refused as stale."""
+    from core.io import read_json
+
+    folder = ws.adapter_dir(name)
+    for path, key in (
+        (folder / "grouptune.json", ("tasks",)),
+        (folder / "checkpoint" / "state.json", ("fingerprint", "data", "tasks")),
+    ):
+        if path.exists():
+            data = read_json(path)
+            for k in key:
+                data = data.get(k, {}) if isinstance(data, dict) else {}
+            return sorted(data) != sorted(tasks)
+    return False
 
 
 # --- the headless driver -----------------------------------------------------------------------

@@ -17,7 +17,7 @@ Anything not produced yet is null and named in "missing"; nothing is guessed.
 
 from __future__ import annotations
 
-from core.flops import Accounting
+from core.accounting import Accounting
 
 MODELS = ("zero_shot", "baseline", "ensemble")
 METRICS = ("accuracy", "f1", "ece")

@@ -43,7 +43,6 @@ from core.flops import (
     Meter,
     count_flops,
     padded_tokens,
-    quantized_linears,
     stage_entry,
 )
 from core.io import read_json, write_json
@@ -72,7 +71,8 @@ class TrainState:
     padded_tokens: int = 0  # training token positions computed
     val_passes: int = 0  # validation passes done
     wall_seconds: float = 0.0  # summed over every (re)run
-    peak_memory_bytes: int = 0
+    peak_memory_bytes: int = 0  # CUDA peak on CUDA, else peak RSS
+    peak_rss_bytes: int = 0
     metrics_lines: int = 0  # lines of metrics.jsonl belonging to this state
 
 
@@ -172,7 +172,7 @@ def fit(run: Run, state: TrainState) -> TrainState:
     `checkpoint_seconds` within one). Returns the final state."""
     tcfg, model, opt = run.cfg.training, run.model, run.optimizer
     steps = run.steps_per_epoch
-    meter = Meter(model_device(model)).__enter__()
+    meter = Meter(model_device(model)).start()
     wall_before, last_save = state.wall_seconds, time.monotonic()
     model.train()
     with _tracker(tcfg.epochs * steps, f"train {run.name}", run.progress) as bar:
@@ -242,7 +242,9 @@ def _trainable(model) -> list[torch.nn.Parameter]:
 
 def _stamp(state: TrainState, meter: Meter, wall_before: float) -> None:
     state.wall_seconds = wall_before + meter.elapsed()
-    state.peak_memory_bytes = max(state.peak_memory_bytes, meter.peak_memory()["peak_memory_bytes"])
+    peak = meter.peak_memory()
+    state.peak_memory_bytes = max(state.peak_memory_bytes, peak["peak_memory_bytes"])
+    state.peak_rss_bytes = max(state.peak_rss_bytes, peak["peak_rss_bytes"])
 
 
 def _log(run: Run, state: TrainState, record: dict) -> None:
@@ -343,8 +345,12 @@ def _read_json_file(path: Path) -> dict:
 
 def check_fingerprint(saved: dict, current: dict, where: Path) -> None:
     """Refuse a checkpoint or adapter made with other settings, naming what differs."""
-    labels = {"base_model": "base model", "adapter": "adapter config", "training": "training"}
-    labels["data"] = "task data"
+    labels = {
+        "base_model": "base model",
+        "adapter": "adapter config",
+        "training": "training",
+        "data": "task data",
+    }
     for key, label in labels.items():
         if saved.get(key) != current.get(key):
             raise StaleError(
@@ -361,7 +367,12 @@ def load_checkpoint(run: Run) -> TrainState | None:
         return None
     meta = _read_json_file(folder / "state.json")
     check_fingerprint(meta.get("fingerprint", {}), run.fingerprint, folder)
-    state = TrainState(**meta["state"])
+    try:
+        state = TrainState(**meta["state"])
+    except (KeyError, TypeError) as err:
+        raise GroupTuneError(
+            f"{folder / 'state.json'}: not a checkpoint of this version ({err})"
+        ) from None
     if state.epoch > run.cfg.training.epochs:
         raise GroupTuneError(
             f"{folder} is at epoch {state.epoch} but training.epochs is "
@@ -422,20 +433,6 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
 
 
-def keep_bnb_training_layout(model) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight the first time it
-    runs in eval mode without grad (absmax rounded to bf16) and from then on uses a kernel with
-    no autograd, in training too: after the first validation no gradient would flow through the
-    frozen base layers (lower LoRA layers got none). Keeping one layout also keeps val and test
-    logits computed with exactly the weights that were trained.
-    """
-    for layer in quantized_linears(model):
-        if hasattr(layer, "support_avx512bf16_for_cpu"):
-            layer.support_avx512bf16_for_cpu = False
-
-
 def _setup(cfg, ws, name: str, task_names: list[str]) -> Run:
     """Load tasks and model, attach a fresh seeded adapter, encode the data, make the optimizer."""
     from core.adapters import attach_adapter
@@ -445,7 +442,6 @@ def _setup(cfg, ws, name: str, task_names: list[str]) -> Run:
     tasks = select_tasks(cfg, task_names)
     model, tokenizer = load_model(cfg.model)
     model = attach_adapter(model, cfg.adapter)
-    keep_bnb_training_layout(model)
     train = [encode_split(tokenizer, t, "train", cfg.data.max_tokens) for t in tasks]
     check_train_data(name, train)
     val_tokens = sum(
@@ -499,8 +495,8 @@ def train_adapter(
         (out / "metrics.jsonl").unlink(missing_ok=True)
         torch.manual_seed(cfg.training.seed)  # dropout RNG; restored from checkpoints after
         state = TrainState()
-    rates = _flop_rates(run)
     try:
+        rates = _flop_rates(run)
         state = fit(run, state)
     except OOM_ERRORS as err:
         raise _oom_error(run, err) from None
@@ -555,6 +551,7 @@ def _finish(run: Run, state: TrainState, rates: dict, ws) -> dict:
         val_flops=val_flops,
         padded_tokens=state.padded_tokens,
         steps=state.step,
+        peak_rss_bytes=state.peak_rss_bytes,
     )
     cfg = run.cfg
     record = {

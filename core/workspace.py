@@ -16,6 +16,7 @@ Layout (every path below is relative to the workspace root):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from core.config import ExperimentConfig, load_config, parse_config
@@ -62,9 +63,11 @@ class Workspace:
 
     # --- config snapshot -------------------------------------------------------------------
     def save_config(self, cfg: ExperimentConfig) -> Path:
-        """Snapshot the config; relative paths keep working because base_dir is kept absolute."""
+        """Snapshot the config. base_dir (what the config's relative paths resolve against) is
+        stored relative to the workspace, so a workspace moved with its project keeps working."""
         self.ensure()
-        text = cfg.to_yaml() + f"# resolved against\nbase_dir: {Path(cfg.base_dir).resolve()}\n"
+        base = os.path.relpath(Path(cfg.base_dir).resolve(), self.root)
+        text = cfg.to_yaml() + f"# the config's relative paths resolve against\nbase_dir: {base}\n"
         return write_text(self.config_path, text)
 
     def load_config(self) -> ExperimentConfig:
@@ -73,8 +76,8 @@ class Workspace:
         if not self.config_path.exists():
             return load_config(self.config_path)  # raises a clear "not found"
         data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        base = data.pop("base_dir", str(self.root))
-        return parse_config(data, source=str(self.config_path), base_dir=base)
+        base = self.root / data.pop("base_dir", ".")
+        return parse_config(data, source=str(self.config_path), base_dir=base.resolve())
 
     def read(self, *parts: str, default=None):
         p = self.path(*parts)

@@ -1,27 +1,79 @@
-"""Home: where the experiment stands and what to do next."""
+"""Home: where the experiment stands, stage by stage, and what to do next."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import pandas as pd
 import streamlit as st
-import yaml
 
-st.title("GroupTune")
+from core import status
+from core.export import headline, load_report, state_badge
+from pages import _common
+
+st.title(":material/hub: GroupTune")
 st.caption(
-    "Fine-tune one language model on many datasets: group the tasks, train one adapter per group."
+    "Fine-tune one language model on many datasets at once: measure which datasets help each "
+    "other, group them, train one small adapter per group, and compare that ensemble with a "
+    "single adapter trained on everything."
 )
+ws, cfg = _common.require_config()
+tasks = _common.tasks(ws)
+jobs = status.read_jobs(ws)
+rows = status.experiment_status(ws, cfg, tasks, jobs)
+report = load_report(ws)
 
-ws = Path(st.session_state.get("workspace") or ".")
-config_path = ws / "config.yaml"
-if not config_path.exists():
-    st.info("Pick or create an experiment workspace to begin.")
-    st.stop()
+st.subheader(f"Experiment `{cfg.name}`")
+chosen = ws.read("groupings", "chosen.json")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Tasks", len(cfg.tasks))
+c2.metric("Groups (m)", chosen["m"] if chosen else "—")
+mean = headline(report)["mean_accuracy"] if report else {}
+if mean.get("ensemble") is not None:
+    delta = mean["ensemble"] - mean["baseline"] if mean.get("baseline") is not None else None
+    c3.metric(
+        "Ensemble mean accuracy",
+        f"{mean['ensemble']:.3f}",
+        f"{delta:+.3f} vs single adapter" if delta is not None else None,
+    )
+else:
+    c3.metric("Ensemble mean accuracy", "—")
+counts = status.job_counts(jobs)
+c4.metric("Jobs running / queued", f"{counts['running']} / {counts['queued']}")
 
-cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-st.subheader(f"Experiment `{cfg.get('name')}`")
-c1, c2, c3 = st.columns(3)
-c1.metric("Tasks", len(cfg.get("tasks", [])))
-c2.metric("Model", cfg.get("model", {}).get("name", "?"))
-c3.metric("Quantisation", cfg.get("model", {}).get("quantization", "?"))
-st.write("Tasks:", ", ".join(t["name"] if isinstance(t, dict) else t for t in cfg.get("tasks", [])))
+st.subheader("Where it stands")
+for stage in status.stage_summary(rows):
+    a, b, c = st.columns([3, 1, 2])
+    a.markdown(f"**{stage['label']}**")
+    b.markdown(state_badge(stage["state"]))
+    c.caption(f"{stage['fresh']} of {stage['total']} up to date")
+with st.expander("Every item"):
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="home_rows")
+
+st.subheader("What to do next")
+step = status.next_step(rows)
+if step is None:
+    st.success("Everything is up to date. See the comparison on the **Compare** page.")
+    st.page_link("pages/compare.py", label="Open Compare", icon=":material/leaderboard:")
+elif step["busy"] and not step["argvs"]:
+    st.info(f"{step['title']}: a job is on it ({step['why']}). This page follows it below.")
+else:
+    st.info(f"**{step['title']}.** Why: {step['why']}")
+    _common.show_cli(step["argvs"], ws)
+    if st.button("Run this step", type="primary", icon=":material/play_arrow:", key="home_next"):
+        _common.submit(ws, step["argvs"])
+        st.rerun()
+
+st.divider()
+left, right = st.columns([2, 3])
+driver = any(j["state"] in status.ACTIVE and j["argv"][:1] == ["run"] for j in jobs)
+with left:
+    st.markdown("**Run everything** in the background, in order, skipping what is up to date.")
+    st.code(f"grouptune run {ws.root / 'config.resolved.yaml'} --workspace {ws.root}", "bash")
+    if st.button(
+        "Run everything", icon=":material/rocket_launch:", disabled=driver, key="home_all"
+    ):
+        job = status.submit_run(ws, cfg)
+        st.toast(f"Queued the pipeline driver (job {job})", icon=":material/rocket_launch:")
+        st.rerun()
+with right:
+    st.markdown("**Jobs now**")
+    _common.live_jobs(ws)

@@ -99,6 +99,7 @@ def test_fast_path_low_precision(name, quantization, dtype, tmp_path, monkeypatc
     monkeypatch.setenv("GROUPTUNE_CACHE", str(tmp_path))
     cfg = ModelConfig(name=name, quantization=quantization, dtype=dtype, device="cpu")
     peft_model, ids, choice, batch = _prepare(*load_model(cfg))
+    assert not getattr(peft_model.get_base_model(), "_require_grads_hooks", None)  # kbit hook off
     for target, split in [("choices", "train"), ("vocab", "val")]:
         fast = batch_features(peft_model, batch, choice, GOLD, target, split)
         ref = reference_example_grads(peft_model, ids, choice, GOLD, target, split)
@@ -167,3 +168,14 @@ def test_only_b_is_trainable_and_dropout_off():
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in lora_b_parameters(peft_model)}
     assert not any(m.training for m in peft_model.modules())
+
+
+def test_checkpointing_is_turned_off():
+    """Recomputed forwards would fire the capture hooks twice: extraction turns it off."""
+    model, tok = build_tiny_model("tiny-llama")
+    model.gradient_checkpointing_enable()
+    peft_model, ids, choice, batch = _prepare(model, tok)
+    assert not peft_model.get_base_model().is_activation_checkpointing
+    fast = batch_features(peft_model, batch, choice, GOLD, "choices", "train")
+    ref = reference_example_grads(peft_model, ids, choice, GOLD, "choices", "train")
+    _close(fast["g"], ref["g"], rtol=1e-4)

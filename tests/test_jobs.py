@@ -176,7 +176,7 @@ def test_many_processes_submitting_and_polling_at_once(ws, monkeypatch):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(4)
     ]
     ids = []

@@ -20,7 +20,12 @@ ARRAYS = ["train_h", "train_g", "train_gold", "val_z", "val_lse", "val_h", "val_
 
 def _cfg(task_root, tasks=("alpha", "beta"), **sections):
     data = {
-        "model": {"name": "tiny-llama", "quantization": "none", "dtype": "float32", "device": "cpu"},
+        "model": {
+            "name": "tiny-llama",
+            "quantization": "none",
+            "dtype": "float32",
+            "device": "cpu",
+        },
         "adapter": {"r": 2, "alpha": 4, "seed": 0},
         "data": {"root": str(task_root), "max_tokens": 64},
         "tasks": list(tasks),

@@ -1,0 +1,118 @@
+"""What every page shares: the current workspace and config, cached reads, job submission and
+the live view of running jobs. Streamlit-side only; everything derived comes from core."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import status
+from core.errors import GroupTuneError
+from core.workspace import Workspace
+
+START_HINT = "grouptune init --config sample_data/quick.yaml --workspace workspaces/quick"
+
+
+def workspace() -> Workspace | None:
+    """The experiment picked in the sidebar (app.py); the first one found if none is yet."""
+    path = st.session_state.setdefault("workspace", (status.list_workspaces() or [""])[0])
+    return Workspace(path) if path else None
+
+
+def require_config() -> tuple[Workspace, object]:
+    """The current workspace and its config; otherwise say how to make one and stop the page."""
+    ws = workspace()
+    cfg, err = status.load_config(ws) if ws is not None else (None, "no workspace selected")
+    if cfg is None:
+        st.info(
+            f"No experiment to show ({err}). Create one on the **Datasets** page, or from a "
+            f"terminal: `{START_HINT}`"
+        )
+        st.page_link("pages/datasets.py", label="Go to Datasets", icon=":material/dataset:")
+        st.stop()
+    return ws, cfg
+
+
+@st.cache_data(ttl=120, max_entries=16, show_spinner="Loading tasks...")
+def _load_tasks(root: str, config_mtime: float, uploads_key: tuple):
+    from core.tasks import load_tasks
+
+    cfg, err = status.load_config(Workspace(root))
+    return load_tasks(cfg)
+
+
+def tasks(ws: Workspace):
+    """The config's tasks (validated, subsampled), cached on the config's modification time;
+    shows the data error and stops the page when they do not load."""
+    try:
+        uploads = tuple(
+            sorted((k, p.stat().st_mtime) for k, p in status.uploaded_tasks(ws).items())
+        )
+        return _load_tasks(str(ws.root), ws.config_path.stat().st_mtime, uploads)
+    except (GroupTuneError, ValueError, OSError) as err:
+        st.error(f"The experiment's tasks do not load: {err}")
+        st.stop()
+
+
+def submit(ws: Workspace, argvs: list[list[str]], chain: bool = False) -> list[int]:
+    """Queue one job per argv (each after the previous one when `chain`); say so."""
+    ids: list[int] = []
+    for argv in argvs:
+        after = ids[-1:] if chain else []
+        ids.append(status.submit_step(ws, argv, depends_on=after))
+    if ids:
+        st.toast(f"Queued job(s) {', '.join(map(str, ids))}", icon=":material/schedule:")
+    return ids
+
+
+def show_cli(argvs: list[list[str]], ws: Workspace) -> None:
+    st.code("\n".join(status.cli_text(a, ws) for a in argvs) or "(nothing to run)", language="bash")
+
+
+def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -> None:
+    """Running and queued jobs with progress and ETA, polled from the job store every
+    `every` seconds; when the set of active jobs changes, the whole page is rerun."""
+
+    @st.fragment(run_every=every)
+    def _live():
+        jobs = status.read_jobs(ws)
+        active = [j for j in jobs if j["state"] in status.ACTIVE]
+        if stages:
+            active = [j for j in active if any(s in stages for s, _ in status.job_targets(j))]
+        key = f"_active_{ws.root}_{stages}"
+        ids = sorted(j["id"] for j in active)
+        if st.session_state.get(key) is not None and st.session_state[key] != ids:
+            st.session_state[key] = ids
+            st.rerun(scope="app")  # a job finished or started: refresh the page's tables
+        st.session_state[key] = ids
+        if not active:
+            st.caption("No job running or queued.")
+        for job in active:
+            frac = float(job.get("progress") or 0.0)
+            eta = f", about {job['eta_s']:.0f} s left" if job.get("eta_s") is not None else ""
+            text = (
+                f"job {job['id']} `{job['step']}` {job['state']}{eta}: {job.get('message') or ''}"
+            )
+            st.progress(min(max(frac, 0.0), 1.0), text=text)
+
+    _live()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading gradient features for what-if...")
+def _whatif(root: str, affinity_mtime: float, config_mtime: float):
+    from core.whatif import WhatIf
+
+    ws = Workspace(root)
+    cfg, _ = status.load_config(ws)
+    return WhatIf.from_workspace(cfg, ws)
+
+
+def whatif(ws: Workspace):
+    """The what-if predictor (numpy only), shared across sessions until affinity.json or the
+    config change; None (with the reason shown) when the features cannot be loaded."""
+    try:
+        return _whatif(
+            str(ws.root), ws.path("affinity.json").stat().st_mtime, ws.config_path.stat().st_mtime
+        )
+    except (GroupTuneError, ValueError, OSError) as err:
+        st.warning(f"What-if predictions are unavailable: {err}")
+        return None

@@ -1,0 +1,84 @@
+"""6 · Compare: the group ensemble against one QLoRA adapter and the zero-shot model, per task
+and on average, with what each cost; and an export a stakeholder can open."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import export, status
+from core.workspace import Workspace
+from pages import _common
+
+st.title(":material/leaderboard: Compare")
+st.caption(
+    "Test-set results of three models: the **group ensemble** (one adapter per group of related "
+    "tasks), the **single QLoRA adapter** trained on every task, and the **zero-shot** base "
+    "model. Costs count everything each one needed, the ensemble's grouping work included."
+)
+ws, cfg = _common.require_config()
+report = export.load_report(ws)
+if report is None:
+    evaluated = ws.path("eval").is_dir() and any(ws.path("eval").glob("*.json"))
+    argvs = [["report"]] if evaluated else [["evaluate"], ["report"]]
+    st.info("No comparison yet. It needs trained adapters (Training page), then:")
+    _common.show_cli(argvs, ws)
+    if st.button("Evaluate and report" if not evaluated else "Write the report", key="cmp_run"):
+        _common.submit(ws, argvs, chain=True)
+    _common.live_jobs(ws, stages=("evaluation", "report"))
+    st.stop()
+
+head = export.headline(report)
+mean = head["mean_accuracy"]
+cols = st.columns(4)
+for col, m in zip(cols, export.MODELS, strict=False):
+    delta = head["ensemble_minus_baseline"] if m == "ensemble" else None
+    value = f"{mean[m]:.3f}" if mean[m] is not None else "—"
+    col.metric(
+        export.MODEL_LABELS[m], value, f"{delta:+.3f} vs single" if delta is not None else None
+    )
+ratio = head["training_flops_ratio"]
+cols[3].metric(
+    "Training compute, ensemble / single",
+    f"{ratio:.2f}×" if ratio else "—",
+    help="FLOPs of gradient features + estimation + group adapters, over the baseline's.",
+)
+if report.get("missing"):
+    st.warning("Not measured yet: " + "; ".join(report["missing"]))
+if status.report_state(ws)["state"] == "stale":
+    st.warning("Evaluated again since this report: `" + status.cli_text(["report"], ws) + "`")
+
+labels = export.METRIC_LABELS
+metric = st.radio("Metric", list(labels), format_func=labels.get, horizontal=True, key="cmp_metric")
+st.plotly_chart(export.comparison_figure(report, metric), key="cmp_chart")
+st.dataframe(export.metric_table(report, metric), key="cmp_table")
+
+st.subheader("Cost")
+st.caption("Wall time and memory are as measured on this machine; — means not measured.")
+st.dataframe(export.cost_table(report), key="cmp_costs")
+
+st.subheader("Accuracy against compute")
+others = [Workspace(p) for p in status.list_workspaces() if Workspace(p).root != ws.root]
+points = export.accuracy_flops_points(ws, others)
+st.plotly_chart(export.accuracy_flops_figure(points), key="cmp_flops")
+if points["model"].eq("ensemble").sum() < 2:
+    st.caption(
+        "Only one m has been trained, so each model is one point. Train other m in experiments "
+        "with the same tasks (a copy of this config with `grouping.m` set) to draw the curve."
+    )
+
+st.subheader("Export")
+st.caption(
+    "One HTML file with every chart and table (opens offline) and the tables as CSV. Terminal: "
+    f"`grouptune export --workspace {ws.root}`"
+)
+if st.button("Export the report", icon=":material/download:", key="cmp_export"):
+    paths = export.export_report(ws)
+    st.session_state[f"cmp_exported:{ws.root}"] = {"html": paths["html"], "zip": paths["zip"]}
+files = st.session_state.get(f"cmp_exported:{ws.root}")
+if files:
+    c1, c2 = st.columns(2)
+    with open(files["html"], "rb") as fh:
+        c1.download_button("report.html", fh.read(), "report.html", "text/html", key="cmp_html")
+    with open(files["zip"], "rb") as fh:
+        c2.download_button("CSV + HTML (zip)", fh.read(), "grouptune.zip", key="cmp_zip")
+    st.caption(f"Also saved in `{ws.path('exports')}`.")

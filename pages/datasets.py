@@ -1,0 +1,127 @@
+"""1 · Datasets: pick sample tasks or upload your own, look at them, save the experiment."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import status
+from core.errors import GroupTuneError
+from core.export import label_balance_figure, word_length_figure
+from core.workspace import Workspace
+from pages import _common
+
+MODELS = ["smollm2-135m", "tiny-llama", "tiny-gpt2"]
+
+st.title(":material/dataset: Datasets")
+st.caption(
+    "Each dataset is a classification task: a text (or a pair of texts), a prompt template, and "
+    "one answer word per label. The model answers by putting the most weight on one of them."
+)
+ws = _common.workspace()
+cfg, err = status.load_config(ws) if ws is not None else (None, None)
+if err and ws is not None and ws.config_path.exists():
+    st.error(err)
+uploads = status.uploaded_tasks(ws) if ws is not None else {}
+options = list(
+    dict.fromkeys([*(cfg.task_names if cfg else []), *uploads, *status.sample_task_names()])
+)
+default = cfg.task_names if cfg else []
+key = f"ds_tasks:{ws.root if ws else ''}"
+selected = st.multiselect("Tasks in the experiment", options, default=default, key=key)
+
+with st.expander("Upload your own task (CSV or JSONL)", icon=":material/upload:"):
+    st.caption(
+        "Columns: `text`, optional `text_pair`, `label`. Rows are split 60/15/25 into train, "
+        "val and test; each label's answer word is the label itself with a leading space."
+    )
+    name = st.text_input("Task name (letters, digits, - and _)", key="ds_up_name")
+    file = st.file_uploader("Data file", type=list(status.UPLOAD_TYPES), key="ds_up_file")
+    if ws is None:
+        st.info("Save the experiment first (bottom of the page); uploads are kept inside it.")
+    elif st.button("Add task", disabled=not (name and file), key="ds_up_add"):
+        try:
+            task = status.save_upload(ws, name, file.name, file.getvalue())
+            st.success(f"Added {task.name}: {sum(len(task.rows(s)) for s in task.splits)} rows.")
+        except GroupTuneError as err:
+            st.error(str(err))
+
+
+@st.cache_data(ttl=300, max_entries=64, show_spinner=False)
+def load(name: str, root: str | None, stamp: tuple):
+    config = status.load_config(Workspace(root))[0] if root else None
+    return status.load_one_task(
+        name, config, status.uploaded_tasks(Workspace(root)) if root else {}
+    )
+
+
+loaded, stamp = {}, (ws.config_path.stat().st_mtime if cfg else 0, tuple(sorted(uploads)))
+for task_name in selected:
+    try:
+        loaded[task_name] = load(task_name, str(ws.root) if ws else None, stamp)
+    except GroupTuneError as err:
+        st.error(f"Task {task_name}: {err}")
+if loaded:
+    st.subheader("The tasks")
+    st.dataframe(status.task_overview(loaded.values()), hide_index=True, key="ds_overview")
+    for pair in status.shared_answer_words(list(loaded.values())):
+        st.warning(
+            f"**{pair['tasks'][0]}** and **{pair['tasks'][1]}** share the answer words "
+            f"{pair['words']}: their measured affinity will partly reflect the shared format."
+        )
+    pick = st.selectbox("Look at one task", list(loaded), key="ds_pick")
+    task = loaded[pick]
+    rows, labels, lengths = st.tabs(["Rows and prompt", "Label balance", "Prompt lengths"])
+    with rows:
+        st.dataframe(status.preview_rows(task), hide_index=True, key="ds_rows")
+        st.caption("The first training row as the model sees it, then the answer words:")
+        st.code(task.render(task.rows("train")[0]), language="text")
+        st.markdown(" · ".join(f"`{lab}` → `{w!r}`" for lab, w in task.labels.items()))
+    with labels:
+        st.plotly_chart(label_balance_figure(status.label_balance(task), pick), key="ds_balance")
+    with lengths:
+        st.plotly_chart(word_length_figure(status.word_lengths(task), pick), key="ds_lengths")
+        st.caption("Whitespace-separated words: a tokenizer-free proxy (tokens are usually more).")
+
+st.subheader("Experiment settings")
+with st.form("ds_form"):
+    c1, c2, c3 = st.columns(3)
+    form = {"name": c1.text_input("Experiment name", cfg.name if cfg else "my-experiment")}
+    models = list(dict.fromkeys([*([cfg.model.name] if cfg else []), *MODELS]))
+    form["model"] = c2.selectbox("Base model", models)
+    quants = ["4bit", "8bit", "none"]
+    form["quantization"] = c3.selectbox(
+        "Quantisation", quants, quants.index(cfg.model.quantization) if cfg else 0
+    )
+    d, c = (cfg.data, cfg) if cfg else (None, None)
+    cols = st.columns(4)
+    for col, key, label in zip(
+        cols[:3], ("max_train", "max_val", "max_test"), ("train", "val", "test"), strict=True
+    ):
+        value = (getattr(d, key) or 0) if d else 0
+        form[key] = col.number_input(f"Max {label} rows (0 = all)", 0, 10**6, value)
+    form["max_tokens"] = cols[3].number_input("Max tokens", 8, 8192, d.max_tokens if d else 128)
+    cols = st.columns(5)
+    form["k"] = cols[0].number_input("Projection dim k", 8, 16384, c.features.k if c else 400)
+    form["subsets"] = cols[1].number_input("Subsets K", 1, 10**4, c.estimator.subsets if c else 30)
+    form["subset_size"] = cols[2].number_input(
+        "Subset size", 2, 64, c.estimator.subset_size if c else 3
+    )
+    form["m"] = cols[3].number_input(
+        "Groups m (0 = recommend)", 0, 100, (c.grouping.m or 0) if c else 0
+    )
+    form["epochs"] = cols[4].number_input("Epochs", 1, 100, c.training.epochs if c else 2)
+    form["tasks"] = selected
+    here = st.form_submit_button("Save", type="primary", disabled=cfg is None)
+    new = st.form_submit_button("Save as a new experiment")
+if here or new:
+    try:
+        made = status.build_config(form, cfg, uploads)
+        target = ws if here else Workspace(status.workspaces_root() / made.name)
+        if new and target.config_path.exists():
+            raise GroupTuneError(f"{target.root} already holds an experiment: pick another name")
+        status.save_experiment(made, target.root)
+        st.session_state["workspace"] = str(target.root)
+        st.toast(f"Saved {target.config_path}", icon=":material/save:")
+        st.rerun()
+    except GroupTuneError as err:
+        st.error(str(err))

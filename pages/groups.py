@@ -1,0 +1,88 @@
+"""4 · Groups: how many adapters (m), which tasks share one, and what-if edits."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import pipeline, status
+from core.errors import GroupTuneError
+from core.export import sweep_figure
+from core.grouping import move_task
+from pages import _common
+
+st.title(":material/workspaces: Task groups")
+st.caption(
+    "Tasks that help each other share an adapter. For each number of groups m, two methods "
+    "(an SDP relaxation and spectral clustering) propose a partition, and the estimator predicts "
+    "each task's accuracy after fine-tuning its group's adapter. Fewer groups = fewer adapters."
+)
+ws, cfg = _common.require_config()
+entries = status.sweep_entries(ws)
+chosen = ws.read("groupings", "chosen.json")
+if not entries:
+    st.info(
+        f"No candidate groupings yet. After the affinity step: `{status.cli_text(['group'], ws)}`"
+    )
+    if ws.path("affinity.json").exists() and st.button("Compute the groupings", key="grp_run"):
+        _common.submit(ws, [["group"]])
+    _common.live_jobs(ws, stages=("grouping",))
+    st.stop()
+fresh = status.sweep_fresh(ws)
+if not fresh:
+    st.warning("The affinity matrix changed since these candidates were computed.")
+    if st.button("Recompute the candidates", key="grp_sweep"):
+        _common.submit(ws, [["group", "--sweep"]])
+
+n = len(entries[0]["predicted"])
+m = st.slider("Number of groups m", 1, n, chosen["m"] if chosen else min(2, n), key="grp_m")
+candidates = [e for e in entries if e["m"] == m]
+st.dataframe(status.sweep_frame(candidates), hide_index=True, key="grp_candidates")
+for col, e in zip(st.columns(4), candidates, strict=False):
+    if col.button(f"Use the {e['method']} grouping", key=f"grp_use_{e['method']}"):
+        if fresh:  # the candidates are cached: choosing one is instant, no job needed
+            pipeline.group(cfg, ws, m, e["method"])
+        else:
+            _common.submit(ws, [["group", "--m", str(m), "--method", e["method"]]])
+        st.rerun()
+st.caption(f"Terminal: `{status.cli_text(['group', '--m', str(m)], ws)}`")
+st.plotly_chart(sweep_figure(entries, chosen), key="grp_sweep_chart")
+
+st.subheader("The chosen grouping: move tasks and see the prediction")
+if chosen is None:
+    st.info("No grouping chosen yet: pick one above.")
+    st.stop()
+key = f"grp_edit:{ws.root}:{ws.path('groupings', 'chosen.json').stat().st_mtime}"
+edit = st.session_state.setdefault(key, {"groups": chosen["groups"], "moves": []})
+model = _common.whatif(ws)
+predicted = model.predict(edit["groups"]) if model is not None else chosen["predicted"]
+mean = status.mean_predicted(predicted)
+c1, c2, c3 = st.columns(3)
+c1.metric("Groups", len(edit["groups"]))
+c2.metric("Predicted mean accuracy", f"{mean:.3f}", f"{mean - chosen['mean_accuracy']:+.3f}")
+c3.metric("Chosen by", chosen.get("method", "?"), help=chosen.get("reason"))
+st.dataframe(status.groups_frame(edit["groups"], predicted), hide_index=True, key="grp_table")
+
+c1, c2, c3 = st.columns([2, 2, 1])
+names = [t for g in edit["groups"] for t in g]
+task = c1.selectbox("Move task", names, key="grp_task")
+targets = [*range(len(edit["groups"])), len(edit["groups"])]
+label = {i: f"group {i}" for i in targets} | {len(edit["groups"]): "a new group"}
+to = c2.selectbox("to", targets, format_func=label.get, key="grp_to")
+if c3.button("Move", key="grp_move", type="primary"):
+    try:
+        edit["groups"] = move_task(edit["groups"], task, to)
+        edit["moves"].append(f"{task}:{to}")
+    except GroupTuneError as err:
+        st.error(str(err))
+    st.rerun()
+if edit["moves"]:
+    st.caption("The same edit from a terminal:")
+    _common.show_cli([["group", "--move", mv] for mv in edit["moves"]], ws)
+    c1, c2 = st.columns(2)
+    if c1.button("Save as the chosen grouping", type="primary", key="grp_save"):
+        pipeline.edit_groups(cfg, ws, edit["groups"])
+        st.toast("Saved: train the adapters on the Training page", icon=":material/save:")
+        st.rerun()
+    if c2.button("Undo all edits", key="grp_reset"):
+        del st.session_state[key]
+        st.rerun()

@@ -1,0 +1,388 @@
+"""Every dashboard page, headless (streamlit.testing.v1.AppTest): with no experiment, with a
+config but nothing computed, and with a workspace the real engine made on a tiny model; the
+numbers a page shows are checked against the workspace's files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, sentiment_rows, write_task
+from streamlit.testing.v1 import AppTest
+
+from core import status
+from core.export import metric_table
+from core.workspace import Workspace
+
+PAGES = ["home", "datasets", "gradients", "affinity", "groups", "training", "compare"]
+_BUILT: dict[str, Path] = {}
+
+
+# --- a workspace made by the real engine (shared by the test modules of the dashboard) -------
+def _topic_rows(n, offset=0):
+    topics = [("sports", "The team won the game"), ("politics", "The president spoke to the party")]
+    return [
+        {
+            "text": f"{topics[(i + offset) % 2][1]} number {i + offset}.",
+            "label": topics[(i + offset) % 2][0],
+        }
+        for i in range(n)
+    ]
+
+
+def cli(*argv) -> dict | list | None:
+    """Run `grouptune ARGV --json` in this process; return its JSON output."""
+    from core.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main([*map(str, argv), "--json"])
+    assert exit_info.value.code in (0, None), out.getvalue()
+    text = out.getvalue().strip()
+    return json.loads(text) if text else None
+
+
+def write_experiment(root: Path, name: str = "tiny") -> Path:
+    """Three tiny tasks (two sentiment, one topic) and a config that runs in ~20 s; the
+    config's path. The same shape as tests/test_pipeline.py's experiment."""
+    senti = {"negative": " negative", "positive": " positive"}
+    for task, off in (("reviews_a", 0), ("reviews_b", 40)):
+        rows = {
+            "train": sentiment_rows(16, off),
+            "val": sentiment_rows(8, off + 100),
+            "test": sentiment_rows(8, off + 200),
+        }
+        write_task(root / "tasks", task, rows, senti)
+    rows = {"train": _topic_rows(16), "val": _topic_rows(8, 50), "test": _topic_rows(8, 90)}
+    labels = {"sports": " sports", "politics": " politics"}
+    write_task(root / "tasks", "topics", rows, labels, template="News: {text}\nTopic:")
+    cfg = {
+        "name": name,
+        "model": {"name": "tiny-llama", "quantization": "none"},
+        "data": {"root": "tasks", "max_tokens": 48},
+        "tasks": ["reviews_a", "reviews_b", "topics"],
+        "features": {"k": 32, "batch_size": 8},
+        "estimator": {"subsets": 3, "subset_size": 2},
+        "training": {"epochs": 1, "batch_size": 8, "lr": 0.001},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def built_workspace(tmp_path_factory) -> Path:
+    """Every pipeline step run through the CLI once per test session; the workspace folder.
+    Tests that change it work on `copy_workspace(...)`."""
+    if "ws" not in _BUILT:
+        root = tmp_path_factory.mktemp("dashboard")
+        config = write_experiment(root)
+        ws = root / "ws"
+        cli("init", "--config", config, "--workspace", ws)
+        cli("evaluate", "--workspace", ws, "--zero-shot")
+        for step in (["gradients"], ["affinity"], ["group", "--m", "2"], ["train"]):
+            cli(*step, "--workspace", ws)
+        cli("evaluate", "--workspace", ws)
+        cli("report", "--workspace", ws)
+        _BUILT["ws"] = ws
+    return _BUILT["ws"]
+
+
+def copy_workspace(ws: Path, name: str) -> Path:
+    """A copy next to the original (its config's relative paths still resolve), without jobs."""
+    dest = ws.parent / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(ws, dest, ignore=shutil.ignore_patterns("jobs.db*", "logs", "exports"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def real_ws(tmp_path_factory) -> Path:
+    return built_workspace(tmp_path_factory)
+
+
+@pytest.fixture
+def no_jobs_start(monkeypatch):
+    """Jobs are queued but no worker starts (the limit is 0): tests see what was submitted."""
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "0")
+
+
+def open_page(workspace: Path | str, page: str, monkeypatch, **state) -> AppTest:
+    """Run the app on `workspace`, then switch to `page` (the entry point runs first, as in a
+    browser: it sets up the sidebar and the session)."""
+    monkeypatch.setenv("GROUPTUNE_WORKSPACE", str(workspace))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page != "home":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart_data(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in at.get(kind)]
+
+
+# --- (a) nothing there yet ----------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_without_a_config(tmp_path, monkeypatch, page):
+    monkeypatch.setenv("GROUPTUNE_WORKSPACES", str(tmp_path / "none"))
+    at = open_page(tmp_path / "empty", page, monkeypatch)
+    shown = " ".join(texts(at, "info"))
+    if page != "datasets":
+        assert "grouptune init" in shown and "Datasets" in shown  # what to do next
+    else:
+        assert at.multiselect[0].options and "yelp" in at.multiselect[0].options
+
+
+@pytest.fixture(scope="module")
+def config_only(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("config_only")
+    config = write_experiment(root)
+    cli("init", "--config", config, "--workspace", root / "ws")
+    return root / "ws"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_with_nothing_computed(config_only, monkeypatch, page):
+    at = open_page(config_only, page, monkeypatch)
+    shown = " ".join(texts(at, "info") + texts(at, "code") + texts(at, "caption"))
+    expected = {
+        "home": "grouptune gradients --task reviews_a",
+        "datasets": "",
+        "gradients": "grouptune gradients --task topics",
+        "affinity": "grouptune affinity",
+        "groups": "grouptune group",
+        "training": "grouptune train --adapter baseline",
+        "compare": "grouptune evaluate",
+    }[page]
+    assert expected in shown
+    if page == "gradients":
+        table = at.dataframe[0].value
+        assert table["status"].tolist() == ["missing"] * 3
+
+
+# --- (b) a workspace the real engine made -----------------------------------------------------
+def test_home_shows_the_state_of_every_stage(real_ws, monkeypatch):
+    at = open_page(real_ws, "home", monkeypatch)
+    ws = Workspace(real_ws)
+    report = json.loads((real_ws / "report.json").read_text())
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Tasks"] == "3"
+    assert metrics["Groups (m)"] == "2"
+    assert metrics["Ensemble mean accuracy"] == f"{report['accuracy']['ensemble']['mean']:.3f}"
+    rows = at.dataframe[0].value
+    cfg = ws.load_config()
+    from core.tasks import load_tasks
+
+    expected = pd.DataFrame(status.experiment_status(ws, cfg, load_tasks(cfg), []))
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), expected)
+    assert set(rows["state"]) == {"fresh"}
+    assert "Everything is up to date" in texts(at, "success")[0]
+
+
+def test_home_next_step_submits_the_jobs(real_ws, monkeypatch, no_jobs_start):
+    ws = copy_workspace(real_ws, "home_next")
+    shutil.rmtree(ws / "features" / "topics")
+    at = open_page(ws, "home", monkeypatch)
+    assert f"grouptune gradients --task topics --workspace {ws}" in texts(at, "code")
+    at.button(key="home_next").click().run()
+    jobs = status.read_jobs(Workspace(ws))
+    assert [j["argv"] for j in jobs] == [["gradients", "--task", "topics", "--workspace", str(ws)]]
+    assert jobs[0]["state"] == "queued"
+    at.run()
+    rows = at.dataframe[0].value
+    assert rows.set_index("item").loc["topics", "state"] == "queued"
+    at.button(key="home_all").click().run()
+    driver = status.read_jobs(Workspace(ws))[-1]
+    assert driver["argv"][0] == "run" and driver["resources"] == {"slots": 0}
+    assert Path(driver["argv"][1]) == ws / "config.resolved.yaml"
+
+
+def test_datasets_page_shows_the_tasks_and_saves_a_new_experiment(real_ws, monkeypatch, tmp_path):
+    monkeypatch.setenv("GROUPTUNE_WORKSPACES", str(tmp_path / "experiments"))
+    at = open_page(real_ws, "datasets", monkeypatch)
+    overview = at.dataframe[0].value.set_index("task")
+    assert overview.loc["reviews_a", ["train", "val", "test"]].tolist() == [16, 8, 8]
+    balance = chart_data(at, 0)["data"]
+    assert {tr["name"]: tr["y"] for tr in balance}["train"] == [8, 8]
+    assert any("share the answer words" in w for w in texts(at, "warning"))
+    at.multiselect[0].select("yelp").run()
+    at.text_input[1].set_value("browsed").run()  # [0] is the upload's task name
+    at.button(key="FormSubmitter:ds_form-Save as a new experiment").click().run()
+    assert not at.exception and not at.error, texts(at, "error")
+    saved = Workspace(tmp_path / "experiments" / "browsed").load_config()
+    assert saved.task_names == ["reviews_a", "reviews_b", "topics", "yelp"]
+    assert at.session_state["workspace"] == str(tmp_path / "experiments" / "browsed")
+    from core.tasks import load_tasks
+
+    assert [t.name for t in load_tasks(saved)] == saved.task_names  # paths resolve
+
+
+def test_datasets_upload_is_checked_and_kept_in_the_workspace(real_ws, monkeypatch):
+    ws = copy_workspace(real_ws, "uploads")
+    at = open_page(ws, "datasets", monkeypatch)
+    at.text_input[0].set_value("mine").run()
+    bad = b"text,answer\nhello,yes\n"
+    at.file_uploader[0].set_value(("mine.csv", bad, "text/csv")).run()
+    at.button(key="ds_up_add").click().run()
+    assert "missing column(s) ['label']" in texts(at, "error")[0]
+    assert not (ws / "uploads" / "mine.csv").exists()
+    good = "text,label\n" + "".join(f"row {i} fine,{'ab'[i % 2]}\n" for i in range(20))
+    at.file_uploader[0].set_value(("mine.csv", good.encode(), "text/csv")).run()
+    at.button(key="ds_up_add").click().run()
+    assert "Added mine: 20 rows" in texts(at, "success")[0]
+    assert (ws / "uploads" / "mine.csv").read_text() == good
+    assert "mine" in at.multiselect[0].options
+
+
+def test_gradients_page_matches_the_store(real_ws, monkeypatch, no_jobs_start):
+    from core.store import store_status
+
+    ws = copy_workspace(real_ws, "grads")
+    shutil.rmtree(ws / "features" / "reviews_b")
+    at = open_page(ws, "gradients", monkeypatch)
+    w = Workspace(ws)
+    table = at.dataframe[0].value.set_index("task")
+    assert table["status"].to_dict() == store_status(w, w.load_config())
+    assert {m.label: m.value for m in at.metric}["Tasks up to date"] == "2 / 3"
+    at.button(key="gr_all").click().run()
+    assert [j["argv"][:3] for j in status.read_jobs(w)] == [["gradients", "--task", "reviews_b"]]
+
+
+def test_affinity_page_plots_affinity_json(real_ws, monkeypatch):
+    at = open_page(real_ws, "affinity", monkeypatch)
+    aff = json.loads((real_ws / "affinity.json").read_text())
+    heat = chart_data(at, 0)["data"][0]
+    order = heat["x"]
+    idx = [aff["tasks"].index(t) for t in order]
+    assert heat["z"] == [[aff["affinity"][i][j] for j in idx] for i in idx]
+    assert heat["customdata"] == [[aff["counts"][i][j] for j in idx] for i in idx]
+    evidence = at.dataframe[0].value
+    a, b = at.selectbox(key="af_a").value, at.selectbox(key="af_b").value
+    pd.testing.assert_frame_equal(evidence, status.pair_evidence(Workspace(real_ws), a, b))
+    value = aff["affinity"][aff["tasks"].index(a)][aff["tasks"].index(b)]
+    assert at.metric[0].value == f"{value:.3f}"
+    assert any("share the answer words" in w for w in texts(at, "warning"))
+
+
+def test_affinity_settings_are_saved_and_reestimated(real_ws, monkeypatch, no_jobs_start):
+    ws = copy_workspace(real_ws, "aff_settings")
+    at = open_page(ws, "affinity", monkeypatch)
+    at.number_input[1].set_value(2)  # subsets K
+    at.button(key="FormSubmitter:af_form-Save and re-estimate").click().run()
+    cfg = Workspace(ws).load_config()
+    assert cfg.estimator.subsets == 2 and cfg.features.k == 32
+    assert [j["argv"][0] for j in status.read_jobs(Workspace(ws))] == ["affinity", "group"]
+
+
+def test_groups_page_what_if_and_save(real_ws, monkeypatch):
+    from core.whatif import WhatIf
+
+    ws = copy_workspace(real_ws, "groups")
+    w = Workspace(ws)
+    at = open_page(ws, "groups", monkeypatch)
+    sweep = json.loads((ws / "groupings" / "sweep.json").read_text())["entries"]
+    chosen = json.loads((ws / "groupings" / "chosen.json").read_text())
+    shown = at.dataframe[0].value
+    m2 = [e for e in sweep if e["m"] == 2]
+    assert shown["predicted mean accuracy"].tolist() == [e["mean_accuracy"] for e in m2]
+    lines = {tr["name"]: tr["y"] for tr in chart_data(at, 0)["data"]}
+    assert lines["sdp"] == [e["mean_accuracy"] for e in sweep if e["method"] == "sdp"]
+    assert at.metric[1].value == f"{chosen['mean_accuracy']:.3f}"
+    at.selectbox(key="grp_task").set_value("topics")
+    at.selectbox(key="grp_to").set_value(0)
+    at.button(key="grp_move").click().run()
+    groups = [["reviews_a", "reviews_b", "topics"]]
+    predicted = WhatIf.from_workspace(w.load_config(), w).predict(groups)
+    assert at.metric[1].value == f"{status.mean_predicted(predicted):.3f}"
+    assert f"grouptune group --move topics:0 --workspace {ws}" in texts(at, "code")
+    at.button(key="grp_save").click().run()
+    saved = json.loads((ws / "groupings" / "chosen.json").read_text())
+    assert saved["groups"] == groups and saved["method"] == "edited"
+
+
+def test_training_page_plots_metrics_jsonl(real_ws, monkeypatch):
+    at = open_page(real_ws, "training", monkeypatch, tr_curve="group-0")
+    lines = [
+        json.loads(x) for x in (real_ws / "adapters/group-0/metrics.jsonl").read_text().splitlines()
+    ]
+    loss = chart_data(at, 0)["data"][0]
+    assert loss["y"] == [r["loss"] for r in lines if r["kind"] == "step"]
+    val = {tr["name"]: tr["y"] for tr in chart_data(at, 1)["data"]}
+    last = [r for r in lines if r["kind"] == "val"][-1]
+    assert val["reviews_a"][-1] == last["val"]["reviews_a"]["accuracy"]
+    adapters = at.dataframe[0].value.set_index("adapter")
+    assert adapters["state"].tolist() == ["fresh"] * 3
+    record = json.loads((real_ws / "adapters/baseline/grouptune.json").read_text())
+    assert adapters.loc["baseline", "val accuracy"] == record["val_metrics"]["mean"]["accuracy"]
+
+
+def test_training_page_queues_stops_and_resumes(real_ws, monkeypatch, no_jobs_start):
+    ws = copy_workspace(real_ws, "training")
+    shutil.rmtree(ws / "adapters" / "group-1")
+    at = open_page(ws, "training", monkeypatch)
+    at.button(key="tr_all").click().run()
+    w = Workspace(ws)
+    (job,) = status.read_jobs(w)
+    assert job["argv"][:3] == ["train", "--adapter", "group-1"] and job["state"] == "queued"
+    at.run()
+    at.selectbox(key="tr_job").set_value(job["id"])
+    at.button(key="tr_stop").click().run()
+    assert status.read_jobs(w)[0]["state"] == "cancelled"
+    at.button(key="tr_resume").click().run()
+    assert status.read_jobs(w)[0]["state"] == "queued"
+
+
+def test_compare_page_matches_report_and_exports(real_ws, monkeypatch):
+    ws = copy_workspace(real_ws, "compare")
+    at = open_page(ws, "compare", monkeypatch)
+    report = json.loads((ws / "report.json").read_text())
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Group ensemble"] == f"{report['accuracy']['ensemble']['mean']:.3f}"
+    assert metrics["Single QLoRA adapter"] == f"{report['accuracy']['baseline']['mean']:.3f}"
+    pd.testing.assert_frame_equal(at.dataframe[0].value, metric_table(report, "accuracy"))
+    bars = {tr["name"]: tr["y"] for tr in chart_data(at, 0)["data"]}
+    assert bars["Group ensemble"] == [
+        report["accuracy"]["ensemble"][t] for t in [*report["tasks"], "mean"]
+    ]
+    at.radio(key="cmp_metric").set_value("ece").run()
+    pd.testing.assert_frame_equal(at.dataframe[0].value, metric_table(report, "ece"))
+    at.button(key="cmp_export").click().run()
+    assert (ws / "exports" / "report.html").is_file()
+    assert len(at.download_button) == 2
+
+
+# --- the dashboard never loads torch ------------------------------------------------------------
+def test_pages_import_no_torch(real_ws):
+    code = f"""
+import sys
+from streamlit.testing.v1 import AppTest
+import os
+os.environ["GROUPTUNE_WORKSPACE"] = {str(real_ws)!r}
+at = AppTest.from_file({str(ROOT / "app.py")!r}, default_timeout=60).run()
+for page in {PAGES[1:]!r}:
+    at.switch_page(f"pages/{{page}}.py").run()
+    assert not at.exception, (page, at.exception)
+print("torch" in sys.modules, "transformers" in sys.modules, "peft" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "False", "False"]
