@@ -701,6 +701,11 @@ def load_model(model_cfg: ModelConfig, *, attn_implementation: str | None = None
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if os.environ.get("GROUPTUNE_PROGRESS") == "0":  # jobs and tests: no per-weight bar in logs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
     if device.type == "cpu":

@@ -218,8 +218,16 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     status = store_status(ws, cfg)
     stale = [t for t, s in status.items() if s != "fresh"]
     log(f"gradients: {len(stale)} of {len(status)} tasks to compute")
+    # one job per task spreads over a cluster; on one machine one job loads the model once
+    shards = [[t] for t in stale] if backend is not None else ([stale] if stale else [])
     grad_jobs = [
-        _submit(ws, f"gradients:{t}", ["gradients", "--task", t], backend=backend) for t in stale
+        _submit(
+            ws,
+            "gradients:" + "+".join(s),
+            ["gradients", *[a for t in s for a in ("--task", t)]],
+            backend=backend,
+        )
+        for s in shards
     ]
     zero = _submit(ws, "evaluate:zero-shot", ["evaluate", "--zero-shot"], backend=backend)
     aff = _submit(ws, "affinity", ["affinity"], grad_jobs, backend)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -491,6 +492,11 @@ def train_adapter(
     out.mkdir(parents=True, exist_ok=True)
     (out / "grouptune.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
     state = load_checkpoint(run)
+    if state is not None:
+        print(
+            f"{name}: resuming from its checkpoint (epoch {state.epoch}, step {state.step})",
+            file=sys.stderr,
+        )
     if state is None:
         (out / "metrics.jsonl").unlink(missing_ok=True)
         torch.manual_seed(cfg.training.seed)  # dropout RNG; restored from checkpoints after

@@ -41,9 +41,13 @@ with st.expander("Upload your own task (CSV or JSONL)", icon=":material/upload:"
     elif st.button("Add task", disabled=not (name and file), key="ds_up_add"):
         try:
             task = status.save_upload(ws, name, file.name, file.getvalue())
-            st.success(f"Added {task.name}: {sum(len(task.rows(s)) for s in task.splits)} rows.")
+            rows = sum(len(task.rows(s)) for s in task.splits)
+            st.session_state["ds_added"] = f"Added {task.name}: {rows} rows. Pick it above."
+            st.rerun()
         except GroupTuneError as err:
             st.error(str(err))
+    if "ds_added" in st.session_state:
+        st.success(st.session_state.pop("ds_added"))
 
 
 @st.cache_data(ttl=300, max_entries=64, show_spinner=False)

@@ -70,3 +70,51 @@ def tiny_task_root(tmp_path):
             labels,
         )
     return tmp_path / "tasks"
+
+
+def topic_rows(n, offset=0):
+    topics = [("sports", "The team won the game"), ("politics", "The president spoke to the party")]
+    return [
+        {
+            "text": f"{topics[(i + offset) % 2][1]} number {i + offset}.",
+            "label": topics[(i + offset) % 2][0],
+        }
+        for i in range(n)
+    ]
+
+
+def write_tiny_experiment(root: Path, **overrides) -> Path:
+    """Three tiny real tasks and a tiny-llama config that runs the whole pipeline in ~1 min."""
+    senti = {"negative": " negative", "positive": " positive"}
+    for name, off in (("reviews_a", 0), ("reviews_b", 40)):
+        write_task(
+            root / "tasks",
+            name,
+            {
+                "train": sentiment_rows(16, off),
+                "val": sentiment_rows(8, off + 100),
+                "test": sentiment_rows(8, off + 200),
+            },
+            senti,
+        )
+    write_task(
+        root / "tasks",
+        "topics",
+        {"train": topic_rows(16), "val": topic_rows(8, 50), "test": topic_rows(8, 90)},
+        {"sports": " sports", "politics": " politics"},
+        template="News: {text}\nTopic:",
+    )
+    cfg = {
+        "name": "tiny",
+        "model": {"name": "tiny-llama", "quantization": "none"},
+        "data": {"root": "tasks", "max_tokens": 48},
+        "tasks": ["reviews_a", "reviews_b", "topics"],
+        "features": {"k": 32, "batch_size": 8},
+        "estimator": {"subsets": 3, "subset_size": 2},
+        "training": {"epochs": 1, "batch_size": 8, "lr": 0.001},
+    }
+    for section, values in overrides.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -4,6 +4,7 @@ numbers a page shows are checked against the workspace's files."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -129,8 +131,23 @@ def open_page(workspace: Path | str, page: str, monkeypatch, **state) -> AppTest
     return at
 
 
+def decode(obj):
+    """A plotly JSON spec with its typed arrays ({"dtype", "bdata", "shape"}) as plain lists."""
+    if isinstance(obj, dict) and "bdata" in obj and "dtype" in obj:
+        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+        if obj.get("shape"):
+            arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(obj, dict):
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    return obj
+
+
 def chart_data(at: AppTest, index: int = 0) -> dict:
-    return json.loads(at.get("plotly_chart")[index].proto.spec)
+    """The figure a page plotted (its JSON spec, typed arrays decoded)."""
+    return decode(json.loads(at.get("plotly_chart")[index].proto.spec))
 
 
 def texts(at: AppTest, kind: str) -> list[str]:
@@ -222,7 +239,7 @@ def test_datasets_page_shows_the_tasks_and_saves_a_new_experiment(real_ws, monke
     assert {tr["name"]: tr["y"] for tr in balance}["train"] == [8, 8]
     assert any("share the answer words" in w for w in texts(at, "warning"))
     at.multiselect[0].select("yelp").run()
-    at.text_input[1].set_value("browsed").run()  # [0] is the upload's task name
+    at.text_input[1].set_value("browsed")  # [0] is the upload's task name; no run: a form
     at.button(key="FormSubmitter:ds_form-Save as a new experiment").click().run()
     assert not at.exception and not at.error, texts(at, "error")
     saved = Workspace(tmp_path / "experiments" / "browsed").load_config()
@@ -237,10 +254,10 @@ def test_datasets_upload_is_checked_and_kept_in_the_workspace(real_ws, monkeypat
     ws = copy_workspace(real_ws, "uploads")
     at = open_page(ws, "datasets", monkeypatch)
     at.text_input[0].set_value("mine").run()
-    bad = b"text,answer\nhello,yes\n"
+    bad = b"text,label\nfine,a\n ,b\n"
     at.file_uploader[0].set_value(("mine.csv", bad, "text/csv")).run()
     at.button(key="ds_up_add").click().run()
-    assert "missing column(s) ['label']" in texts(at, "error")[0]
+    assert "mine.csv, row 2, field 'text': empty or non-text value" in texts(at, "error")[0]
     assert not (ws / "uploads" / "mine.csv").exists()
     good = "text,label\n" + "".join(f"row {i} fine,{'ab'[i % 2]}\n" for i in range(20))
     at.file_uploader[0].set_value(("mine.csv", good.encode(), "text/csv")).run()

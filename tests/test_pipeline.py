@@ -6,57 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from conftest import sentiment_rows, write_task
+from conftest import write_tiny_experiment
 
 from core.cli import main
-
-
-def _topic_rows(n, offset=0):
-    topics = [("sports", "The team won the game"), ("politics", "The president spoke to the party")]
-    return [
-        {
-            "text": f"{topics[(i + offset) % 2][1]} number {i + offset}.",
-            "label": topics[(i + offset) % 2][0],
-        }
-        for i in range(n)
-    ]
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    senti = {"negative": " negative", "positive": " positive"}
-    for name, off in (("reviews_a", 0), ("reviews_b", 40)):
-        write_task(
-            root / "tasks",
-            name,
-            {
-                "train": sentiment_rows(16, off),
-                "val": sentiment_rows(8, off + 100),
-                "test": sentiment_rows(8, off + 200),
-            },
-            senti,
-        )
-    write_task(
-        root / "tasks",
-        "topics",
-        {"train": _topic_rows(16), "val": _topic_rows(8, 50), "test": _topic_rows(8, 90)},
-        {"sports": " sports", "politics": " politics"},
-        template="News: {text}\nTopic:",
-    )
-    cfg = {
-        "name": "tiny",
-        "model": {"name": "tiny-llama", "quantization": "none"},
-        "data": {"root": "tasks", "max_tokens": 48},
-        "tasks": ["reviews_a", "reviews_b", "topics"],
-        "features": {"k": 32, "batch_size": 8},
-        "estimator": {"subsets": 3, "subset_size": 2},
-        "training": {"epochs": 1, "batch_size": 8, "lr": 0.001},
-    }
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path, root / "ws"
+    return write_tiny_experiment(root), root / "ws"
 
 
 def _cli(capsys, *args) -> dict:

@@ -1,0 +1,113 @@
+"""The headless pipeline as background jobs, and a training worker killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, write_tiny_experiment
+
+from core.jobs import open_store, resume, submit, wait
+
+ENV = {**os.environ, "GROUPTUNE_PROGRESS": "0", "GROUPTUNE_HEARTBEAT_S": "0.5"}
+
+
+@pytest.fixture(autouse=True)
+def _fast_heartbeat(monkeypatch):
+    monkeypatch.setenv("GROUPTUNE_HEARTBEAT_S", "0.5")
+
+
+def test_run_completes_as_jobs_and_prints_the_report(tmp_path):
+    config = write_tiny_experiment(tmp_path)
+    ws = tmp_path / "ws"
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report == json.loads((ws / "report.json").read_text())
+    assert set(report["accuracy"]) == {"zero_shot", "baseline", "ensemble"}
+    jobs = open_store(ws).list()
+    assert jobs and all(j["state"] == "done" for j in jobs)
+    steps = {j["step"] for j in jobs}
+    assert {"affinity", "group", "train:baseline", "evaluate", "report"} <= steps
+    assert json.loads((ws / "run.json").read_text())["wall_seconds"]["total"] > 0
+
+    # a second run finds everything fresh: no gradient job, same report
+    again = subprocess.run(
+        [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "gradients: 0 of 3 tasks to compute" in again.stderr
+    assert json.loads(again.stdout)["accuracy"] == report["accuracy"]
+
+
+def _train_job(ws, config) -> int:
+    argv = ["train", "--config", str(config), "--workspace", str(ws), "--adapter", "baseline"]
+    return submit(ws, "train baseline", "train:baseline", argv, cwd=ROOT)
+
+
+def _adapter_weights(ws) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(ws / "adapters" / "baseline" / "adapter_model.safetensors"))
+
+
+def test_killed_training_worker_resumes_to_the_same_result(tmp_path):
+    overrides = {"training": {"epochs": 3, "batch_size": 4}}
+    clean_cfg = write_tiny_experiment(tmp_path / "clean", **overrides)
+    killed_cfg = write_tiny_experiment(tmp_path / "killed", **overrides)
+    clean_ws, killed_ws = tmp_path / "clean" / "ws", tmp_path / "killed" / "ws"
+
+    job = _train_job(killed_ws, killed_cfg)
+    store = open_store(killed_ws)
+    checkpoint = killed_ws / "adapters" / "baseline" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():  # wait for epoch 1's checkpoint, then kill mid-epoch 2
+        assert time.monotonic() < deadline and store.get(job)["state"] == "running"
+        time.sleep(0.05)
+    os.kill(store.get(job)["pid"], signal.SIGKILL)
+    start = time.monotonic()
+    while store.get(job)["state"] == "running":
+        assert time.monotonic() - start < 10, "a dead worker must be noticed within a few beats"
+        time.sleep(0.1)
+    assert store.get(job)["state"] == "failed"
+    assert "no heartbeat" in store.get(job)["error"] or "exit" in store.get(job)["error"]
+
+    resume(killed_ws, job)
+    assert wait(killed_ws, [job], timeout=600)[job]["state"] == "done"
+    log = (
+        (killed_ws / store.get(job)["log_path"]).read_text()
+        if not os.path.isabs(store.get(job)["log_path"])
+        else open(store.get(job)["log_path"]).read()
+    )
+    assert "resum" in log.lower()
+
+    clean = _train_job(clean_ws, clean_cfg)
+    assert wait(clean_ws, [clean], timeout=600)[clean]["state"] == "done"
+    a, b = _adapter_weights(killed_ws), _adapter_weights(clean_ws)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    meta = [
+        json.loads((w / "adapters" / "baseline" / "grouptune.json").read_text())
+        for w in (killed_ws, clean_ws)
+    ]
+    assert meta[0]["val_metrics"] == meta[1]["val_metrics"]
+    assert meta[0]["best_epoch"] == meta[1]["best_epoch"]
