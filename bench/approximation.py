@@ -8,11 +8,17 @@ layers) and real sample rows (yelp, snli, newsgroups), for each quantization set
    unprojected logit gradients G_c = ∂z_c/∂B and Glse = ∂lse/∂B.
 2. Updates of several sizes:
    a. a short REAL fine-tune (core.training.train_adapter, the quick recipe) with its A and B
-      scaled: A = A0 + s(A_ft − A0), B = s·B_ft;
+      scaled: A = A0 + s(A_ft − A0), B = s·B_ft ("finetune"); and its B part alone, A = A0
+      ("finetune[B only]"), which separates the second-order A·B term from curvature in B;
    b. the estimator's own update: fit_update(max_norm) on the stored projected train features
       of each target → w, Δ_B = Π (s·w).
 3. Real h from a no-grad forward pass with the update applied, against the linear predictions
    (see METRICS), and the relative weight change ‖scaling·B·A‖_F / ‖W‖_F of the adapted matrices.
+   The real forwards start at the first adapted layer from cached hidden states (the layers
+   below carry no adapter); checked equal to the full forward at the expansion point.
+
+Workspaces (gitignored): workspaces/bench-approx-<quantization>-<target>; a rerun reuses their
+fine-tune and feature stores.
 
 Writes bench/results/approximation.json and prints a table.
 
@@ -98,12 +104,14 @@ def make_config(args, quantization: str, target: str):
 
 
 def workspace(args, quantization: str, target: str):
+    """The bench's workspace of one setting and target (the fine-tune lives in "choices")."""
     from core.workspace import Workspace
 
     return Workspace(Path(args.workspaces) / f"bench-approx-{quantization}-{target}").ensure()
 
 
 def say(msg: str) -> None:
+    """Progress line with a timestamp."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
@@ -125,6 +133,7 @@ class Batch:
     lse: np.ndarray | None = None  # (b,)
     G: np.ndarray | None = None  # (b, C, D)
     Glse: np.ndarray | None = None  # (b, D)
+    cached: dict | None = None  # inputs of the first adapted layer (see LowerLayerCache)
 
 
 def val_batches(cfg, tok, batch_size: int) -> list[Batch]:
@@ -184,6 +193,7 @@ def lora_weights(peft_model) -> list[tuple]:
 
 
 def set_adapter(weights, As, Bs) -> None:
+    """Copy A and B matrices into the adapter (lists in lora_weights order)."""
     import torch
 
     with torch.no_grad():
@@ -205,8 +215,11 @@ def base_weight_norms(weights) -> list[float]:
     return norms
 
 
-def weight_change(weights, As, Bs, w_norms) -> dict:
-    """Relative weight change of the adapted matrices: ‖scaling·B·A‖_F / ‖W‖_F."""
+def weight_change(weights, As, Bs, w_norms) -> dict | None:
+    """Relative weight change of the adapted matrices: ‖scaling·B·A‖_F / ‖W‖_F (None when the
+    base weight norms could not be computed)."""
+    if w_norms is None:
+        return None
     d = [
         float(layer.scaling["default"] * (B.double() @ A.double()).norm())
         for (_, _, layer), A, B in zip(weights, As, Bs, strict=True)
@@ -216,11 +229,74 @@ def weight_change(weights, As, Bs, w_norms) -> dict:
     return {"total": total, "mean_per_matrix": float(np.mean(ratios)), "max": max(ratios)}
 
 
+class _Captured(Exception):
+    pass
+
+
+class LowerLayerCache:
+    """Real forward passes that start at the first adapted layer.
+
+    The layers below it carry no adapter, so their output does not depend on the update: it is
+    computed once per batch (a forward stopped at the first adapted layer) and fed back as
+    `inputs_embeds` while the lower layers are swapped for pass-throughs. Checked against the
+    full forward at the expansion point (check_max_abs_h0_cached_forward_vs_features).
+    """
+
+    def __init__(self, peft_model, first_adapted: int):
+        self.model = peft_model
+        self.layers = peft_model.get_base_model().model.layers
+        self.first = first_adapted
+
+    def fill(self, batches: list[Batch]) -> None:
+        import torch
+
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            raise _Captured(hidden.detach().clone())
+
+        handle = self.layers[self.first].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for b in batches:
+                    try:
+                        self.model(**b.inputs, logits_to_keep=1)
+                    except _Captured as got:
+                        b.cached = {
+                            "inputs_embeds": got.args[0],
+                            "attention_mask": b.inputs["attention_mask"],
+                            "position_ids": b.inputs["position_ids"],
+                        }
+        finally:
+            handle.remove()
+
+    def __enter__(self):
+        self.saved = [self.layers[i] for i in range(self.first)]
+        for i in range(self.first):
+            self.layers[i] = _pass_through()
+        return self
+
+    def __exit__(self, *exc):
+        for i, layer in enumerate(self.saved):
+            self.layers[i] = layer
+
+
+def _pass_through():
+    """A module returning its hidden states unchanged: stands in for a skipped decoder layer."""
+    import torch
+
+    class PassThrough(torch.nn.Module):
+        def forward(self, hidden_states, *args, **kwargs):
+            return hidden_states
+
+    return PassThrough()
+
+
 # --- real and predicted h -------------------------------------------------------------------
 
 
-def real_forward(peft_model, batches: list[Batch]) -> list[dict]:
-    """Per batch: real h per target, z and lse, from a no-grad forward pass."""
+def real_forward(peft_model, batches: list[Batch], cached: bool = False) -> list[dict]:
+    """Per batch: real h per target and z from a no-grad forward pass; `cached`: from the
+    cached inputs of the first adapted layer (only inside `with LowerLayerCache(...)`)."""
     import torch
 
     from core.features import target_quantities
@@ -228,7 +304,8 @@ def real_forward(peft_model, batches: list[Batch]) -> list[dict]:
     out = []
     with torch.no_grad():
         for b in batches:
-            logits = peft_model(**b.inputs, logits_to_keep=1).logits[:, -1]
+            inputs = b.cached if cached else b.inputs
+            logits = peft_model(**inputs, logits_to_keep=1).logits[:, -1]
             choice, gold = torch.as_tensor(b.choice_ids), torch.as_tensor(b.gold)
             q = {t: target_quantities(logits, choice, gold, t) for t in TARGETS}
             out.append(
@@ -278,12 +355,12 @@ def error_metrics(h0, h_real, h_pred, tasks) -> dict:
 
 
 def evaluate_update(peft_model, batches, weights, As, Bs, delta_B, gw=None) -> dict:
-    """Apply (As, Bs), forward for real, compare with every linear prediction."""
+    """Apply (As, Bs), forward for real (cached lower layers: call it inside LowerLayerCache),
+    and compare with every linear prediction."""
     set_adapter(weights, As, Bs)
-    real = real_forward(peft_model, batches)
+    real = real_forward(peft_model, batches, cached=True)
     preds = predictions(batches, delta_B, gw)
     tasks = np.concatenate([[b.task] * len(b.rows) for b in batches])
-    gold = np.concatenate([b.gold for b in batches])
     result = {}
     kinds = ["lin_h", "lin_logits"] + (["lin_h_proj"] if gw is not None else [])
     for t in TARGETS:
@@ -295,10 +372,9 @@ def evaluate_update(peft_model, batches, weights, As, Bs, delta_B, gw=None) -> d
         }
         result[t]["mean_h0"] = float(h0.mean())
         result[t]["mean_h_real"] = float(h_real.mean())
-    z_real = np.concatenate([r["z"] for r in real])
-    z_hat = np.concatenate([p["z_hat"] for p in preds])
-    result["val_accuracy_real"] = float(np.mean(z_real.argmax(1) == gold))
-    result["val_accuracy_lin_logits"] = float(np.mean(z_hat.argmax(1) == gold))
+    for name, z in (("real", [r["z"] for r in real]), ("lin_logits", [p["z_hat"] for p in preds])):
+        hits = np.concatenate([zb.argmax(1) == b.gold for zb, b in zip(z, batches, strict=True)])
+        result[f"val_accuracy_{name}"] = float(hits.mean())
     return result
 
 
@@ -373,83 +449,138 @@ def estimator_update(args, quantization, target: str) -> tuple[np.ndarray, dict]
 # --- one setting ----------------------------------------------------------------------------
 
 
+def split_B(delta: np.ndarray, B0: list) -> list:
+    """A flat (D,) update cut into B-shaped float32 tensors (lora_b_parameters order)."""
+    import torch
+
+    pieces = np.split(delta, np.cumsum([b.numel() for b in B0])[:-1])
+    return [
+        torch.as_tensor(p, dtype=torch.float32).view_as(b) for p, b in zip(pieces, B0, strict=True)
+    ]
+
+
+def finetune_rows(ctx, A_ft, B_ft) -> list[dict]:
+    """The real fine-tune at every scale s: A = A0 + s(A_ft − A0), B = s·B_ft ("finetune"),
+    and its B part alone, A = A0 ("finetune[B only]": no second-order A·B term)."""
+    flat = np.concatenate([b.double().numpy().reshape(-1) for b in B_ft])
+    rows = []
+    for update, move_A in (("finetune", True), ("finetune[B only]", False)):
+        for s in FT_SCALES:
+            As = [a0 + s * (a - a0) if move_A else a0 for a0, a in zip(ctx.A0, A_ft, strict=True)]
+            Bs = [s * b for b in B_ft]
+            res = evaluate_update(ctx.model, ctx.batches, ctx.weights, As, Bs, s * flat)
+            res = {
+                "update": update,
+                "scale": s,
+                "delta_B_norm": s * float(np.linalg.norm(flat)),
+                "delta_A_norm": _norm([a - a0 for a0, a in zip(ctx.A0, As, strict=True)]),
+                "rel_weight_change": weight_change(ctx.weights, As, Bs, ctx.w_norms),
+                **res,
+            }
+            rows.append(res)
+            say(f"[{ctx.quantization}] {update} x{s}: {_short(res)}")
+    return rows
+
+
+def estimator_rows(ctx, target: str, w: np.ndarray, info: dict) -> list[dict]:
+    """The estimator's update w (fitted on `target`) at every scale s: Δ_B = Π(s·w)."""
+    import torch
+
+    lifted = ctx.projector.lift(torch.as_tensor(w, dtype=torch.float32)).double().numpy()
+    info["lift_ratio"] = float(np.linalg.norm(lifted) / np.linalg.norm(w))
+    # (Πᵀg)·w per batch and target, with g projected by the same countsketch as the store
+    gw = {
+        t: [
+            ctx.projector.project(torch.as_tensor(b.g[t])).double().numpy() @ w for b in ctx.batches
+        ]
+        for t in TARGETS
+    }
+    rows = []
+    for s in EST_SCALES:
+        Bs = split_B(s * lifted, ctx.B0)
+        scaled = {t: [s * x for x in v] for t, v in gw.items()}
+        res = evaluate_update(ctx.model, ctx.batches, ctx.weights, ctx.A0, Bs, s * lifted, scaled)
+        res = {
+            "update": f"estimator[{target}]",
+            "scale": s,
+            "w_norm": s * float(np.linalg.norm(w)),
+            "delta_B_norm": s * float(np.linalg.norm(lifted)),
+            "delta_A_norm": 0.0,
+            "rel_weight_change": weight_change(ctx.weights, ctx.A0, Bs, ctx.w_norms),
+            **res,
+        }
+        rows.append(res)
+        say(f"[{ctx.quantization}] estimator[{target}] x{s}: {_short(res)}")
+    return rows
+
+
+@dataclass
+class Context:
+    """The expansion point of one setting: model, adapter weights, val batches with features."""
+
+    quantization: str
+    model: object
+    projector: object
+    weights: list
+    A0: list
+    B0: list
+    w_norms: list
+    batches: list
+
+
 def run_setting(args, quantization: str) -> dict:
     """Everything for one quantization setting; returns its part of the report."""
     import torch
 
-    from core.features import load_extraction_model
+    from core.adapters import layers_to_transform
+    from core.features import load_extraction_model, prepare_for_extraction
 
     t0 = time.perf_counter()
-    say(f"[{quantization}] estimator updates: gradient stores + fit_update")
+    say(f"[{quantization}] estimator updates: gradient stores (core.pipeline) + fit_update")
     est = {t: estimator_update(args, quantization, t) for t in TARGETS}
+    for t, (_, info) in est.items():
+        say(f"[{quantization}] fit on {t}: |w| = {info['w_norm']:.4g}, reg = {info['reg']:.3g}")
+
     say(f"[{quantization}] loading the expansion point")
     cfg = make_config(args, quantization, "choices")
-    peft_model, tok, projector = load_extraction_model(cfg)
-    weights = lora_weights(peft_model)
+    model, tok, projector = load_extraction_model(cfg)
+    weights = lora_weights(model)
     A0 = [a.detach().clone() for a, _, _ in weights]
     B0 = [torch.zeros_like(b) for _, b, _ in weights]
-    w_norms = base_weight_norms(weights)
-    say(f"[{quantization}] real fine-tune ({args.epochs} epochs)")
-    A_ft, B_ft, ft_info = finetune_weights(args, quantization, peft_model, weights)
+    try:
+        w_norms = base_weight_norms(weights)
+    except Exception as err:  # relative weight change is optional: say why it is missing
+        say(f"[{quantization}] base weight norms unavailable: {err}")
+        w_norms = None
+
+    say(f"[{quantization}] real fine-tune: {args.epochs} epochs on {args.rows} rows per task")
+    A_ft, B_ft, ft_info = finetune_weights(args, quantization, model, weights)
     set_adapter(weights, A0, B0)
-    prepare = __import__("core.features", fromlist=["prepare_for_extraction"])
-    prepare.prepare_for_extraction(peft_model)
+    prepare_for_extraction(model)
+    say(f"[{quantization}] fine-tune done: |ΔB| = {_norm(B_ft):.4g}, history {ft_info['history']}")
 
     say(f"[{quantization}] expansion-point features (unprojected, D = {projector.D})")
     batches = val_batches(cfg, tok, args.batch_size)
-    expansion_features(peft_model, batches)
-    check = real_forward(peft_model, batches)
-    h0_check = max(
-        float(np.max(np.abs(r["h"][t] - b.h0[t])))
-        for r, b in zip(check, batches, strict=True)
-        for t in TARGETS
-    )
-    rows = []
-
-    ft_flat = torch.cat([b.reshape(-1) for b in B_ft]).double().numpy()
-    for s in FT_SCALES:
-        As = [a0 + s * (a - a0) for a0, a in zip(A0, A_ft, strict=True)]
-        Bs = [s * b for b in B_ft]
-        res = evaluate_update(peft_model, batches, weights, As, Bs, s * ft_flat)
-        res |= {
-            "update": "finetune",
-            "scale": s,
-            "delta_B_norm": s * float(np.linalg.norm(ft_flat)),
-            "delta_A_norm": s * math.sqrt(sum(float((a - a0).norm()) ** 2 for a0, a in zip(A0, A_ft, strict=True))),
-            "rel_weight_change": weight_change(weights, As, Bs, w_norms),
-        }
-        rows.append(res)
-        say(f"[{quantization}] finetune x{s}: {_short(res)}")
-
-    for target, (w, info) in est.items():
-        lifted = projector.lift(torch.as_tensor(w, dtype=torch.float32)).double().numpy()
-        info["lift_ratio"] = float(np.linalg.norm(lifted) / np.linalg.norm(w))
-        gw_unit = {
-            t: [projector.project(torch.as_tensor(b.g[t])).double().numpy() @ w for b in batches]
-            for t in TARGETS
-        }
-        for s in EST_SCALES:
-            delta = s * lifted
-            Bs = [torch.as_tensor(p, dtype=torch.float32).view_as(b) for p, b in zip(np.split(delta, np.cumsum(projector.dims)[:-1]), B0, strict=True)]
-            gw = {t: [s * x for x in gw_unit[t]] for t in TARGETS}
-            res = evaluate_update(peft_model, batches, weights, A0, Bs, delta, gw)
-            res |= {
-                "update": f"estimator[{target}]",
-                "scale": s,
-                "w_norm": s * float(np.linalg.norm(w)),
-                "delta_B_norm": float(np.linalg.norm(delta)),
-                "delta_A_norm": 0.0,
-                "rel_weight_change": weight_change(weights, A0, Bs, w_norms),
-            }
-            rows.append(res)
-            say(f"[{quantization}] estimator[{target}] x{s}: {_short(res)}")
+    expansion_features(model, batches)
+    full = _max_h_diff(real_forward(model, batches), batches)
+    cache = LowerLayerCache(model, min(layers_to_transform(model, cfg.adapter.top_layers)))
+    cache.fill(batches)
+    ctx = Context(quantization, model, projector, weights, A0, B0, w_norms, batches)
+    with cache:
+        cached = _max_h_diff(real_forward(model, batches, cached=True), batches)
+        say(f"[{quantization}] h0 check: full forward {full:.2e}, cached forward {cached:.2e}")
+        rows = finetune_rows(ctx, A_ft, B_ft)
+        for target, (w, info) in est.items():
+            rows += estimator_rows(ctx, target, w, info)
     set_adapter(weights, A0, B0)
     return {
         "quantization": quantization,
         "D": projector.D,
         "k": projector.k,
+        "A0_norm": _norm(A0),
         "val_rows": int(sum(len(b.rows) for b in batches)),
-        "check_max_abs_h0_nograd_vs_features": h0_check,
+        "check_max_abs_h0_full_forward_vs_features": full,
+        "check_max_abs_h0_cached_forward_vs_features": cached,
         "finetune": ft_info,
         "estimator": {t: info for t, (_, info) in est.items()},
         "rows": rows,
@@ -457,9 +588,212 @@ def run_setting(args, quantization: str) -> dict:
     }
 
 
+def _max_h_diff(real: list[dict], batches: list[Batch]) -> float:
+    """Largest |h_real − h0| over rows and targets (0 up to float rounding at the expansion
+    point: validates the no-grad and the cached forward against the feature pass)."""
+    return max(
+        float(np.max(np.abs(r["h"][t] - b.h0[t])))
+        for r, b in zip(real, batches, strict=True)
+        for t in TARGETS
+    )
+
+
 def _short(res: dict) -> str:
     c, v = res["choices"]["lin_h"], res["vocab"]["lin_h"]
     return (
-        f"|ΔB|={res['delta_B_norm']:.3g} chg_err choices={c['change_rel_err']:.3g} "
-        f"vocab={v['change_rel_err']:.3g}"
+        f"|ΔB|={res['delta_B_norm']:.3g} change err: choices {c['change_rel_err']:.3g}, "
+        f"vocab {v['change_rel_err']:.3g}"
     )
+
+
+# --- summary --------------------------------------------------------------------------------
+
+
+def norm_threshold(points: list[tuple[float, float]], thr: float) -> dict:
+    """Largest ‖Δ_B‖ up to which the error stays under thr, from (norm, error) points.
+
+    Walks the points by increasing norm; the first error above thr ends the walk and the
+    threshold is log-log interpolated between it and the last point under thr.
+    """
+    points = sorted(points)
+    last_ok = None
+    for n, e in points:
+        if e > thr:
+            if last_ok is None:
+                return {"delta_B_norm": None, "note": f"already above at the smallest norm {n:.3g}"}
+            n0, e0 = last_ok
+            t = math.log(thr / e0) / math.log(e / e0) if e > e0 else 0.0
+            return {"delta_B_norm": math.exp(math.log(n0) + t * math.log(n / n0)), "note": ""}
+        last_ok = (n, e)
+    return {"delta_B_norm": points[-1][0], "note": "never above: at least the largest norm"}
+
+
+def summarise(settings: list[dict]) -> dict:
+    """Per setting, update kind, target and prediction: norm thresholds for 5% and 10%."""
+    out = {}
+    for st in settings:
+        q = st["quantization"]
+        for update in dict.fromkeys(r["update"] for r in st["rows"]):
+            rows = [r for r in st["rows"] if r["update"] == update]
+            ratio = None
+            if update.startswith("estimator"):
+                ratio = st["estimator"][update[len("estimator[") : -1]]["lift_ratio"]
+            for t in TARGETS:
+                for kind in ("lin_h", "lin_logits"):
+                    pts = [(r["delta_B_norm"], r[t][kind]["change_rel_err"]) for r in rows]
+                    entry = {}
+                    for thr in THRESHOLDS:
+                        th = norm_threshold(pts, thr)
+                        if ratio and th["delta_B_norm"] is not None:
+                            th["w_norm"] = th["delta_B_norm"] / ratio
+                        entry[f"{int(thr * 100)}%"] = th
+                    out[f"{q} | {update} | {t} | {kind}"] = entry
+    return out
+
+
+def recommend(settings: list[dict], summary: dict) -> dict:
+    """The trust region in the estimator's own units (‖w‖) that keeps the change error under
+    5% / 10%: the smallest threshold over settings, targets and both prediction kinds, next to
+    the size of the real fine-tune's B update expressed in the same units."""
+    out = {}
+    for st in settings:
+        q = st["quantization"]
+        ratio = float(np.mean([e["lift_ratio"] for e in st["estimator"].values()]))
+        ft = next(r for r in st["rows"] if r["update"] == "finetune" and r["scale"] == 1.0)
+        entry = {
+            "lift_ratio": ratio,
+            "finetune_delta_B_norm": ft["delta_B_norm"],
+            "finetune_delta_B_norm_in_w_units": ft["delta_B_norm"] / ratio,
+            "finetune_rel_weight_change": (ft["rel_weight_change"] or {}).get("total"),
+        }
+        for thr in THRESHOLDS:
+            key = f"{int(thr * 100)}%"
+            ws = [
+                v[key].get("w_norm")
+                for k, v in summary.items()
+                if k.startswith(f"{q} | estimator") and v[key].get("w_norm") is not None
+            ]
+            entry[f"w_norm_max_at_{key}"] = min(ws) if ws else None
+        out[q] = entry
+    at5 = [e["w_norm_max_at_5%"] for e in out.values() if e["w_norm_max_at_5%"] is not None]
+    if at5:
+        m = min(at5)
+        digits = 10 ** math.floor(math.log10(m))
+        out["suggested_max_norm"] = math.floor(m / digits) * digits
+        out["rule"] = (
+            "largest ‖w‖ (one significant digit, rounded down) under which every estimator "
+            "update measured kept change_rel_err ≤ 5% for both targets and both predictions"
+        )
+    return out
+
+
+def print_table(settings: list[dict]) -> None:
+    head = (
+        f"{'setting':7} {'update':19} {'scale':>5} {'|w|':>7} {'|ΔB|':>7} {'|ΔA|':>6} "
+        f"{'relW%':>7} | {'choices: chg':>12} {'chgL':>6} {'rse':>8} {'corr':>5} "
+        f"| {'vocab: chg':>10} {'chgL':>6} {'rse':>8} {'corr':>5} | {'acc':>4}"
+    )
+    print(head)
+    print("-" * len(head))
+    for st in settings:
+        for r in st["rows"]:
+            rel = r["rel_weight_change"]["total"] * 100 if r["rel_weight_change"] else float("nan")
+            cells = []
+            for t in TARGETS:
+                m, ml = r[t]["lin_h"], r[t]["lin_logits"]
+                cells.append(
+                    f"{m['change_rel_err']:12.4f} {ml['change_rel_err']:6.3f} "
+                    f"{m['paper_rse_mean']:8.2e} {m['corr']:5.2f}"
+                )
+            w = f"{r['w_norm']:7.3f}" if "w_norm" in r else f"{'-':>7}"
+            print(
+                f"{st['quantization']:7} {r['update']:19} {r['scale']:5g} {w} "
+                f"{r['delta_B_norm']:7.3f} {r['delta_A_norm']:6.3f} {rel:7.4f} | "
+                f"{cells[0]} | {cells[1][2:]} | {r['val_accuracy_real']:4.2f}"
+            )
+    print(
+        "chg = change_rel_err of lin_h (h0 + g·ΔB); chgL = of lin_logits; rse = paper metric "
+        "(mean rel. squared error of h); acc = real val accuracy"
+    )
+
+
+def _machine() -> dict:
+    import bitsandbytes
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quantization", nargs="+", default=["4bit", "none"], choices=["4bit", "none"])
+    p.add_argument("--rows", type=int, default=32, help="train and val rows per task")
+    p.add_argument("--max-tokens", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the real fine-tune")
+    p.add_argument("--max-norm", type=float, default=1.0, help="fit_update's trust region")
+    p.add_argument("--batch-size", type=int, default=16, help="val batch size")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--workspaces", default=str(ROOT / "workspaces"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "approximation.json"))
+    args = p.parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    start, load_before = time.time(), os.getloadavg()
+    settings = [run_setting(args, q) for q in args.quantization]
+    print_table(settings)
+    summary = summarise(settings)
+    report = {
+        "command": " ".join([".venv/bin/python", "bench/approximation.py", *sys.argv[1:]]),
+        "machine": _machine(),
+        "settings": {
+            "model": "smollm2-135m (float32 compute)",
+            "quantizations": args.quantization,
+            "adapter": "LoRA r=4 alpha=32 (scaling 8) on q,k,v of the top 8 of 30 layers, seed 0",
+            "tasks": TASKS,
+            "rows_per_task": {"train": args.rows, "val": args.rows},
+            "max_tokens": args.max_tokens,
+            "projection": "countsketch k=400 seed 0",
+            "finetune": f"core.training.train_adapter, {args.epochs} epochs, lr 5e-4, batch 8",
+            "finetune_scales": list(FT_SCALES),
+            "estimator": f"fit_update(max_norm={args.max_norm}) per target on stored features",
+            "estimator_scales": list(EST_SCALES),
+            "torch_threads": args.threads,
+        },
+        "metrics": METRICS,
+        "predictions": PREDICTIONS,
+        "norms": {
+            "w_norm": "‖s·w‖, the estimator's own norm (what estimator.max_norm caps)",
+            "delta_B_norm": "‖Δ_B‖ over all LoRA B entries (= ‖Π s·w‖ for estimator updates)",
+            "delta_A_norm": "‖A − A0‖ (fine-tune only; the estimator never moves A)",
+            "rel_weight_change": "‖scaling·B·A‖_F / ‖W‖_F of the adapted matrices (W "
+            "dequantised for 4-bit); total = sqrt(Σ‖ΔW‖²)/sqrt(Σ‖W‖²)",
+            "lift_ratio": "‖Πw‖/‖w‖ of the fitted update (≈ sqrt(D/k) for countsketch)",
+        },
+        "thresholds": summary,
+        "recommendation": recommend(settings, summary),
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "wall_seconds": round(time.time() - start, 1),
+        "results": settings,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    for key, entry in summary.items():
+        print(key, json.dumps(entry))
+    print("recommendation", json.dumps(report["recommendation"], indent=1))
+    print(f"wrote {args.out} ({report['wall_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -229,10 +229,11 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
         )
         for s in shards
     ]
-    zero = _submit(ws, "evaluate:zero-shot", ["evaluate", "--zero-shot"], backend=backend)
     aff = _submit(ws, "affinity", ["affinity"], grad_jobs, backend)
     grp = _submit(ws, "group", ["group"], [aff], backend)
-    _wait_ok(ws, [*grad_jobs, aff, grp], backend)
+    # queued after the estimation jobs, so the groups are known as early as possible
+    zero = _submit(ws, "evaluate:zero-shot", ["evaluate", "--zero-shot"], backend=backend)
+    _wait_ok(ws, [*grad_jobs, aff, grp], backend)  # zero-shot may still be running
     timings["estimation"] = time.monotonic() - start
     groups = chosen_groups(ws)
     log(f"groups (m={len(groups)}): {groups}")

@@ -212,17 +212,15 @@ def jobs_frame(jobs: list[dict]):
 
 # --- gradient stores (core.store's status, without loading the model) -------------------------
 def _store_key(cfg: ExperimentConfig, task, stored_model: dict | None) -> dict:
-    """core.store.store_key without core.models: the model part is taken from the store when
-    the config's model settings (name, revision, quantization, an explicit dtype) match it."""
+    """core.store.store_key without core.models: the model part is the store's own, with the
+    config's name, revision, quantization (and an explicit dtype) put over it."""
     from core.store import task_data_hash
 
     m = cfg.model
     model = {"name": m.name, "revision": m.revision, "quantization": m.quantization}
     if m.dtype != "auto":
         model["dtype"] = m.dtype
-    stored = stored_model or {}
-    if all(stored.get(k) == v for k, v in model.items()):
-        model = stored
+    model = {**(stored_model or {}), **model}  # a difference shows as the engine names it
     a = cfg.adapter
     return {
         "model": model,

@@ -70,7 +70,11 @@ def show_cli(argvs: list[list[str]], ws: Workspace) -> None:
 
 def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -> None:
     """Running and queued jobs with progress and ETA, polled from the job store every
-    `every` seconds; when the set of active jobs changes, the whole page is rerun."""
+    `every` seconds. When, between two polls, the set of active jobs changes (one finished or
+    started), the whole page is rerun so its tables catch up."""
+    key = f"_live:{ws.root}:{stages}"
+    full_run = st.session_state.get(f"{key}:run", 0) + 1
+    st.session_state[f"{key}:run"] = full_run  # this code runs on full page runs only
 
     @st.fragment(run_every=every)
     def _live():
@@ -78,12 +82,12 @@ def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -
         active = [j for j in jobs if j["state"] in status.ACTIVE]
         if stages:
             active = [j for j in active if any(s in stages for s, _ in status.job_targets(j))]
-        key = f"_active_{ws.root}_{stages}"
         ids = sorted(j["id"] for j in active)
-        if st.session_state.get(key) is not None and st.session_state[key] != ids:
+        polled = st.session_state.get(f"{key}:seen") == full_run  # a poll, not a page run
+        if polled and st.session_state.get(key) != ids:
             st.session_state[key] = ids
-            st.rerun(scope="app")  # a job finished or started: refresh the page's tables
-        st.session_state[key] = ids
+            st.rerun(scope="app")  # never during a page run: that would drop its button click
+        st.session_state[key], st.session_state[f"{key}:seen"] = ids, full_run
         if not active:
             st.caption("No job running or queued.")
         for job in active:

@@ -362,6 +362,7 @@ def test_training_page_queues_stops_and_resumes(real_ws, monkeypatch, no_jobs_st
     at.button(key="tr_stop").click().run()
     assert status.read_jobs(w)[0]["state"] == "cancelled"
     at.button(key="tr_resume").click().run()
+    assert not at.error, texts(at, "error")
     assert status.read_jobs(w)[0]["state"] == "queued"
 
 

@@ -1,0 +1,168 @@
+"""core.export: the figures plot the workspace's numbers, the comparison tables are report.json,
+and the export is a self-contained HTML file plus CSVs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+
+import pandas as pd
+import pytest
+from test_app import built_workspace, copy_workspace, decode
+
+from core import export, status
+from core.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def real_ws(tmp_path_factory):
+    return built_workspace(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report(real_ws):
+    return json.loads((real_ws / "report.json").read_text())
+
+
+def spec(fig) -> dict:
+    return decode(json.loads(fig.to_json()))
+
+
+def test_metric_tables_are_report_json(report):
+    for metric in ("accuracy", "f1", "ece"):
+        table = export.metric_table(report, metric)
+        assert table.index.tolist() == [*report["tasks"], "mean"]
+        for model in export.MODELS:
+            column = table[export.MODEL_LABELS[model]]
+            assert column.tolist() == [report[metric][model][t] for t in table.index]
+
+
+def test_comparison_figure_bars_and_colours(report):
+    data = spec(export.comparison_figure(report, "accuracy"))["data"]
+    assert [tr["name"] for tr in data] == [export.MODEL_LABELS[m] for m in export.MODELS]
+    for tr, model in zip(data, export.MODELS, strict=True):
+        assert tr["marker"]["color"] == export.MODEL_COLORS[model]
+        assert tr["y"] == [report["accuracy"][model][t] for t in [*report["tasks"], "mean"]]
+
+
+def test_a_model_not_evaluated_is_left_out(report):
+    partial = {**report, "accuracy": {**report["accuracy"], "baseline": None}}
+    names = [tr["name"] for tr in spec(export.comparison_figure(partial))["data"]]
+    assert export.MODEL_LABELS["baseline"] not in names
+    assert export.headline(partial)["ensemble_minus_baseline"] is None
+
+
+def test_cost_table_sums_the_right_stages(report):
+    costs = export.cost_table(report)
+    ens, base = (
+        costs.loc[export.MODEL_LABELS["ensemble"]],
+        costs.loc[export.MODEL_LABELS["baseline"]],
+    )
+    f, w = report["flops"], report["wall_seconds"]
+    assert ens["training FLOPs"] == f["gradients"] + f["estimation"] + f["group_training"]
+    assert base["training FLOPs"] == f["baseline_training"]
+    assert ens["inference FLOPs / example"] == f["ensemble_inference_per_example"]
+    assert ens["training wall s"] == pytest.approx(
+        w["gradients"] + w["estimation"] + w["group_training"]
+    )
+    assert base["inference wall s"] == w["baseline_inference"]
+    assert ens["Accuracy"] == report["accuracy"]["ensemble"]["mean"]
+    zero = costs.loc[export.MODEL_LABELS["zero_shot"]]
+    assert zero["training FLOPs"] == 0 and pd.isna(zero["inference FLOPs / example"])
+    head = export.headline(report)
+    assert head["ensemble_minus_baseline"] == pytest.approx(
+        report["accuracy"]["ensemble"]["mean"] - report["accuracy"]["baseline"]["mean"]
+    )
+    assert head["training_flops_ratio"] == report["flops_ratio"]["training_ensemble_over_baseline"]
+
+
+def test_accuracy_against_flops_across_workspaces(real_ws, report):
+    other = copy_workspace(real_ws, "export_m3")
+    changed = json.loads((other / "report.json").read_text())
+    changed["groups"] = [[t] for t in changed["tasks"]]
+    changed["accuracy"]["ensemble"]["mean"] = 0.75
+    changed["flops"]["group_training"] *= 2
+    (other / "report.json").write_text(json.dumps(changed))
+    unrelated = copy_workspace(real_ws, "export_other_tasks")
+    changed_tasks = {**changed, "tasks": ["x", "y"]}
+    (unrelated / "report.json").write_text(json.dumps(changed_tasks))
+    points = export.accuracy_flops_points(
+        Workspace(real_ws), [Workspace(other), Workspace(unrelated)]
+    )
+    ens = points[points["model"] == "ensemble"].set_index("m")
+    assert sorted(ens.index) == [2, 3]
+    assert ens.loc[3, "mean accuracy"] == 0.75
+    assert ens.loc[2, "mean accuracy"] == report["accuracy"]["ensemble"]["mean"]
+    fig = spec(export.accuracy_flops_figure(points))
+    line = next(tr for tr in fig["data"] if tr["name"] == export.MODEL_LABELS["ensemble"])
+    assert line["text"] == ["m=2", "m=3"] and line["y"] == [ens.loc[2, "mean accuracy"], 0.75]
+    zero = report["accuracy"]["zero_shot"]["mean"]
+    assert fig["layout"]["shapes"][0]["y0"] == zero  # the zero-shot reference line
+
+
+def test_heatmap_and_sweep_figures(real_ws):
+    ws = Workspace(real_ws)
+    view = status.affinity_view(ws)
+    heat = spec(export.heatmap_figure(view))
+    assert heat["data"][0]["z"] == view["T"].to_numpy().tolist()
+    assert heat["data"][0]["x"] == view["order"]
+    assert len(heat["layout"]["shapes"]) == len(view["groups"])  # one outline per group
+    entries = status.sweep_entries(ws)
+    chosen = ws.read("groupings", "chosen.json")
+    sweep = spec(export.sweep_figure(entries, chosen))["data"]
+    by_name = {tr["name"]: tr for tr in sweep}
+    for method in ("sdp", "spectral"):
+        mine = [e for e in entries if e["method"] == method]
+        assert by_name[method]["x"] == [e["m"] for e in mine]
+        assert by_name[method]["y"] == [e["mean_accuracy"] for e in mine]
+    assert by_name["chosen (sdp)"]["y"] == [chosen["mean_accuracy"]]
+
+
+def test_dataset_and_training_figures(real_ws):
+    ws = Workspace(real_ws)
+    steps, val = status.read_training_metrics(ws, "group-0")
+    loss = spec(export.loss_figure(steps, "group-0"))["data"][0]
+    assert loss["y"] == steps["loss"].tolist()
+    curves = {tr["name"]: tr for tr in spec(export.val_figure(val, "group-0"))["data"]}
+    assert set(curves) == {"reviews_a", "reviews_b", "mean"}
+    yelp = status.load_one_task("yelp", None, {})
+    balance = status.label_balance(yelp)
+    bars = {
+        tr["name"]: tr["y"] for tr in spec(export.label_balance_figure(balance, "yelp"))["data"]
+    }
+    assert bars["train"] == balance[balance["split"] == "train"]["rows"].tolist()
+    lengths = status.word_lengths(yelp)
+    hist = {tr["name"]: tr["x"] for tr in spec(export.word_length_figure(lengths, "yelp"))["data"]}
+    assert hist["test"] == lengths[lengths["split"] == "test"]["words"].tolist()
+
+
+def test_export_report_writes_html_and_csvs(real_ws, report):
+    ws_dir = copy_workspace(real_ws, "export_files")
+    paths = export.export_report(Workspace(ws_dir))
+    page = paths["html"].read_text()
+    assert paths["html"] == ws_dir / "exports" / "report.html"
+    assert not re.search(r"<script[^>]*\ssrc=", page)  # nothing to fetch: opens offline
+    assert page.count("Plotly.newPlot") >= 4 and len(page) > 1_000_000  # plotly.js inline
+    assert f"{report['accuracy']['ensemble']['mean']:.3f}" in page
+    accuracy = pd.read_csv(paths["csv"]["accuracy"], index_col="task")
+    assert accuracy.loc["mean", export.MODEL_LABELS["ensemble"]] == pytest.approx(
+        report["accuracy"]["ensemble"]["mean"]
+    )
+    assert set(paths["csv"]) == {"accuracy", "f1", "ece", "costs", "groups", "affinity"}
+    with zipfile.ZipFile(paths["zip"]) as zf:
+        assert sorted(zf.namelist()) == sorted(["report.html", *(f"{n}.csv" for n in paths["csv"])])
+        inner = pd.read_csv(io.BytesIO(zf.read("accuracy.csv")), index_col="task")
+    pd.testing.assert_frame_equal(inner, accuracy)
+    assert not list((ws_dir / "exports").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_export_of_a_workspace_without_results(tmp_path):
+    from test_app import cli, write_experiment
+
+    config = write_experiment(tmp_path)
+    cli("init", "--config", config, "--workspace", tmp_path / "ws")
+    paths = export.export_report(Workspace(tmp_path / "ws"))
+    assert "GroupTune report" in paths["html"].read_text()
+    assert set(paths["csv"]) == {"accuracy", "f1", "ece", "costs"}
