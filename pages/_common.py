@@ -12,8 +12,24 @@ from core.workspace import Workspace
 START_HINT = "grouptune init --config sample_data/quick.yaml --workspace workspaces/quick"
 
 
+def _through_entrypoint() -> None:
+    """Make sure the page runs inside app.py's navigation.
+
+    Streamlit starts in its old multipage mode when the entry point's folder has a pages/
+    directory, and leaves it only once app.py has called st.navigation: a first visit that
+    lands straight on /groups would run the page alone (no sidebar, no navigation). Leave that
+    mode and run the app again, which then renders this same page through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def workspace() -> Workspace | None:
     """The experiment picked in the sidebar (app.py); the first one found if none is yet."""
+    _through_entrypoint()
     path = st.session_state.setdefault("workspace", (status.list_workspaces() or [""])[0])
     return Workspace(path) if path else None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def start_app(workspace: Path, port: int, env: dict | None = None) -> subprocess
     cmd = [sys.executable, "-m", "core.cli", "app", "--workspace", str(workspace)]
     cmd += ["--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    env.setdefault("STREAMLIT_SERVER_FILE_WATCHER_TYPE", "none")  # no reloads, no inotify
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -108,21 +112,29 @@ def start_app(workspace: Path, port: int, env: dict | None = None) -> subprocess
 
 
 def stop_app(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """Stop `grouptune app` and the Streamlit server it started (its whole process group)."""
     try:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def wait_rendered(page, timeout_ms: int = 30000) -> None:
     """Until the page has a title, Streamlit has stopped running, and charts are drawn."""
-    page.wait_for_selector("h1", timeout=timeout_ms)
+    page.wait_for_selector('[data-testid="stMain"] h1', timeout=timeout_ms)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
     )
-    page.wait_for_timeout(1500)  # plotly draws after the element arrives
+    page.wait_for_function(  # plotly draws a moment after its element arrives
+        "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+        ".every(c => c.querySelector('.main-svg'))",
+        timeout=timeout_ms,
+    )
+    page.wait_for_timeout(500)
 
 
 def shoot(page, path: Path) -> None:

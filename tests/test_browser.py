@@ -1,0 +1,191 @@
+"""The dashboard in a real browser: `grouptune app` on 127.0.0.1, driven by Debian's chromium
+through Playwright. Every page renders; the main path works by clicking (pick tasks and save
+a config, run a gradients job and watch it finish, move a task between groups, export the
+report); and a job survives the page being closed and the server being restarted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_app import built_workspace, copy_workspace
+
+from core import status
+from core.workspace import Workspace
+
+pytestmark = pytest.mark.browser
+sys.path.insert(0, str(ROOT / "scripts"))
+from screenshots import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PAGES,
+    free_port,
+    start_app,
+    stop_app,
+    wait_rendered,
+)
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        f"{CHROMIUM} is absent: install Debian's chromium (apt-get install -y chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+JOB_TIMEOUT_MS = 240_000  # a tiny gradients job: python + torch start, then seconds of work
+
+
+@pytest.fixture(scope="module")
+def real_ws(tmp_path_factory):
+    return built_workspace(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class App:
+    """`grouptune app --workspace W` on a free port, stopped (with its server) at the end."""
+
+    def __init__(self, workspace: Path, **env):
+        self.port = free_port()
+        self.proc = start_app(workspace, self.port, env={k: str(v) for k, v in env.items()})
+
+    def url(self, page: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{page}"
+
+    def stop(self) -> None:
+        stop_app(self.proc)
+
+
+def open_page(browser, app: App, page: str):
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.goto(app.url(PAGES[page]))
+    wait_rendered(tab)
+    return tab
+
+
+def select(tab, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label`."""
+    tab.get_by_test_id("stSelectbox").filter(has_text=label).first.click()
+    tab.get_by_role("option", name=option, exact=True).click()
+    wait_rendered(tab)
+
+
+def test_every_page_renders(real_ws, browser, tmp_path):
+    app = App(real_ws)
+    try:
+        titles = {
+            "home": "GroupTune",
+            "datasets": "Datasets",
+            "gradients": "Gradient features",
+            "affinity": "Task affinity",
+            "groups": "Task groups",
+            "training": "Training",
+            "compare": "Compare",
+        }
+        for page, title in titles.items():
+            tab = open_page(browser, app, page)
+            assert title in tab.get_by_test_id("stMain").locator("h1").first.inner_text()
+            assert tab.get_by_test_id("stException").count() == 0, page
+            assert tab.get_by_test_id("stSidebarNav").count() == 1  # app.py's navigation
+            tab.screenshot(path=str(tmp_path / f"{page}.png"), full_page=True)
+            assert (tmp_path / f"{page}.png").stat().st_size > 20_000
+            tab.close()
+    finally:
+        app.stop()
+
+
+def test_main_path_by_clicking(real_ws, browser, tmp_path):
+    ws = copy_workspace(real_ws, "browser_path")
+    shutil.rmtree(ws / "features" / "topics")
+    app = App(ws, GROUPTUNE_WORKSPACES=tmp_path / "experiments")
+    try:
+        # 1. Datasets: drop the last task, add a sample task, save as a new experiment
+        tab = open_page(browser, app, "datasets")
+        tab.get_by_test_id("stMultiSelect").first.click()
+        tab.keyboard.press("Backspace")
+        tab.keyboard.type("yelp")
+        tab.keyboard.press("Enter")
+        tab.keyboard.press("Escape")
+        wait_rendered(tab)
+        tab.get_by_label("Experiment name").fill("from-browser")
+        tab.get_by_role("button", name="Save as a new experiment").click()
+        saved = tmp_path / "experiments" / "from-browser" / "config.yaml"
+        tab.get_by_text("Saved").first.wait_for()  # the toast
+        wait_rendered(tab)
+        assert saved.is_file()
+        assert Workspace(saved.parent).load_config().task_names == [
+            "reviews_a",
+            "reviews_b",
+            "yelp",
+        ]
+        tab.close()
+
+        # 2. Gradients: one task is missing; compute it as a job and watch it finish
+        tab = open_page(browser, app, "gradients")
+        assert tab.get_by_text("2 / 3").count() == 1
+        tab.get_by_role("button", name="Compute", exact=True).click()
+        tab.get_by_text("3 / 3").wait_for(timeout=JOB_TIMEOUT_MS)  # the page follows the job
+        (job,) = status.read_jobs(Workspace(ws))
+        assert job["state"] == "done" and job["argv"][:3] == ["gradients", "--task", "topics"]
+        tab.close()
+
+        # 3. Groups: move a task, see the prediction change, save
+        tab = open_page(browser, app, "groups")
+        select(tab, "Move task", "topics")
+        select(tab, "to", "group 0")
+        tab.get_by_role("button", name="Move", exact=True).click()
+        wait_rendered(tab)
+        assert tab.get_by_text("grouptune group --move topics:0").count() >= 1
+        tab.get_by_role("button", name="Save as the chosen grouping").click()
+        wait_rendered(tab)
+        chosen = json.loads((ws / "groupings" / "chosen.json").read_text())
+        assert chosen["method"] == "edited"
+        assert chosen["groups"] == [["reviews_a", "reviews_b", "topics"]]
+        tab.close()
+
+        # 4. Compare: export, and download the HTML report
+        tab = open_page(browser, app, "compare")
+        tab.get_by_role("button", name="Export the report").click()
+        wait_rendered(tab)
+        with tab.expect_download() as download:
+            tab.get_by_role("button", name="report.html").click()
+        got = Path(download.value.path()).read_bytes()
+        assert got == (ws / "exports" / "report.html").read_bytes()
+        tab.close()
+    finally:
+        app.stop()
+
+
+def test_closing_the_page_and_restarting_the_server_loses_nothing(real_ws, browser):
+    ws = copy_workspace(real_ws, "browser_restart")
+    shutil.rmtree(ws / "features" / "reviews_b")
+    first = App(ws)
+    try:
+        tab = open_page(browser, first, "gradients")
+        tab.get_by_role("button", name="Compute", exact=True).click()
+        wait_rendered(tab)
+        tab.close()  # the browser goes away ...
+    finally:
+        first.stop()  # ... and so does the server, while the job runs or waits
+    (job,) = status.read_jobs(Workspace(ws))
+    assert job["state"] in ("queued", "running")
+    second = App(ws)
+    try:
+        tab = open_page(browser, second, "gradients")
+        tab.get_by_text("3 / 3").wait_for(timeout=JOB_TIMEOUT_MS)
+        assert status.read_jobs(Workspace(ws))[0]["state"] == "done"
+        tab.goto(second.url(PAGES["training"]))
+        wait_rendered(tab)
+        select(tab, "Job", f"{job['id']} · gradients:reviews_b")
+        assert tab.get_by_text("=== job 1 done").count() == 1  # its log, read after the restart
+    finally:
+        second.stop()
