@@ -172,9 +172,7 @@ def group_cmd(
     m: int | None = typer.Option(None, "--m", help="Number of groups (default: recommended)."),
     method: str | None = typer.Option(None, help="sdp or spectral (default: config)."),
     sweep: bool = typer.Option(False, "--sweep", help="Print every m and method."),
-    move: str | None = typer.Option(
-        None, help="TASK:GROUP — move a task in the chosen grouping."
-    ),
+    move: str | None = typer.Option(None, help="TASK:GROUP — move a task in the chosen grouping."),
     as_json: bool = JsonOpt,
 ):
     """Partition the tasks into m groups and predict each task's accuracy (what-if API)."""
@@ -262,6 +260,25 @@ def _report_text(report: dict) -> str:
     if report.get("missing"):
         lines.append(f"missing: {report['missing']}")
     return "\n".join(lines)
+
+
+@app.command("export")
+def export_cmd(
+    workspace: Path | None = WorkspaceOpt,
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Write a self-contained HTML report and CSV tables to the workspace's exports/ folder."""
+    from core.export import export_report
+
+    _, ws = _context(config, workspace)
+    paths = export_report(ws)
+    result = {
+        "html": str(paths["html"]),
+        "zip": str(paths["zip"]),
+        "csv": {k: str(v) for k, v in paths["csv"].items()},
+    }
+    _emit(result, as_json, f"{result['html']}\n{result['zip']}")
 
 
 @app.command("run")
