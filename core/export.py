@@ -147,13 +147,6 @@ def val_figure(val: pd.DataFrame, name: str) -> go.Figure:
     return fig.update_xaxes(title="epoch", dtick=1).update_yaxes(title="accuracy")
 
 
-def state_badge(state: str) -> str:
-    """A coloured label for a state, as Streamlit markdown."""
-    colors = {"fresh": "green", "stale": "orange", "partial": "orange", "missing": "gray"}
-    colors.update(running="blue", queued="blue", failed="red")
-    return f":{colors.get(state, 'gray')}-badge[{state}]"
-
-
 # --- page 6: the comparison -----------------------------------------------------------------------
 def load_report(ws: Workspace) -> dict | None:
     return ws.read("report.json")

@@ -28,15 +28,6 @@ from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_TASKS = ROOT / "sample_data" / "tasks"
-STATE_COLORS = {
-    "fresh": "#2E7D32",
-    "stale": "#E8833A",
-    "partial": "#C9A227",
-    "missing": "#9AA0A6",
-    "running": "#3A6EA5",
-    "queued": "#7B8FB8",
-    "failed": "#C62828",
-}
 ACTIVE = ("running", "queued")
 
 

@@ -80,6 +80,12 @@ def submit(ws: Workspace, argvs: list[list[str]], chain: bool = False) -> list[i
     return ids
 
 
+def state_badge(state: str) -> str:
+    """A state as a coloured Streamlit badge (markdown)."""
+    colors = {"fresh": "green", "stale": "orange", "partial": "orange", "failed": "red"}
+    return f":{colors.get(state, 'blue' if state in status.ACTIVE else 'gray')}-badge[{state}]"
+
+
 def show_cli(argvs: list[list[str]], ws: Workspace) -> None:
     st.code("\n".join(status.cli_text(a, ws) for a in argvs) or "(nothing to run)", language="bash")
 

@@ -8,7 +8,7 @@ import streamlit as st
 from core import status
 from core.config import parse_config
 from core.errors import GroupTuneError
-from core.export import heatmap_figure, state_badge
+from core.export import heatmap_figure
 from pages import _common
 
 st.title(":material/grid_on: Task affinity")
@@ -23,19 +23,24 @@ jobs = status.read_jobs(ws)
 grads = status.gradient_status(ws, cfg, tasks)
 state = status.affinity_state(ws, cfg, grads)
 view = status.affinity_view(ws)
-st.markdown(f"Status: {state_badge(state['state'])} {state['detail']}")
+st.markdown(f"Status: {_common.state_badge(state['state'])} {state['detail']}")
 for pair in status.shared_answer_words(tasks):
     st.warning(
         f"**{pair['tasks'][0]}** and **{pair['tasks'][1]}** share the answer words "
         f"{pair['words']}: part of their affinity is the shared answer format, not the content."
     )
 
-if view is None:
+ready = all(v == "fresh" for v in grads.values())
+if view is None or state["state"] == "stale":
     st.info(
-        "No affinity matrix yet. It needs the gradient features of every task (Gradients "
-        f"page), then: `{status.cli_text(['affinity'], ws)}`"
+        "The affinity matrix needs the gradient features of every task (Gradients page), "
+        f"then: `{status.cli_text(['affinity'], ws)}`"
     )
-else:
+    busy = status.active_items(jobs, "affinity")
+    if st.button("Estimate the affinity", disabled=not ready or bool(busy), key="af_run"):
+        _common.submit(ws, [["affinity"], ["group", "--sweep"]], chain=True)
+        st.rerun()
+if view is not None:
     st.plotly_chart(heatmap_figure(view), key="af_heatmap")
     st.subheader("The evidence behind one cell")
     a0, b0 = status.strongest_pair(view["T"])

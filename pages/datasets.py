@@ -58,7 +58,8 @@ def load(name: str, root: str | None, stamp: tuple):
     )
 
 
-loaded, stamp = {}, (ws.config_path.stat().st_mtime if cfg else 0, tuple(sorted(uploads)))
+files = tuple(sorted((name, path.stat().st_mtime) for name, path in uploads.items()))
+loaded, stamp = {}, (ws.config_path.stat().st_mtime if cfg else 0, files)
 for task_name in selected:
     try:
         loaded[task_name] = load(task_name, str(ws.root) if ws else None, stamp)

@@ -39,11 +39,14 @@ candidates = [e for e in entries if e["m"] == m]
 st.dataframe(status.sweep_frame(candidates), hide_index=True, key="grp_candidates")
 for col, e in zip(st.columns(4), candidates, strict=False):
     if col.button(f"Use the {e['method']} grouping", key=f"grp_use_{e['method']}"):
-        if fresh:  # the candidates are cached: choosing one is instant, no job needed
-            pipeline.group(cfg, ws, m, e["method"])
-        else:
-            _common.submit(ws, [["group", "--m", str(m), "--method", e["method"]]])
-        st.rerun()
+        try:
+            if fresh:  # the candidates are cached: choosing one is instant, no job needed
+                pipeline.group(cfg, ws, m, e["method"])
+            else:
+                _common.submit(ws, [["group", "--m", str(m), "--method", e["method"]]])
+            st.rerun()
+        except GroupTuneError as err:
+            st.error(str(err))
 st.caption(f"Terminal: `{status.cli_text(['group', '--m', str(m)], ws)}`")
 st.plotly_chart(sweep_figure(entries, chosen), key="grp_sweep_chart")
 
@@ -80,9 +83,12 @@ if edit["moves"]:
     _common.show_cli([["group", "--move", mv] for mv in edit["moves"]], ws)
     c1, c2 = st.columns(2)
     if c1.button("Save as the chosen grouping", type="primary", key="grp_save"):
-        pipeline.edit_groups(cfg, ws, edit["groups"])
-        st.toast("Saved: train the adapters on the Training page", icon=":material/save:")
-        st.rerun()
+        try:
+            pipeline.edit_groups(cfg, ws, edit["groups"])
+            st.toast("Saved: train the adapters on the Training page", icon=":material/save:")
+            st.rerun()
+        except GroupTuneError as err:
+            st.error(str(err))
     if c2.button("Undo all edits", key="grp_reset"):
         del st.session_state[key]
         st.rerun()

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import status
-from core.export import headline, load_report, state_badge
+from core.export import headline, load_report
 from pages import _common
 
 st.title(":material/hub: GroupTune")
@@ -43,7 +43,7 @@ st.subheader("Where it stands")
 for stage in status.stage_summary(rows):
     a, b, c = st.columns([3, 1, 2])
     a.markdown(f"**{stage['label']}**")
-    b.markdown(state_badge(stage["state"]))
+    b.markdown(_common.state_badge(stage["state"]))
     c.caption(f"{stage['fresh']} of {stage['total']} up to date")
 with st.expander("Every item"):
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="home_rows")

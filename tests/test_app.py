@@ -25,6 +25,9 @@ from core import status
 from core.export import metric_table
 from core.workspace import Workspace
 
+sys.path.insert(0, str(ROOT))  # the dashboard's pages/ (when pytest runs from elsewhere)
+from pages import _common  # noqa: E402
+
 PAGES = ["home", "datasets", "gradients", "affinity", "groups", "training", "compare"]
 _BUILT: dict[str, Path] = {}
 
@@ -121,6 +124,9 @@ def open_page(workspace: Path | str, page: str, monkeypatch, **state) -> AppTest
     """Run the app on `workspace`, then switch to `page` (the entry point runs first, as in a
     browser: it sets up the sidebar and the session)."""
     monkeypatch.setenv("GROUPTUNE_WORKSPACE", str(workspace))
+    # AppTest starts every run in Streamlit's old pages/ mode (see _through_entrypoint); the
+    # rerun that leaves it would drop the click a test just made, so it is skipped here
+    monkeypatch.setattr(_common, "_through_entrypoint", lambda: None)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     for key, value in state.items():
         at.session_state[key] = value

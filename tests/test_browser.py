@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,16 +74,19 @@ def open_page(browser, app: App, page: str):
 
 
 def select(tab, label: str, option: str) -> None:
-    """Pick `option` in the selectbox labelled `label`."""
-    box = tab.get_by_test_id("stSelectbox").filter(has_text=label).first
-    box.scroll_into_view_if_needed()
-    try:
-        box.click()
-        tab.get_by_role("option", name=option, exact=True).click(timeout=10_000)
-    except Exception:
-        tab.screenshot(path="/tmp/scratch/select_fail.png", full_page=True)
-        raise
+    """Pick `option` in the selectbox labelled `label` (typed, as a user searching it would:
+    the highlighted option's accessible name is not its text alone)."""
+    tab.get_by_test_id("stSelectbox").filter(has_text=label).first.click()
+    tab.keyboard.type(option)
+    tab.keyboard.press("Enter")
     wait_rendered(tab)
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.2)
 
 
 def test_every_page_renders(real_ws, browser, tmp_path):
@@ -121,13 +125,12 @@ def test_main_path_by_clicking(real_ws, browser, tmp_path):
         tab.keyboard.type("yelp")
         tab.keyboard.press("Enter")
         tab.keyboard.press("Escape")
+        tab.get_by_test_id("stMultiSelect").first.get_by_text("yelp").wait_for()
         wait_rendered(tab)
         tab.get_by_label("Experiment name").fill("from-browser")
         tab.get_by_role("button", name="Save as a new experiment").click()
         saved = tmp_path / "experiments" / "from-browser" / "config.yaml"
-        tab.get_by_text("Saved").first.wait_for()  # the toast
-        wait_rendered(tab)
-        assert saved.is_file()
+        wait_until(saved.is_file)
         assert Workspace(saved.parent).load_config().task_names == [
             "reviews_a",
             "reviews_b",
@@ -149,10 +152,9 @@ def test_main_path_by_clicking(real_ws, browser, tmp_path):
         select(tab, "Move task", "topics")
         select(tab, "to", "group 0")
         tab.get_by_role("button", name="Move", exact=True).click()
-        wait_rendered(tab)
-        assert tab.locator("code", has_text="group --move topics:0").count() >= 1
+        tab.locator("code", has_text="group --move topics:0").first.wait_for()  # the CLI twin
         tab.get_by_role("button", name="Save as the chosen grouping").click()
-        wait_rendered(tab)
+        wait_until(lambda: "edited" in (ws / "groupings" / "chosen.json").read_text())
         chosen = json.loads((ws / "groupings" / "chosen.json").read_text())
         assert chosen["method"] == "edited"
         assert chosen["groups"] == [["reviews_a", "reviews_b", "topics"]]
@@ -161,9 +163,8 @@ def test_main_path_by_clicking(real_ws, browser, tmp_path):
         # 4. Compare: export, and download the HTML report
         tab = open_page(browser, app, "compare")
         tab.get_by_role("button", name="Export the report").click()
-        wait_rendered(tab)
         with tab.expect_download() as download:
-            tab.get_by_role("button", name="report.html").click()
+            tab.get_by_role("button", name="report.html").click()  # waits for it to appear
         got = Path(download.value.path()).read_bytes()
         assert got == (ws / "exports" / "report.html").read_bytes()
         tab.close()
@@ -178,7 +179,7 @@ def test_closing_the_page_and_restarting_the_server_loses_nothing(real_ws, brows
     try:
         tab = open_page(browser, first, "gradients")
         tab.get_by_role("button", name="Compute", exact=True).click()
-        wait_rendered(tab)
+        wait_until(lambda: status.read_jobs(Workspace(ws)))
         tab.close()  # the browser goes away ...
     finally:
         first.stop()  # ... and so does the server, while the job runs or waits
@@ -192,6 +193,6 @@ def test_closing_the_page_and_restarting_the_server_loses_nothing(real_ws, brows
         tab.goto(second.url(PAGES["training"]))
         wait_rendered(tab)
         select(tab, "Job", f"{job['id']} · gradients:reviews_b")
-        assert tab.get_by_text("=== job 1 done").count() == 1  # its log, read after the restart
+        tab.locator("code", has_text=f"=== job {job['id']} done").first.wait_for()  # its log
     finally:
         second.stop()

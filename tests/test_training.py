@@ -273,18 +273,17 @@ def test_bad_inputs_raise_clear_errors(root, tmp_path):
 
 
 def test_qlora_gradients_survive_a_validation_pass():
-    """bitsandbytes would repack 4-bit weights on an eval pass and cut the backward graph."""
+    """bitsandbytes would repack 4-bit weights on an eval pass and cut the backward graph;
+    load_model keeps the training layout (core.models.keep_bnb_training_layout)."""
     import torch.nn.functional as F
 
     from core.adapters import attach_adapter
     from core.config import AdapterConfig, ModelConfig
     from core.models import load_model
     from core.prompts import pad_batch
-    from core.training import keep_bnb_training_layout
 
     model, tok = load_model(ModelConfig(name="tiny-llama", quantization="4bit", threads=1))
     model = attach_adapter(model, AdapterConfig(dropout=0.0))
-    keep_bnb_training_layout(model)
     batch = pad_batch([tok.encode("item 3 was good")] * 2, tok.pad_token_id)
     model.eval()
     with torch.no_grad():
