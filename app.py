@@ -58,8 +58,8 @@ def sidebar() -> None:
     cfg, err = status.load_config(ws)
     if cfg is not None:
         st.sidebar.markdown(
-            f"**Model** `{cfg.model.name}` · **quantisation** `{cfg.model.quantization}`  \n"
-            f"**Tasks** {len(cfg.tasks)} · edit on the Datasets page"
+            f"**Model** `{cfg.model.name}`  \n**Quantisation** `{cfg.model.quantization}`  \n"
+            f"**Tasks** {len(cfg.tasks)} (edit on the Datasets page)"
         )
     else:
         st.sidebar.warning(err)

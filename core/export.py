@@ -189,9 +189,19 @@ def _max(values) -> float | None:
     return float(max(values)) if values else None
 
 
-def cost_table(report: dict) -> pd.DataFrame:
-    """Per model: mean accuracy/F1/ECE, training FLOPs (the ensemble's include gradient
-    features and estimation), inference FLOPs per example, wall times, peak memory."""
+COST_COLUMNS = [
+    "training FLOPs",
+    "inference FLOPs / example",
+    "training wall s",
+    "inference wall s",
+    "peak memory GiB",
+]
+
+
+def cost_table(report: dict, metrics: bool = True) -> pd.DataFrame:
+    """Per model: mean accuracy/F1/ECE (unless `metrics` is False), training FLOPs (the
+    ensemble's include gradient features and estimation), inference FLOPs per example, wall
+    times, peak memory."""
     flops, wall = report.get("flops") or {}, report.get("wall_seconds") or {}
     mem = report.get("peak_memory_bytes") or {}
     ens_train = ("gradients", "estimation", "group_training")
@@ -218,7 +228,9 @@ def cost_table(report: dict) -> pd.DataFrame:
         else:  # the base model is not trained; its inference cost is not measured
             row.update({"training FLOPs": 0.0, "training wall s": 0.0})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("model")
+    table = pd.DataFrame(rows).set_index("model")
+    table = table.reindex(columns=[*METRIC_LABELS.values(), *COST_COLUMNS])
+    return table if metrics else table[COST_COLUMNS]
 
 
 def headline(report: dict) -> dict:

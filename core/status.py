@@ -361,8 +361,12 @@ def expected_adapters(ws: Workspace, cfg: ExperimentConfig) -> dict[str, list[st
     return out
 
 
-def adapter_state(ws: Workspace, cfg: ExperimentConfig, name: str, tasks: list[str]) -> dict:
-    folder = ws.adapter_dir(name)
+def adapter_state(
+    ws: Workspace, cfg: ExperimentConfig, name: str, tasks: list[str], hashes: dict | None = None
+) -> dict:
+    """An adapter's state, judged as core.training does (its run fingerprint): the tasks and
+    their contents (`hashes`: task -> Task.content_hash(), when given), the token budget, the
+    adapter and training settings, the base model, and the number of epochs."""
     record = ws.read("adapters", name, "grouptune.json")
     if record is None:
         state = ws.read("adapters", name, "checkpoint", "state.json")
@@ -373,25 +377,35 @@ def adapter_state(ws: Workspace, cfg: ExperimentConfig, name: str, tasks: list[s
     if sorted(record.get("tasks", [])) != sorted(tasks):
         return _row("training", name, "stale", f"trained on {record.get('tasks')}")
     if record.get("epochs") != cfg.training.epochs:
-        return _row("training", name, "stale", f"{record.get('epochs')} epochs in the config")
-    saved = record.get("config", {})
-    for section in ("model", "adapter", "training", "data"):
-        now = getattr(cfg, section).model_dump(mode="json")
-        if saved.get(section) is not None and saved[section] != now:
-            return _row("training", name, "stale", f"the {section} settings changed")
-    epoch = record.get("best_epoch")
-    return _row("training", name, "fresh", f"best epoch {epoch} ({folder.name})")
+        epochs = f"trained {record.get('epochs')} epochs, the config asks {cfg.training.epochs}"
+        return _row("training", name, "stale", epochs)
+    fp, saved = record.get("fingerprint") or {}, record.get("config") or {}
+    data = fp.get("data") or {}
+    model = {k: getattr(cfg.model, k) for k in ("name", "revision", "quantization")}
+    checks = {
+        "training settings": (fp.get("training"), cfg.training.model_dump(exclude={"epochs"})),
+        "adapter settings": (saved.get("adapter"), cfg.adapter.model_dump(mode="json")),
+        "base model": ({k: (saved.get("model") or {}).get(k) for k in model}, model),
+        "token budget": (data.get("max_tokens"), cfg.data.max_tokens),
+    }
+    if hashes is not None:
+        checks["task data"] = (data.get("tasks"), {t: hashes.get(t) for t in tasks})
+    for what, (old, now) in checks.items():
+        if old is not None and old != now:
+            return _row("training", name, "stale", f"the {what} changed")
+    return _row("training", name, "fresh", f"best epoch {record.get('best_epoch')}")
 
 
-def evaluation_states(ws: Workspace, cfg: ExperimentConfig) -> list[dict]:
+def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> list[dict]:
+    """zero_shot: fresh when eval/zero_shot.json's fingerprint has today's tasks (contents) and
+    token budget; baseline and ensemble: when evaluated after their adapters were trained."""
     rows = []
     zero = ws.read("eval", "zero_shot.json")
     if zero is None:
         rows.append(_row("evaluation", "zero_shot", "missing"))
     else:
         fp = zero.get("fingerprint") or {}
-        same = sorted(fp.get("tasks", {})) == sorted(cfg.task_names)
-        same = same and fp.get("max_tokens") in (None, cfg.data.max_tokens)
+        same = fp.get("tasks") == hashes and fp.get("max_tokens") in (None, cfg.data.max_tokens)
         rows.append(_row("evaluation", "zero_shot", "fresh" if same else "stale", ""))
     groups = [n for n in expected_adapters(ws, cfg) if n != "baseline"]
     inputs = {
@@ -425,13 +439,14 @@ def experiment_status(ws: Workspace, cfg: ExperimentConfig, tasks, jobs=None) ->
     """One row per unit of work: {"stage", "item", "state", "detail"}, in pipeline order,
     with running/queued/failed jobs overriding the file-based state of what they work on."""
     grads = gradient_status(ws, cfg, tasks)
+    hashes = {t.name: t.content_hash() for t in tasks}
     rows = [_row("gradients", t, s) for t, s in grads.items()]
     aff = affinity_state(ws, cfg, grads)
     rows.append(aff)
     rows.append(grouping_state(ws, aff["state"]))
     for name, group in expected_adapters(ws, cfg).items():
-        rows.append(adapter_state(ws, cfg, name, group))
-    rows += evaluation_states(ws, cfg)
+        rows.append(adapter_state(ws, cfg, name, group, hashes))
+    rows += evaluation_states(ws, cfg, hashes)
     rows.append(report_state(ws))
     latest = latest_jobs(jobs or [])
     for row in rows:
@@ -862,12 +877,13 @@ def adapter_jobs(jobs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def adapters_frame(ws: Workspace, cfg: ExperimentConfig, jobs=()):
-    """Per expected adapter: tasks, state, best epoch, best mean val accuracy, steps done."""
+def adapters_frame(ws: Workspace, cfg: ExperimentConfig, tasks=None, jobs=()):
+    """Per expected adapter: tasks, state, best epoch, best mean val accuracy, its job."""
     latest = adapter_jobs(list(jobs))
+    hashes = {t.name: t.content_hash() for t in tasks} if tasks is not None else None
     rows = []
-    for name, tasks in expected_adapters(ws, cfg).items():
-        row = adapter_state(ws, cfg, name, tasks)
+    for name, names in expected_adapters(ws, cfg).items():
+        row = adapter_state(ws, cfg, name, names, hashes)
         job = latest.get(name) or latest.get("*")
         if job is not None and job["state"] in ACTIVE:
             row = {**row, "state": job["state"]}
@@ -876,7 +892,7 @@ def adapters_frame(ws: Workspace, cfg: ExperimentConfig, jobs=()):
         rows.append(
             {
                 "adapter": name,
-                "tasks": ", ".join(tasks),
+                "tasks": ", ".join(names),
                 "state": row["state"],
                 "detail": row["detail"],
                 "best epoch": record.get("best_epoch"),

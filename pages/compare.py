@@ -38,7 +38,7 @@ for col, m in zip(cols, export.MODELS, strict=False):
     )
 ratio = head["training_flops_ratio"]
 cols[3].metric(
-    "Training compute, ensemble / single",
+    "Training FLOPs vs single",
     f"{ratio:.2f}×" if ratio else "—",
     help="FLOPs of gradient features + estimation + group adapters, over the baseline's.",
 )
@@ -50,11 +50,19 @@ if status.report_state(ws)["state"] == "stale":
 labels = export.METRIC_LABELS
 metric = st.radio("Metric", list(labels), format_func=labels.get, horizontal=True, key="cmp_metric")
 st.plotly_chart(export.comparison_figure(report, metric), key="cmp_chart")
-st.dataframe(export.metric_table(report, metric), key="cmp_table")
+table = export.metric_table(report, metric)
+three = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns}
+st.dataframe(table, key="cmp_table", column_config=three)
 
 st.subheader("Cost")
-st.caption("Wall time and memory are as measured on this machine; — means not measured.")
-st.dataframe(export.cost_table(report), key="cmp_costs")
+st.caption(
+    "FLOPs are counted on real batches; wall time and memory are as measured on this machine. "
+    "Empty cells were not measured (the zero-shot model's inference is not timed)."
+)
+formats = {"training FLOPs": "compact", "inference FLOPs / example": "compact"}
+formats.update({"training wall s": "%.1f", "inference wall s": "%.1f", "peak memory GiB": "%.2f"})
+costs = {c: st.column_config.NumberColumn(format=f) for c, f in formats.items()}
+st.dataframe(export.cost_table(report, metrics=False), key="cmp_costs", column_config=costs)
 
 st.subheader("Accuracy against compute")
 others = [Workspace(p) for p in status.list_workspaces() if Workspace(p).root != ws.root]

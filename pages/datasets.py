@@ -75,17 +75,14 @@ if loaded:
         )
     pick = st.selectbox("Look at one task", list(loaded), key="ds_pick")
     task = loaded[pick]
-    rows, labels, lengths = st.tabs(["Rows and prompt", "Label balance", "Prompt lengths"])
-    with rows:
-        st.dataframe(status.preview_rows(task), hide_index=True, key="ds_rows")
-        st.caption("The first training row as the model sees it, then the answer words:")
-        st.code(task.render(task.rows("train")[0]), language="text")
-        st.markdown(" · ".join(f"`{lab}` → `{w!r}`" for lab, w in task.labels.items()))
-    with labels:
-        st.plotly_chart(label_balance_figure(status.label_balance(task), pick), key="ds_balance")
-    with lengths:
-        st.plotly_chart(word_length_figure(status.word_lengths(task), pick), key="ds_lengths")
-        st.caption("Whitespace-separated words: a tokenizer-free proxy (tokens are usually more).")
+    left, right = st.columns(2)
+    left.plotly_chart(label_balance_figure(status.label_balance(task), pick), key="ds_balance")
+    right.plotly_chart(word_length_figure(status.word_lengths(task), pick), key="ds_lengths")
+    right.caption("Whitespace-separated words: a tokenizer-free proxy (tokens are usually more).")
+    st.dataframe(status.preview_rows(task), hide_index=True, key="ds_rows")
+    st.caption("The first training row as the model sees it, then the answer words:")
+    st.code(task.render(task.rows("train")[0]), language="text")
+    st.markdown(" · ".join(f"`{lab}` → `{w!r}`" for lab, w in task.labels.items()))
 
 st.subheader("Experiment settings")
 with st.form("ds_form"):

@@ -26,16 +26,13 @@ chosen = ws.read("groupings", "chosen.json")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Tasks", len(cfg.tasks))
 c2.metric("Groups (m)", chosen["m"] if chosen else "—")
-mean = headline(report)["mean_accuracy"] if report else {}
-if mean.get("ensemble") is not None:
-    delta = mean["ensemble"] - mean["baseline"] if mean.get("baseline") is not None else None
-    c3.metric(
-        "Ensemble mean accuracy",
-        f"{mean['ensemble']:.3f}",
-        f"{delta:+.3f} vs single adapter" if delta is not None else None,
-    )
-else:
-    c3.metric("Ensemble mean accuracy", "—")
+head = headline(report) if report else {"mean_accuracy": {}, "ensemble_minus_baseline": None}
+ensemble, delta = head["mean_accuracy"].get("ensemble"), head["ensemble_minus_baseline"]
+c3.metric(
+    "Ensemble mean accuracy",
+    f"{ensemble:.3f}" if ensemble is not None else "—",
+    f"{delta:+.3f} vs single adapter" if delta is not None else None,
+)
 counts = status.job_counts(jobs)
 c4.metric("Jobs running / queued", f"{counts['running']} / {counts['queued']}")
 
@@ -63,7 +60,7 @@ else:
         st.rerun()
 
 st.divider()
-left, right = st.columns([2, 3])
+left, right = st.columns([3, 2])
 driver = any(j["state"] in status.ACTIVE and j["argv"][:1] == ["run"] for j in jobs)
 with left:
     st.markdown("**Run everything** in the background, in order, skipping what is up to date.")

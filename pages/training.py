@@ -19,7 +19,7 @@ st.caption(
 )
 ws, cfg = _common.require_config()
 jobs = status.read_jobs(ws)
-adapters = status.adapters_frame(ws, cfg, jobs)
+adapters = status.adapters_frame(ws, cfg, _common.tasks(ws), jobs)
 c1, c2, c3 = st.columns(3)
 c1.metric("Adapters up to date", f"{int((adapters['state'] == 'fresh').sum())} / {len(adapters)}")
 c2.metric("Epochs", cfg.training.epochs)

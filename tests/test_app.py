@@ -22,7 +22,7 @@ from conftest import ROOT, sentiment_rows, write_task
 from streamlit.testing.v1 import AppTest
 
 from core import status
-from core.export import metric_table
+from core.export import cost_table, metric_table
 from core.workspace import Workspace
 
 sys.path.insert(0, str(ROOT))  # the dashboard's pages/ (when pytest runs from elsewhere)
@@ -232,8 +232,13 @@ def test_home_next_step_submits_the_jobs(real_ws, monkeypatch, no_jobs_start):
     assert rows.set_index("item").loc["topics", "state"] == "queued"
     at.button(key="home_all").click().run()
     driver = status.read_jobs(Workspace(ws))[-1]
-    assert driver["argv"][0] == "run" and driver["resources"] == {"slots": 0}
-    assert Path(driver["argv"][1]) == ws / "config.resolved.yaml"
+    try:
+        assert driver["argv"][0] == "run" and driver["resources"] == {"slots": 0}
+        assert Path(driver["argv"][1]) == ws / "config.resolved.yaml"
+    finally:  # a driver starts whatever the limit: stop it (it would wait on queued jobs)
+        from core.jobs import cancel
+
+        assert cancel(ws, driver["id"], grace_s=5)["state"] in ("cancelled", "failed", "done")
 
 
 def test_datasets_page_shows_the_tasks_and_saves_a_new_experiment(real_ws, monkeypatch, tmp_path):
@@ -384,6 +389,8 @@ def test_compare_page_matches_report_and_exports(real_ws, monkeypatch):
     assert bars["Group ensemble"] == [
         report["accuracy"]["ensemble"][t] for t in [*report["tasks"], "mean"]
     ]
+    costs = at.dataframe[1].value
+    pd.testing.assert_frame_equal(costs, cost_table(report, metrics=False), check_dtype=False)
     at.radio(key="cmp_metric").set_value("ece").run()
     pd.testing.assert_frame_equal(at.dataframe[0].value, metric_table(report, "ece"))
     at.button(key="cmp_export").click().run()

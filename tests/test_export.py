@@ -69,6 +69,7 @@ def test_cost_table_sums_the_right_stages(report):
     )
     assert base["inference wall s"] == w["baseline_inference"]
     assert ens["Accuracy"] == report["accuracy"]["ensemble"]["mean"]
+    assert export.cost_table(report, metrics=False).columns.tolist() == export.COST_COLUMNS
     zero = costs.loc[export.MODEL_LABELS["zero_shot"]]
     assert zero["training FLOPs"] == 0 and pd.isna(zero["inference FLOPs / example"])
     head = export.headline(report)

@@ -110,7 +110,7 @@ def test_changes_make_the_right_stages_stale(real_ws):
         "stage": "training",
         "item": "group-0",
         "state": "stale",
-        "detail": "1 epochs in the config",
+        "detail": "trained 1 epochs, the config asks 2",
     }
     step = status.next_step(list(states.values()))
     assert step["stage"] == "training"
@@ -193,6 +193,34 @@ def test_resolved_config_loads_the_same_tasks_from_anywhere(real_ws):
     assert again.model_dump(exclude={"data", "tasks", "base_dir"}) == cfg.model_dump(
         exclude={"data", "tasks", "base_dir"}
     )
+
+
+def test_the_run_drivers_config_snapshot_keeps_everything_fresh(real_ws):
+    """`grouptune run <ws>/config.resolved.yaml` rewrites config.yaml with absolute paths:
+    the same experiment, so nothing may turn stale."""
+    from core.config import load_config
+
+    ws = Workspace(copy_workspace(real_ws, "status_resolved"))
+    ws.save_config(load_config(status.resolved_config(ws, ws.load_config())))
+    assert "tasks" in ws.load_config().data.root  # now absolute
+    assert {r["state"] for r in _state(ws).values()} == {"fresh"}
+
+
+def test_run_everything_job_finishes_the_pipeline(real_ws):
+    """The Home page's "Run everything": the `grouptune run` driver job (slots 0) submits the
+    remaining steps as jobs and waits for them; afterwards every stage is fresh."""
+    from core.jobs import wait
+
+    ws_dir = copy_workspace(real_ws, "status_run")
+    for path in ("report.json", "eval/ensemble.json", "adapters/group-1"):
+        shutil.rmtree(ws_dir / path) if (ws_dir / path).is_dir() else (ws_dir / path).unlink()
+    ws = Workspace(ws_dir)
+    job = status.submit_run(ws, ws.load_config())
+    assert wait(ws.root, [job], timeout=600)[job]["state"] == "done"
+    jobs = status.read_jobs(ws)
+    assert all(j["state"] == "done" for j in jobs), [(j["step"], j["error"]) for j in jobs]
+    assert {"train:baseline", "evaluate", "report"} <= {j["step"] for j in jobs}
+    assert {r["state"] for r in _state(ws, jobs).values()} == {"fresh"}
 
 
 def test_tail_log(tmp_path):
