@@ -13,8 +13,8 @@ from pages import _common
 
 st.title(":material/grid_on: Task affinity")
 st.caption(
-    "Each cell estimates how much training on one task helps another (positive, red) or hurts "
-    "it (negative, blue), from many small simulated fine-tunes on random subsets of the tasks. "
+    "Each cell estimates how much training on one task helps another (positive, blue) or hurts "
+    "it (negative, red), from many small simulated fine-tunes on random subsets of the tasks. "
     "Tasks are ordered by group, so blocks of related tasks show along the diagonal."
 )
 ws, cfg = _common.require_config()
