@@ -140,6 +140,7 @@ def test_main_path_by_clicking(real_ws, browser, tmp_path):
 
         # 2. Gradients: one task is missing; compute it as a job and watch it finish
         tab = open_page(browser, app, "gradients")
+        tab.get_by_text("2 / 3").first.wait_for(timeout=JOB_TIMEOUT_MS)  # slow machines render late
         assert tab.get_by_text("2 / 3").count() == 1
         tab.get_by_role("button", name="Compute", exact=True).click()
         tab.get_by_text("3 / 3").wait_for(timeout=JOB_TIMEOUT_MS)  # the page follows the job
