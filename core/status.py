@@ -205,37 +205,14 @@ def jobs_frame(jobs: list[dict]):
 def _store_key(cfg: ExperimentConfig, task, stored_model: dict | None) -> dict:
     """core.store.store_key without core.models: the model part is the store's own, with the
     config's name, revision, quantization (and an explicit dtype) put over it."""
-    from core.store import task_data_hash
+    from core.store import store_key
 
     m = cfg.model
     model = {"name": m.name, "revision": m.revision, "quantization": m.quantization}
     if m.dtype != "auto":
         model["dtype"] = m.dtype
     model = {**(stored_model or {}), **model}  # a difference shows as the engine names it
-    a = cfg.adapter
-    return {
-        "model": model,
-        "adapter": {
-            "r": a.r,
-            "alpha": float(a.alpha),
-            "seed": a.seed,
-            "target_modules": a.target_modules,
-            "top_layers": a.top_layers,
-        },
-        "task": {
-            "name": task.name,
-            "template": task.template,
-            "labels": task.labels,
-            "data_hash": task_data_hash(task),
-        },
-        "max_tokens": cfg.data.max_tokens,
-        "target": cfg.features.target,
-        "projection": {
-            "kind": cfg.features.projection,
-            "seed": cfg.features.seed,
-            "k": cfg.features.k,
-        },
-    }
+    return store_key(cfg, task, model)
 
 
 def gradient_status(ws: Workspace, cfg: ExperimentConfig, tasks) -> dict[str, str]:

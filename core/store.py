@@ -70,13 +70,19 @@ def task_data_hash(task) -> str:
     return h.hexdigest()[:16]
 
 
-def store_key(cfg, task) -> dict:
-    """The store key computable without loading the model (what `store_status` compares)."""
-    from core.models import model_fingerprint
+def store_key(cfg, task, model: dict | None = None) -> dict:
+    """The store key computable without loading the model (what `store_status` compares).
 
+    `model`: the model part; default core.models.model_fingerprint (the torch-free dashboard
+    passes its own view of it).
+    """
+    if model is None:
+        from core.models import model_fingerprint
+
+        model = model_fingerprint(cfg.model)
     a = cfg.adapter
     return {
-        "model": model_fingerprint(cfg.model),
+        "model": model,
         # dropout is off while extracting, so it does not change the features
         "adapter": {
             "r": a.r,
