@@ -310,7 +310,6 @@ def app_cmd(
 ):
     """Launch the dashboard (bound to localhost unless --host says otherwise)."""
     import os
-    import subprocess
 
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
@@ -330,9 +329,13 @@ def app_cmd(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--server.fileWatcherType",
+        "none",
     ]
     typer.echo(f"GroupTune dashboard: http://{host}:{port}")
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
+    # become the server (exec), so stopping `grouptune app` stops Streamlit too
+    os.chdir(root)
+    os.execvpe(cmd[0], cmd, env)
 
 
 def _mount_jobs() -> None:

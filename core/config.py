@@ -211,4 +211,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_config(data, source=str(path), base_dir=path.resolve().parent)
+    base = path.resolve().parent
+    if isinstance(data, dict) and data.get(
+        "base_dir"
+    ):  # a workspace snapshot says where it resolves
+        base = (base / str(data.pop("base_dir"))).resolve()
+    return parse_config(data, source=str(path), base_dir=base)

@@ -250,15 +250,23 @@ def headline(report: dict) -> dict:
     }
 
 
+def comparable(a: Workspace, b: Workspace) -> bool:
+    """Same base model and the same task data (test splits included), as recorded by the
+    zero-shot evaluation: their accuracies are measured on the same examples."""
+    fa = (a.read("eval", "zero_shot.json") or {}).get("fingerprint")
+    fb = (b.read("eval", "zero_shot.json") or {}).get("fingerprint")
+    return fa is not None and fa == fb
+
+
 def accuracy_flops_points(ws: Workspace, others=()) -> pd.DataFrame:
     """Mean accuracy against training FLOPs: this workspace's ensemble (m = its groups),
-    baseline (one adapter) and zero-shot, plus the ensembles of `others` (workspaces with the
-    same tasks and a report, e.g. other m). Columns: workspace, model, m, training FLOPs,
-    mean accuracy."""
+    baseline (one adapter) and zero-shot, plus the ensembles of `others` that are
+    `comparable` (e.g. the same experiment trained with another m). Columns: workspace,
+    model, m, training FLOPs, mean accuracy."""
     rows = []
     for i, w in enumerate([ws, *others]):
         report = load_report(w)
-        if report is None or (i and sorted(report.get("tasks", [])) != _tasks(ws)):
+        if report is None or (i and not comparable(ws, w)):
             continue
         costs = cost_table(report)
         for m in MODELS if i == 0 else ("ensemble",):
@@ -278,10 +286,6 @@ def accuracy_flops_points(ws: Workspace, others=()) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["workspace", "model", "m", "training FLOPs", "mean accuracy"]
     )
-
-
-def _tasks(ws: Workspace) -> list[str]:
-    return sorted((load_report(ws) or {}).get("tasks", []))
 
 
 def accuracy_flops_figure(points: pd.DataFrame) -> go.Figure:

@@ -552,19 +552,17 @@ def save_upload(ws: Workspace, task_name: str, filename: str, data: bytes):
 
 
 def load_one_task(name: str, cfg: ExperimentConfig | None, uploads: dict[str, Path]):
-    """A task by name: from the config, an upload, or the sample data (no subsampling)."""
+    """A task by name: from the config, an upload, or the sample data; with a config, cut to
+    its row caps (data.max_train, ...), as the experiment uses it."""
     from core.config import TaskSpec, parse_config
-    from core.tasks import load_task
+    from core.tasks import load_task, subsample
 
-    if uploads.get(name) is not None:
-        spec = TaskSpec(name=name, path=str(uploads[name]))
-    elif cfg is not None and name in cfg.task_names:
-        spec = next(t for t in cfg.tasks if t.name == name)
-        return load_task(spec, cfg)
-    else:
-        spec = TaskSpec(name=name)
+    if cfg is not None and name in cfg.task_names and name not in uploads:
+        return subsample(load_task(next(t for t in cfg.tasks if t.name == name), cfg), cfg)
+    spec = TaskSpec(name=name, path=str(uploads[name]) if name in uploads else None)
     base = parse_config({"tasks": [name], "data": {"root": str(SAMPLE_TASKS)}}, base_dir=ROOT)
-    return load_task(spec, base)
+    task = load_task(spec, base)
+    return subsample(task, cfg) if cfg is not None else task
 
 
 def task_overview(tasks) -> pd.DataFrame:

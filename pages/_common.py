@@ -86,6 +86,19 @@ def state_badge(state: str) -> str:
     return f":{colors.get(state, 'blue' if state in status.ACTIVE else 'gray')}-badge[{state}]"
 
 
+def answer_word_warning(tasks) -> None:
+    """One warning listing the pairs of tasks that share answer words."""
+    pairs = status.shared_answer_words(list(tasks))
+    if pairs:
+        lines = "\n".join(
+            f"- **{p['tasks'][0]}** and **{p['tasks'][1]}**: {p['words']}" for p in pairs
+        )
+        st.warning(
+            "These tasks share answer words, so part of their measured affinity is the shared "
+            f"answer format rather than the content:\n{lines}"
+        )
+
+
 def show_cli(argvs: list[list[str]], ws: Workspace) -> None:
     st.code("\n".join(status.cli_text(a, ws) for a in argvs) or "(nothing to run)", language="bash")
 

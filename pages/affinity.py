@@ -24,11 +24,7 @@ grads = status.gradient_status(ws, cfg, tasks)
 state = status.affinity_state(ws, cfg, grads)
 view = status.affinity_view(ws)
 st.markdown(f"Status: {_common.state_badge(state['state'])} {state['detail']}")
-for pair in status.shared_answer_words(tasks):
-    st.warning(
-        f"**{pair['tasks'][0]}** and **{pair['tasks'][1]}** share the answer words "
-        f"{pair['words']}: part of their affinity is the shared answer format, not the content."
-    )
+_common.answer_word_warning(tasks)
 
 ready = all(v == "fresh" for v in grads.values())
 if view is None or state["state"] == "stale":

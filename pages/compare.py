@@ -70,8 +70,9 @@ points = export.accuracy_flops_points(ws, others)
 st.plotly_chart(export.accuracy_flops_figure(points), key="cmp_flops")
 if points["model"].eq("ensemble").sum() < 2:
     st.caption(
-        "Only one m has been trained, so each model is one point. Train other m in experiments "
-        "with the same tasks (a copy of this config with `grouping.m` set) to draw the curve."
+        "Only one m has been trained, so each model is one point. To draw the curve, train other "
+        "m in copies of this experiment (same model and data, `grouping.m` set): experiments "
+        "whose zero-shot evaluation saw the same examples are added here."
     )
 
 st.subheader("Export")

@@ -67,12 +67,9 @@ for task_name in selected:
         st.error(f"Task {task_name}: {err}")
 if loaded:
     st.subheader("The tasks")
+    st.caption("Rows per split as this experiment uses them (after its row caps).")
     st.dataframe(status.task_overview(loaded.values()), hide_index=True, key="ds_overview")
-    for pair in status.shared_answer_words(list(loaded.values())):
-        st.warning(
-            f"**{pair['tasks'][0]}** and **{pair['tasks'][1]}** share the answer words "
-            f"{pair['words']}: their measured affinity will partly reflect the shared format."
-        )
+    _common.answer_word_warning(loaded.values())
     pick = st.selectbox("Look at one task", list(loaded), key="ds_pick")
     task = loaded[pick]
     left, right = st.columns(2)

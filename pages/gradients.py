@@ -30,7 +30,8 @@ st.caption(
     "fresh: computed with today's settings · stale: a setting or the data changed, so it is "
     "recomputed from scratch · partial: interrupted, resumes where it stopped · missing: never run."
 )
-st.dataframe(table, hide_index=True, key="gr_table")
+seconds = st.column_config.NumberColumn("seconds", format="%.1f")
+st.dataframe(table, hide_index=True, key="gr_table", column_config={"seconds": seconds})
 
 todo = table.loc[table["status"] != "fresh", "task"].tolist()
 busy = status.active_items(jobs, "gradients")

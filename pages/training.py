@@ -65,8 +65,12 @@ curves()
 st.subheader("Jobs")
 _common.live_jobs(ws)
 table = status.jobs_frame(jobs)
-progress = st.column_config.ProgressColumn("progress", min_value=0, max_value=1)
-st.dataframe(table, hide_index=True, key="tr_jobs", column_config={"progress": progress})
+columns = {
+    "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+    "eta_s": st.column_config.NumberColumn("ETA s", format="%.0f"),
+    "runtime_s": st.column_config.NumberColumn("runtime s", format="%.1f"),
+}
+st.dataframe(table, hide_index=True, key="tr_jobs", column_config=columns)
 if not table.empty:
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     steps = dict(zip(table["id"], table["step"], strict=True))

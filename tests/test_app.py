@@ -248,7 +248,7 @@ def test_datasets_page_shows_the_tasks_and_saves_a_new_experiment(real_ws, monke
     assert overview.loc["reviews_a", ["train", "val", "test"]].tolist() == [16, 8, 8]
     balance = chart_data(at, 0)["data"]
     assert {tr["name"]: tr["y"] for tr in balance}["train"] == [8, 8]
-    assert any("share the answer words" in w for w in texts(at, "warning"))
+    assert any("**reviews_a** and **reviews_b**" in w for w in texts(at, "warning"))
     at.multiselect[0].select("yelp").run()
     at.text_input[1].set_value("browsed")  # [0] is the upload's task name; no run: a form
     at.button(key="FormSubmitter:ds_form-Save as a new experiment").click().run()
@@ -305,7 +305,7 @@ def test_affinity_page_plots_affinity_json(real_ws, monkeypatch):
     pd.testing.assert_frame_equal(evidence, status.pair_evidence(Workspace(real_ws), a, b))
     value = aff["affinity"][aff["tasks"].index(a)][aff["tasks"].index(b)]
     assert at.metric[0].value == f"{value:.3f}"
-    assert any("share the answer words" in w for w in texts(at, "warning"))
+    assert any("**reviews_a** and **reviews_b**" in w for w in texts(at, "warning"))
 
 
 def test_affinity_settings_are_saved_and_reestimated(real_ws, monkeypatch, no_jobs_start):

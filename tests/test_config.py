@@ -92,3 +92,12 @@ def test_shipped_configs_validate(name):
         pytest.skip("sample configs not built yet")
     cfg = load_config(path)
     assert len(cfg.tasks) == (10 if name == "full.yaml" else len(cfg.tasks))
+
+
+def test_a_workspace_snapshot_loads_as_a_config_file(tmp_path):
+    """`grouptune run <ws>/config.yaml` resolves paths where the original config did."""
+    cfg = parse_config({"tasks": ["a"], "data": {"root": "tasks"}}, base_dir=tmp_path)
+    ws = Workspace(tmp_path / "ws")
+    ws.save_config(cfg)
+    again = load_config(ws.config_path)
+    assert again.resolve("tasks") == tmp_path.resolve() / "tasks"

@@ -86,9 +86,13 @@ def test_accuracy_against_flops_across_workspaces(real_ws, report):
     changed["accuracy"]["ensemble"]["mean"] = 0.75
     changed["flops"]["group_training"] *= 2
     (other / "report.json").write_text(json.dumps(changed))
-    unrelated = copy_workspace(real_ws, "export_other_tasks")
-    changed_tasks = {**changed, "tasks": ["x", "y"]}
-    (unrelated / "report.json").write_text(json.dumps(changed_tasks))
+    unrelated = copy_workspace(real_ws, "export_other_data")  # e.g. other test rows
+    (unrelated / "report.json").write_text(json.dumps(changed))
+    zero = json.loads((unrelated / "eval" / "zero_shot.json").read_text())
+    zero["fingerprint"]["tasks"]["topics"] = "another test split"
+    (unrelated / "eval" / "zero_shot.json").write_text(json.dumps(zero))
+    assert export.comparable(Workspace(real_ws), Workspace(other))
+    assert not export.comparable(Workspace(real_ws), Workspace(unrelated))
     points = export.accuracy_flops_points(
         Workspace(real_ws), [Workspace(other), Workspace(unrelated)]
     )
