@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from machine import machine_info  # noqa: E402 (bench/ is on the path of a bench script)
+
 os.environ.setdefault("GROUPTUNE_PROGRESS", "0")
 
 import numpy as np  # noqa: E402
@@ -717,23 +718,6 @@ def print_table(settings: list[dict]) -> None:
     )
 
 
-def _machine() -> dict:
-    import bitsandbytes
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "bitsandbytes": bitsandbytes.__version__,
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quantization", nargs="+", default=["4bit", "none"], choices=["4bit", "none"])
@@ -756,7 +740,7 @@ def main() -> None:
     summary = summarise(settings)
     report = {
         "command": " ".join([".venv/bin/python", "bench/approximation.py", *sys.argv[1:]]),
-        "machine": _machine(),
+        "machine": machine_info(),
         "settings": {
             "model": "smollm2-135m (float32 compute)",
             "quantizations": args.quantization,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from machine import machine_info  # noqa: E402 (bench/ is on the path of a bench script)
+
 os.environ.setdefault("GROUPTUNE_PROGRESS", "0")
 
 ADAPTERS = {"qkv_all_layers": None, "qkv_top4_layers": 4}
@@ -190,21 +191,6 @@ def _child(args, what: str, top_layers, mode=None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _machine() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=2, help="batches in all, split over the tasks")
@@ -231,7 +217,7 @@ def main() -> None:
         print(name, json.dumps(res), flush=True)
     report = {
         "command": " ".join([".venv/bin/python", "bench/features.py", *sys.argv[1:]]),
-        "machine": _machine(),
+        "machine": machine_info(),
         "settings": {
             "model": "smollm2-135m",
             "quantization": args.quantization,

@@ -235,7 +235,7 @@ def load_adapters(cfg, ws, adapters: dict[str, str], groups: list[list[str]] | N
     """
     from peft import PeftModel
 
-    from core.models import keep_bnb_training_layout, load_model, model_fingerprint
+    from core.models import load_model, model_fingerprint
 
     fp = model_fingerprint(cfg.model)
     paths = {name: ws.path(rel) for name, rel in adapters.items()}
@@ -254,7 +254,6 @@ def load_adapters(cfg, ws, adapters: dict[str, str], groups: list[list[str]] | N
             raise GroupTuneError(
                 f"{path / 'adapter_model.safetensors'}: cannot load adapter {name!r} ({err})"
             ) from None
-    keep_bnb_training_layout(model)  # the numerics the adapters were trained and validated with
     model.eval()
     return model, tokenizer
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import ROOT, sentiment_rows, write_task
+from conftest import ROOT, write_tiny_experiment
 from streamlit.testing.v1 import AppTest
 
 from core import status
@@ -33,17 +32,6 @@ _BUILT: dict[str, Path] = {}
 
 
 # --- a workspace made by the real engine (shared by the test modules of the dashboard) -------
-def _topic_rows(n, offset=0):
-    topics = [("sports", "The team won the game"), ("politics", "The president spoke to the party")]
-    return [
-        {
-            "text": f"{topics[(i + offset) % 2][1]} number {i + offset}.",
-            "label": topics[(i + offset) % 2][0],
-        }
-        for i in range(n)
-    ]
-
-
 def cli(*argv) -> dict | list | None:
     """Run `grouptune ARGV --json` in this process; return its JSON output."""
     from core.cli import main
@@ -56,32 +44,9 @@ def cli(*argv) -> dict | list | None:
     return json.loads(text) if text else None
 
 
-def write_experiment(root: Path, name: str = "tiny") -> Path:
-    """Three tiny tasks (two sentiment, one topic) and a config that runs in ~20 s; the
-    config's path. The same shape as tests/test_pipeline.py's experiment."""
-    senti = {"negative": " negative", "positive": " positive"}
-    for task, off in (("reviews_a", 0), ("reviews_b", 40)):
-        rows = {
-            "train": sentiment_rows(16, off),
-            "val": sentiment_rows(8, off + 100),
-            "test": sentiment_rows(8, off + 200),
-        }
-        write_task(root / "tasks", task, rows, senti)
-    rows = {"train": _topic_rows(16), "val": _topic_rows(8, 50), "test": _topic_rows(8, 90)}
-    labels = {"sports": " sports", "politics": " politics"}
-    write_task(root / "tasks", "topics", rows, labels, template="News: {text}\nTopic:")
-    cfg = {
-        "name": name,
-        "model": {"name": "tiny-llama", "quantization": "none"},
-        "data": {"root": "tasks", "max_tokens": 48},
-        "tasks": ["reviews_a", "reviews_b", "topics"],
-        "features": {"k": 32, "batch_size": 8},
-        "estimator": {"subsets": 3, "subset_size": 2},
-        "training": {"epochs": 1, "batch_size": 8, "lr": 0.001},
-    }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def write_experiment(root: Path) -> Path:
+    """The three-task tiny experiment of tests/conftest.py; the config's path."""
+    return write_tiny_experiment(root)
 
 
 def built_workspace(tmp_path_factory) -> Path:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,17 +24,15 @@ def _fast_heartbeat(monkeypatch):
     monkeypatch.setenv("GROUPTUNE_HEARTBEAT_S", "0.5")
 
 
+def _grouptune_run(config, ws) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+
+
 def test_run_completes_as_jobs_and_prints_the_report(tmp_path):
     config = write_tiny_experiment(tmp_path)
     ws = tmp_path / "ws"
-    proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = _grouptune_run(config, ws)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report == json.loads((ws / "report.json").read_text())
@@ -45,14 +44,7 @@ def test_run_completes_as_jobs_and_prints_the_report(tmp_path):
     assert json.loads((ws / "run.json").read_text())["wall_seconds"]["total"] > 0
 
     # a second run finds everything fresh: no gradient job, same report
-    again = subprocess.run(
-        [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    again = _grouptune_run(config, ws)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "gradients: 0 of 3 tasks to compute" in again.stderr
     assert json.loads(again.stdout)["accuracy"] == report["accuracy"]
@@ -92,11 +84,7 @@ def test_killed_training_worker_resumes_to_the_same_result(tmp_path):
 
     resume(killed_ws, job)
     assert wait(killed_ws, [job], timeout=600)[job]["state"] == "done"
-    log = (
-        (killed_ws / store.get(job)["log_path"]).read_text()
-        if not os.path.isabs(store.get(job)["log_path"])
-        else open(store.get(job)["log_path"]).read()
-    )
+    log = Path(store.get(job)["log_path"]).read_text()  # the store keeps absolute paths
     assert "resum" in log.lower()
 
     clean = _train_job(clean_ws, clean_cfg)

@@ -1,0 +1,23 @@
+"""The machine and library versions a benchmark ran on (saved beside its results)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine_info() -> dict:
+    import bitsandbytes
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
+    }
