@@ -46,6 +46,11 @@ class AdapterConfig(_Section):
     seed: int = Field(
         0, description="Seed of the adapter's initial A matrices (the expansion point)."
     )
+    cache_lower_layers: bool = Field(
+        True,
+        description="With top_layers: compute the frozen lower layers once per prompt, cache "
+        "their output on disk and run only the top layers (same results, core.prefix).",
+    )
 
 
 class TaskSpec(_Section):

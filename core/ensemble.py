@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core import prefix
 from core.errors import GroupTuneError, StaleError
 from core.flops import Accounting, Meter, count_flops, padded_tokens, stage_entry
 from core.io import read_npy, write_npy
-from core.prompts import Encoded, encode_split, pad_batch
+from core.prompts import Encoded, encode_split
 from core.scoring import choice_logits, metrics_from_logits, model_device, with_mean
 
 MANIFEST = "ensemble.json"
@@ -255,6 +256,7 @@ def load_adapters(cfg, ws, adapters: dict[str, str], groups: list[list[str]] | N
                 f"{path / 'adapter_model.safetensors'}: cannot load adapter {name!r} ({err})"
             ) from None
     model.eval()
+    prefix.attach(model, cfg, ws)
     return model, tokenizer
 
 
@@ -300,7 +302,9 @@ def _inference_entry(model, tokenizer, encs: dict[str, Encoded], active: dict, m
     """
     wall, peak = meter.elapsed(), meter.peak_memory()["peak_memory_bytes"]
     first = next(iter(encs.values()))
-    batch = pad_batch(first.input_ids[:8], tokenizer.pad_token_id, model_device(model))
+    batch = prefix.model_inputs(
+        model, first, range(min(8, len(first))), tokenizer.pad_token_id, model_device(model)
+    )
     rate = count_flops(model, batch, backward=False)
     bs = cfg.features.batch_size
     flops = sum(rate.per_token * padded_tokens(e.lengths, bs) * active[t] for t, e in encs.items())

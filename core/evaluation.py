@@ -39,7 +39,10 @@ def evaluate_zero_shot(cfg: ExperimentConfig, ws: Workspace, force: bool = False
     old = ws.read("eval", "zero_shot.json")
     if not force and old and old.get("fingerprint") == fingerprint:
         return old["metrics"]
+    from core import prefix
+
     model, tokenizer = load_model(cfg.model)
+    prefix.attach(model, cfg, ws)
     result = evaluate_model(model, tokenizer, tasks, cfg)
     record = {"model": "zero_shot", "split": "test", "metrics": result, "fingerprint": fingerprint}
     ws.write(record, "eval", "zero_shot.json")

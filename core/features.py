@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+from core import prefix
 from core.projection import Projector, make_projector
 from core.prompts import Encoded, encode_split, pad_batch
 
@@ -162,7 +163,7 @@ def batch_features(
     "G": (b, C, k), "Glse": (b, k) for target vocab}. Without a projector, k becomes D
     (unprojected gradients, for tests). The model must be prepared (`prepare_for_extraction`).
     """
-    device = batch["input_ids"].device
+    device = batch["attention_mask"].device
     choice = torch.as_tensor(choice_ids, device=device)
     gold = torch.as_tensor(gold, device=device)
     with _BGradHooks(peft_model, projector, batch["attention_mask"]) as hooks:
@@ -256,6 +257,7 @@ def _extract_split(
     of the first batch with torch's flop counter and scaled by the padded tokens of all batches.
     """
     from core.flops import count_call_flops
+    from core.prefix import model_inputs
 
     pending = store.pending(enc.split)
     order = pending[np.argsort(enc.lengths[pending], kind="stable")] if len(pending) else pending
@@ -263,7 +265,7 @@ def _extract_split(
     per_token, tokens, method = 0.0, 0, "none"
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = pad_batch([enc.input_ids[i] for i in idx], pad_id, device)
+        batch = model_inputs(peft_model, enc, idx, pad_id, device)
 
         def compute(batch=batch, idx=idx):
             return batch_features(
@@ -274,7 +276,7 @@ def _extract_split(
             _, count = count_call_flops(peft_model, compute, batch, backward=True)
             per_token, method = count.per_token, count.method
         out = compute()
-        tokens += int(batch["input_ids"].numel())
+        tokens += int(batch["attention_mask"].numel())
         store.write(enc.split, idx, {n: v.detach().cpu().numpy() for n, v in out.items()})
         bar.update(len(idx), message=f"{enc.task} {enc.split}")
         if on_batch is not None:
@@ -339,6 +341,7 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
     if not todo:
         return result
     peft_model, tok, projector = load_extraction_model(cfg)
+    prefix.attach(peft_model, cfg, ws)
     opened = _open_stores(cfg, ws, todo, tok, peft_model, projector)
     total = sum(len(store.pending(s)) for _, store, _ in opened for s in ("train", "val"))
     bs, target = cfg.features.batch_size, cfg.features.target

@@ -168,7 +168,7 @@ def count_flops(
             h.remove()
         for p, g in zip(params, saved, strict=True):
             p.grad = g
-    rows, width = batch["input_ids"].shape
+    rows, width = batch["attention_mask"].shape
     method = "flop_counter+bnb_equivalent" if tally[0] else "flop_counter"
     return FlopCount(int(counter.get_total_flops() + tally[0]), method, rows * width, rows)
 
@@ -184,7 +184,7 @@ def count_call_flops(model: nn.Module, fn: Callable[[], object], batch: dict, ba
     finally:
         for h in handles:
             h.remove()
-    rows, width = batch["input_ids"].shape
+    rows, width = batch["attention_mask"].shape
     method = "flop_counter+bnb_equivalent" if tally[0] else "flop_counter"
     return out, FlopCount(int(counter.get_total_flops() + tally[0]), method, rows * width, rows)
 
@@ -255,7 +255,7 @@ def flop_profile(model: nn.Module) -> dict:
 def analytic_batch_flops(model: nn.Module, batch: dict, backward: bool) -> int:
     """`analytic_flops` for one left-padded batch with logits_to_keep=1."""
     p = flop_profile(model)
-    rows, width = batch["input_ids"].shape
+    rows, width = batch["attention_mask"].shape
     attention = 4 * p["n_layers"] * p["attn_width"] * width * width * rows
     return analytic_flops(
         p["n_params"],

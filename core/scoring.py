@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.progress import track
-from core.prompts import Encoded, batches, pad_batch
+from core.prompts import Encoded, batches
 
 
 def model_device(model):
@@ -23,6 +23,8 @@ def choice_logits(
     """(n, C) logits of each answer choice at the answer position, rows in `enc` order."""
     import torch
 
+    from core.prefix import model_inputs
+
     device = model_device(model)
     choice = torch.tensor(enc.choice_ids, device=device)
     out = np.zeros((len(enc), len(enc.choice_ids)), dtype=np.float32)
@@ -30,7 +32,7 @@ def choice_logits(
     model.eval()
     with torch.inference_mode(), track(len(enc), desc or f"score {enc.task}", unit="row") as bar:
         for idx in batches(len(enc), batch_size, enc.lengths):
-            batch = pad_batch([enc.input_ids[i] for i in idx], tokenizer.pad_token_id, device)
+            batch = model_inputs(model, enc, idx, tokenizer.pad_token_id, device)
             out[idx] = last_logits(model, batch)[:, choice].cpu().numpy()
             bar.update(len(idx))
     model.train(was_training)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core import prefix
 from core.errors import DataError, GroupTuneError, StaleError
 from core.flops import (
     Accounting,
@@ -47,8 +48,9 @@ from core.flops import (
     stage_entry,
 )
 from core.io import read_json, write_json
+from core.prefix import model_inputs
 from core.progress import log_metrics, track
-from core.prompts import Encoded, encode_split, pad_batch
+from core.prompts import Encoded, encode_split
 from core.scoring import model_device
 from core.tasks import Task, load_tasks
 
@@ -148,7 +150,7 @@ def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch
     """Left-padded inputs (answer position last) and the gold answer token ids, (B,)."""
     enc = run.train[task_index]
     device = model_device(run.model)
-    batch = pad_batch([enc.input_ids[i] for i in rows], run.tokenizer.pad_token_id, device)
+    batch = model_inputs(run.model, enc, rows, run.tokenizer.pad_token_id, device)
     targets = torch.tensor([enc.choice_ids[g] for g in enc.gold[rows]], device=device)
     return batch, targets
 
@@ -196,7 +198,7 @@ def fit(run: Run, state: TrainState) -> TrainState:
                 opt.zero_grad(set_to_none=True)
                 state.step, state.batch_in_epoch = state.step + 1, i + 1
                 state.tokens += int(batch["attention_mask"].sum())
-                state.padded_tokens += batch["input_ids"].numel()
+                state.padded_tokens += batch["attention_mask"].numel()
                 # -- log
                 record = {"kind": "step", "epoch": epoch + 1, "step": state.step}
                 record |= {"task": run.train[t].task, "loss": loss.item(), "lr": lr}
@@ -443,6 +445,7 @@ def _setup(cfg, ws, name: str, task_names: list[str]) -> Run:
     tasks = select_tasks(cfg, task_names)
     model, tokenizer = load_model(cfg.model)
     model = attach_adapter(model, cfg.adapter)
+    prefix.attach(model, cfg, ws)
     train = [encode_split(tokenizer, t, "train", cfg.data.max_tokens) for t in tasks]
     check_train_data(name, train)
     val_tokens = sum(
