@@ -302,6 +302,56 @@ def run_cmd(
     _emit(report, as_json, _report_text(report))
 
 
+@app.command("train-subset")
+def train_subset_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    task: list[str] = typer.Option(..., "--task", help="A task of the subset (repeat)."),
+    as_json: bool = JsonOpt,
+):
+    """Fine-tune one adapter on a subset of tasks for real (resumes from its checkpoint)."""
+    from core.validation import train_subset
+
+    cfg, ws = _context(config, workspace)
+    _configure(cfg)
+    record = train_subset(cfg, ws, task)
+    result = {k: record.get(k) for k in ("name", "tasks", "best_epoch", "val_metrics")}
+    _emit(result, as_json)
+
+
+@app.command("validate-estimate")
+def validate_estimate_cmd(
+    config: Path | None = typer.Argument(None, help="Experiment config (YAML)."),
+    workspace: Path | None = WorkspaceOpt,
+    subsets: int = typer.Option(3, "--subsets", help="How many estimated subsets to fine-tune."),
+    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="One background job per subset."),
+    as_json: bool = JsonOpt,
+):
+    """Fine-tune the first N estimated subsets for real; compare with the estimates."""
+    from core.validation import validate_estimate
+
+    cfg, ws = _context(config, workspace)
+    _configure(cfg)
+    result = validate_estimate(cfg, ws, subsets, jobs=jobs)
+    _emit(result, as_json, _validation_text(result))
+
+
+def _validation_text(result: dict) -> str:
+    s, v = result["summary"], result["verdict"]
+    corr = s["loss_correlation"]
+    lines = [
+        f"{s['n_subsets']} subsets, {s['n_points']} (subset, task) points",
+        f"mean relative val-loss error   {s['mean_loss_rel_error']:.1%}",
+        f"mean abs val-accuracy error    {s['mean_accuracy_abs_error']:.3f}",
+        f"predicted vs real loss corr.   {'-' if corr is None else f'{corr:.2f}'}",
+        f"largest relative weight change {s['max_weight_change']:.3%}",
+        f"largest relative change of A   {s['max_a_change']:.2%}",
+        "linear regime: " + ("looks fine" if v["linear_regime"] else "looks broken"),
+        *[f"  - {r}" for r in v["reasons"]],
+    ]
+    return "\n".join(lines)
+
+
 @app.command("app")
 def app_cmd(
     workspace: Path | None = WorkspaceOpt,

@@ -1,11 +1,12 @@
-"""3 · Affinity: which tasks help each other, the evidence behind each number, and the
-estimator settings that produced them."""
+"""3 · Affinity: which tasks help each other, the evidence behind each number, the
+estimator settings that produced them, and how far to trust them (real fine-tunes of a few
+estimated subsets, core.validation)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core import status
+from core import status, trust
 from core.config import parse_config
 from core.errors import GroupTuneError
 from core.export import heatmap_figure
@@ -84,4 +85,55 @@ with st.form("af_form"):
             first = [["gradients"]] if stale else []
             _common.submit(ws, [*first, ["affinity"], ["group", "--sweep"]], chain=True)
             st.rerun()
-_common.live_jobs(ws, stages=("gradients", "affinity", "grouping"))
+
+st.subheader("How far to trust the estimate")
+st.caption(
+    "The numbers above are predictions from a linear (first-order) model of fine-tuning. "
+    "Fine-tuning a few of the estimated subsets for real shows how close they come on this data, "
+    "and whether the real updates stay small enough for the linear model to hold."
+)
+checked = trust.load_validation(ws)
+if checked is not None:
+    s, verdict = checked["summary"], checked["verdict"]
+    if not verdict["linear_regime"]:
+        st.warning(
+            "The linear regime looks broken here; treat the estimates as rough:\n"
+            + "\n".join(f"- {r}" for r in verdict["reasons"])
+        )
+    if checked.get("affinity_fingerprint") != (view or {}).get("fingerprint"):
+        st.info("The estimates changed since this check; run it again to compare the new ones.")
+    c = st.columns(5)
+    corr = s["loss_correlation"]
+    c[0].metric(
+        "Mean loss error", f"{s['mean_loss_rel_error']:.1%}", help="|predicted − real| / real"
+    )
+    c[1].metric("Mean accuracy error", f"{s['mean_accuracy_abs_error']:.3f}")
+    c[2].metric("Loss correlation", "—" if corr is None else f"{corr:.2f}")
+    c[3].metric("Largest weight change", f"{s['max_weight_change']:.2%}", help="‖ΔW‖ / ‖W‖")
+    c[4].metric("Largest change of A", f"{s['max_a_change']:.2%}", help="‖A − A0‖ / ‖A0‖")
+    left, right = st.columns(2)
+    left.plotly_chart(trust.trust_figure(checked, "loss"), key="af_trust_loss")
+    right.plotly_chart(trust.trust_figure(checked, "accuracy"), key="af_trust_acc")
+    st.dataframe(trust.points_frame(checked), hide_index=True, key="af_trust_rows")
+    st.dataframe(trust.updates_frame(checked), hide_index=True, key="af_trust_updates")
+available = trust.available_subsets(ws)
+if checked is None:
+    st.info(
+        "Not checked yet. This fine-tunes the first N estimated subsets for real (one background "
+        "job each, minutes per subset on a CPU) and compares them with their estimates."
+    )
+n = st.number_input(
+    "Subsets to fine-tune",
+    1,
+    max(1, available),
+    min(trust.DEFAULT_SUBSETS, max(1, available)),
+    key="af_trust_n",
+)
+_common.show_cli([trust.command(n)], ws)
+busy = trust.active_jobs(jobs)
+label = "Fine-tune and compare" if checked is None else "Check again"
+if st.button(label, disabled=not available or bool(busy), key="af_trust_run"):
+    job = trust.submit_validation(ws, n)
+    st.toast(f"Queued job {job}", icon=":material/schedule:")
+    st.rerun()
+_common.live_jobs(ws)

@@ -1,0 +1,389 @@
+"""How far to trust the estimate: fine-tune a few estimated subsets for real and compare.
+
+The estimator (core.affinity, estimates/results.csv) predicts each task's val loss and accuracy
+after fine-tuning on a subset S, from first-order features. It assumes the update stays in the
+linear regime: A at its seeded init, B small. Here the first N subsets the estimator itself
+sampled (estimates/subsets.json, so each has a prediction) are fine-tuned for real with the
+group adapters' recipe (`core.training.train_adapter`, adapter `subset-<hash>`), and compared:
+
+  per (subset, task)  loss_rel_error = |predicted − real| / real   (val loss; real = val nll)
+                      accuracy_abs_error = |predicted − real|       (val accuracy)
+  summary             means of both, Pearson correlation of predicted vs real (3+ points)
+  per subset update   weight_change = ‖scaling·B·A‖_F / ‖W‖_F over the adapted matrices
+                      a_change = ‖A − A0‖_F / ‖A0‖_F (A0: a fresh adapter with the config's seed)
+
+Real values are the adapter's best epoch (grouptune.json val_metrics). The loss is comparable
+only with features.target "choices" (both are the NLL over the answer words); with "vocab" the
+prediction is a full-vocabulary cross-entropy and only accuracy is judged.
+
+Verdict: the linear regime looks broken when any check fails (THRESHOLDS):
+  mean loss_rel_error > 10%  ·  a_change > 10% (largest subset)  ·  weight_change > 5% (largest;
+  the paper measures 0.1-0.2%)  ·  loss correlation < 0.5 (needs 3+ points and some spread).
+
+N above the number of estimated subsets is clamped (the result keeps `requested`). A subset
+adapter made with another model or recipe is trained again (it only serves this check).
+CLI: `grouptune validate-estimate [CONFIG] --workspace WS --subsets N` submits one
+`grouptune train-subset --task T ...` job per subset, waits, then compares (`--no-jobs`: inline).
+`validate_estimate(cfg, ws, n)` is the whole step; <ws>/validation.json (atomic) holds
+{"subsets", "rows", "summary", "verdict", "settings", "requested", "affinity_fingerprint",
+"created"}; core.trust is the dashboard's (torch-free) view of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.errors import DataError, GroupTuneError, StaleError
+from core.io import safe_name
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "subset-"
+SEP = "+"  # as in estimates/results.csv (core.affinity.SEP)
+DEFAULT_SUBSETS = 3
+THRESHOLDS = {
+    "loss_rel_error": 0.10,  # mean |pred − real| / real above this
+    "a_change": 0.10,  # ‖A − A0‖ / ‖A0‖ of any subset above this: A did not stay fixed
+    "weight_change": 0.05,  # ‖ΔW‖ / ‖W‖ of any subset above this: the update is not small
+    "loss_correlation": 0.5,  # predicted vs real loss correlation below this
+}
+MIN_POINTS_FOR_CORRELATION = 3
+
+
+# --- which subsets ------------------------------------------------------------------------------
+def adapter_name(tasks) -> str:
+    """`subset-<8 hex>`: one name per set of tasks (order-free), always a safe folder name."""
+    digest = hashlib.sha256(SEP.join(sorted(tasks)).encode()).hexdigest()[:8]
+    return safe_name(PREFIX + digest, "adapter name")
+
+
+def _need(ws, *parts: str) -> Path:
+    path = ws.path(*parts)
+    if not path.is_file():
+        raise GroupTuneError(
+            f"{path} is missing: the estimator has not run yet. "
+            f"Run `grouptune affinity --workspace {ws.root}` first."
+        )
+    return path
+
+
+def estimated_subsets(ws) -> list[tuple[str, ...]]:
+    """Every subset the estimator sampled, in its order (estimates/subsets.json)."""
+    from core.io import read_json
+
+    path = _need(ws, "estimates", "subsets.json")
+    subsets = read_json(path).get("subsets")
+    if not subsets:
+        raise DataError("no subsets in the file; run `grouptune affinity` again", file=path)
+    return [tuple(s) for s in subsets]
+
+
+def pick_subsets(ws, n: int, task_names=None) -> list[tuple[str, ...]]:
+    """The first n estimated subsets (deterministic; clamped to how many there are).
+
+    With `task_names` (the config's), a subset naming another task is refused as stale."""
+    if n < 1:
+        raise GroupTuneError(f"--subsets must be at least 1, got {n}")
+    subsets = estimated_subsets(ws)[:n]
+    if task_names is not None:
+        unknown = sorted({t for s in subsets for t in s} - set(task_names))
+        if unknown:
+            raise GroupTuneError(
+                f"the estimates name tasks the config no longer has ({unknown}); run "
+                f"`grouptune affinity --workspace {ws.root}` again"
+            )
+    return subsets
+
+
+def predictions(ws) -> pd.DataFrame:
+    """estimates/results.csv: one row per (subset, task) with the predicted loss and accuracy."""
+    return pd.read_csv(_need(ws, "estimates", "results.csv"))
+
+
+# --- real fine-tuning ---------------------------------------------------------------------------
+def train_subset(cfg, ws, tasks, progress: bool = True) -> dict:
+    """Fine-tune (or resume, or return the finished) adapter of one subset; its grouptune.json."""
+    from core.training import train_adapter
+
+    name = adapter_name(tasks)
+    try:
+        return train_adapter(cfg, ws, name, list(tasks), progress=progress)
+    except StaleError as err:  # made with another model or recipe: a check adapter is disposable
+        print(f"{name}: {err}; training it again", file=sys.stderr)
+        return train_adapter(cfg, ws, name, list(tasks), progress=progress, restart=True)
+
+
+def train_argv(ws, tasks) -> list[str]:
+    """The `grouptune` command one training job runs."""
+    return ["train-subset", *[a for t in tasks for a in ("--task", t)], "--workspace", str(ws.root)]
+
+
+def submit_training(ws, subsets, backend=None) -> list[int]:
+    """One background `grouptune train-subset` job per subset; their ids."""
+    from core.jobs import submit
+
+    ids = []
+    for tasks in subsets:
+        step = f"train:{adapter_name(tasks)}"
+        ids.append(submit(ws.root, step, step, train_argv(ws, tasks), backend=backend, cwd=ROOT))
+    return ids
+
+
+def wait_training(ws, ids: list[int], progress: bool = True) -> None:
+    """Wait for the training jobs, counting them off; raise naming every job that failed."""
+    from core.jobs import wait
+    from core.progress import track
+
+    failed = []
+    with track(len(ids), "validate-estimate: real fine-tunes", unit="subset") as bar:
+        for job_id in ids:  # jobs start in submission order, so they mostly end in it too
+            job = wait(ws.root, [job_id])[job_id]
+            if job["state"] != "done":
+                failed.append(f"job {job_id} ({job['step']}) {job['state']}: {job['error']}")
+            bar.update(1, f"{job['step']} {job['state']}")
+            if progress:
+                print(f"  {job['step']}: {job['state']}", file=sys.stderr)
+    if failed:
+        raise GroupTuneError(
+            f"validation stopped: {'; '.join(failed)}. See `grouptune jobs logs ID`; running "
+            "`grouptune validate-estimate` again resumes from the checkpoints."
+        )
+
+
+def finished_record(ws, tasks) -> dict:
+    """grouptune.json of a subset's adapter; raises when it has not finished training."""
+    from core.io import read_json
+
+    path = ws.adapter_dir(adapter_name(tasks)) / "grouptune.json"
+    if not path.is_file():
+        raise GroupTuneError(
+            f"{path} is missing: subset {list(tasks)} has not been fine-tuned yet "
+            f"(`grouptune validate-estimate --workspace {ws.root}`)"
+        )
+    return read_json(path)
+
+
+# --- comparing ----------------------------------------------------------------------------------
+def compare_rows(subsets, records: list[dict], table: pd.DataFrame) -> list[dict]:
+    """Predicted vs real val metrics, one dict per (subset, task); subset_id = estimator's."""
+    rows = []
+    for tasks, record in zip(subsets, records, strict=True):
+        key = SEP.join(tasks)
+        predicted = table[table["subset"] == key].set_index("task")
+        missing = [t for t in tasks if t not in predicted.index]
+        if missing:
+            raise GroupTuneError(
+                f"estimates/results.csv has no prediction for {missing} in subset {key!r}; "
+                "run `grouptune affinity` again"
+            )
+        for task in tasks:
+            p, real = predicted.loc[task], record["val_metrics"][task]
+            rows.append(
+                {
+                    "subset_id": int(p["subset_id"]),
+                    "subset": key,
+                    "adapter": record["name"],
+                    "task": task,
+                    "predicted_loss": float(p["loss"]),
+                    "real_loss": float(real["nll"]),
+                    "loss_rel_error": abs(float(p["loss"]) - real["nll"]) / real["nll"],
+                    "predicted_accuracy": float(p["accuracy"]),
+                    "real_accuracy": float(real["accuracy"]),
+                    "accuracy_abs_error": abs(float(p["accuracy"]) - real["accuracy"]),
+                    "base_loss": float(p["base_loss"]),
+                    "base_accuracy": float(p["base_accuracy"]),
+                }
+            )
+    return rows
+
+
+def correlation(x, y) -> float | None:
+    """Pearson correlation; None with fewer than 3 points or no spread (it says nothing then)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < MIN_POINTS_FOR_CORRELATION or x.std() < 1e-12 or y.std() < 1e-12:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def summarize(rows: list[dict], updates: list[dict]) -> dict:
+    """Error means, correlations, and the largest update of any subset."""
+    df = pd.DataFrame(rows)
+    return {
+        "n_subsets": len(updates),
+        "n_points": len(df),
+        "mean_loss_rel_error": float(df["loss_rel_error"].mean()),
+        "mean_accuracy_abs_error": float(df["accuracy_abs_error"].mean()),
+        "loss_correlation": correlation(df["predicted_loss"], df["real_loss"]),
+        "accuracy_correlation": correlation(df["predicted_accuracy"], df["real_accuracy"]),
+        "mean_predicted_loss_drop": float((df["base_loss"] - df["predicted_loss"]).mean()),
+        "mean_real_loss_drop": float((df["base_loss"] - df["real_loss"]).mean()),
+        "max_weight_change": max(u["weight_change"] for u in updates),
+        "max_a_change": max(u["a_change"] for u in updates),
+    }
+
+
+def verdict(summary: dict, loss_comparable: bool = True) -> dict:
+    """{"linear_regime": bool, "reasons": [...], "checks": {name: {value, threshold, ok}}};
+    a check that cannot be measured has ok None and does not fail the verdict."""
+    values = {
+        "loss_rel_error": summary["mean_loss_rel_error"] if loss_comparable else None,
+        "a_change": summary["max_a_change"],
+        "weight_change": summary["max_weight_change"],
+        "loss_correlation": summary["loss_correlation"] if loss_comparable else None,
+    }
+    checks, reasons = {}, []
+    for name, value in values.items():
+        limit = THRESHOLDS[name]
+        ok = None if value is None else _passes(name, value, limit)
+        checks[name] = {"value": value, "threshold": limit, "ok": ok}
+        if ok is False:
+            reasons.append(_REASONS[name].format(value=value, limit=limit))
+    return {"linear_regime": not reasons, "reasons": reasons, "checks": checks}
+
+
+def _passes(name: str, value: float, limit: float) -> bool:
+    return value >= limit if name == "loss_correlation" else value <= limit
+
+
+_REASONS = {
+    "loss_rel_error": "predicted val loss is off by {value:.1%} on average (limit {limit:.0%})",
+    "a_change": "the A matrices moved {value:.1%} from their init (limit {limit:.0%}); the "
+    "estimator assumes A fixed",
+    "weight_change": "a real update changes the adapted weights by {value:.2%} (limit "
+    "{limit:.0%}); the estimator assumes a small update",
+    "loss_correlation": "predicted and real losses correlate at {value:.2f} (limit {limit})",
+}
+
+
+# --- how far the real updates moved ------------------------------------------------------------
+def _base_norm(layer) -> float:
+    """‖W‖_F of a LoRA layer's base matrix (bitsandbytes weights dequantised first)."""
+    w = layer.get_base_layer().weight
+    if getattr(w, "quant_state", None) is not None:  # 4-bit: numel() is half the true count
+        import bitsandbytes.functional as bnbf
+
+        w = bnbf.dequantize_4bit(w.data, w.quant_state)
+    elif getattr(w, "SCB", None) is not None:  # 8-bit: int8 rows times their absmax / 127
+        w = w.data.float() * w.SCB.float()[:, None] / 127
+    return float(w.detach().float().norm())
+
+
+def expansion_point(cfg) -> dict:
+    """Per LoRA layer of a fresh seeded adapter: name -> (scaling, A0 (r, in) float64, ‖W‖_F)."""
+    from core.adapters import attach_adapter, lora_layers
+    from core.models import load_model
+
+    model, _ = load_model(cfg.model)
+    peft_model = attach_adapter(model, cfg.adapter)
+    return {
+        name: (
+            float(layer.scaling["default"]),
+            layer.lora_A["default"].weight.detach().double().cpu(),
+            _base_norm(layer),
+        )
+        for name, layer in lora_layers(peft_model)
+    }
+
+
+def update_change(expansion: dict, adapter_file: Path) -> dict:
+    """weight_change (total and largest matrix), a_change (total, largest) and ‖B‖_F of one
+    adapter, read with safetensors; totals are ratios of root-sum-squares over the matrices."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter_file))
+    d2 = w2 = a2 = a02 = b2 = 0.0
+    w_ratio, a_ratio = [], []
+    for name, (scaling, A0, w_norm) in expansion.items():
+        try:
+            A = weights[f"{name}.lora_A.weight"].double()
+            B = weights[f"{name}.lora_B.weight"].double()
+        except KeyError:
+            raise GroupTuneError(
+                f"{adapter_file}: no LoRA weights for layer {name}; it was trained with another "
+                "adapter config (delete the folder and validate again)"
+            ) from None
+        delta, moved, a0 = scaling * float((B @ A).norm()), float((A - A0).norm()), float(A0.norm())
+        d2, w2, a2, a02, b2 = (
+            d2 + delta**2,
+            w2 + w_norm**2,
+            a2 + moved**2,
+            a02 + a0**2,
+            b2 + float(B.norm()) ** 2,
+        )
+        w_ratio.append(delta / w_norm)
+        a_ratio.append(moved / a0)
+    return {
+        "weight_change": math.sqrt(d2 / w2),
+        "weight_change_max_matrix": max(w_ratio),
+        "a_change": math.sqrt(a2 / a02),
+        "a_change_max_matrix": max(a_ratio),
+        "b_norm": math.sqrt(b2),
+    }
+
+
+# --- the step -----------------------------------------------------------------------------------
+def compare(cfg, ws, subsets, requested: int | None = None) -> dict:
+    """Compare the finished subset adapters with their predictions; write validation.json."""
+    table = predictions(ws)
+    records = [finished_record(ws, tasks) for tasks in subsets]
+    rows = compare_rows(subsets, records, table)
+    expansion = expansion_point(cfg)
+    updates = []
+    for tasks, record in zip(subsets, records, strict=True):
+        change = update_change(
+            expansion, ws.adapter_dir(record["name"]) / "adapter_model.safetensors"
+        )
+        updates.append(
+            {
+                "subset": SEP.join(tasks),
+                "tasks": list(tasks),
+                "adapter": record["name"],
+                "best_epoch": record.get("best_epoch"),
+                "epochs": record.get("epochs"),
+                "train_wall_seconds": (record.get("accounting") or {}).get("wall_seconds"),
+                **change,
+            }
+        )
+    summary = summarize(rows, updates)
+    comparable = cfg.features.target == "choices"
+    result = {
+        "subsets": updates,
+        "rows": rows,
+        "summary": summary,
+        "verdict": verdict(summary, comparable),
+        "settings": {
+            "target": cfg.features.target,
+            "loss_comparable": comparable,
+            "thresholds": THRESHOLDS,
+            "reg": cfg.estimator.reg,
+            "max_norm": cfg.estimator.max_norm,
+        },
+        "requested": requested if requested is not None else len(subsets),
+        "affinity_fingerprint": (ws.read("affinity.json") or {}).get("fingerprint"),
+        "created": time.time(),
+    }
+    ws.write(result, "validation.json")
+    return result
+
+
+def validate_estimate(
+    cfg, ws, n: int = DEFAULT_SUBSETS, jobs: bool = True, progress: bool = True, backend=None
+) -> dict:
+    """The whole step: pick n subsets, fine-tune each (one background job each, or inline with
+    jobs=False), compare, write validation.json; return it. Rerunning resumes the fine-tunes."""
+    subsets = pick_subsets(ws, n, cfg.task_names)
+    predictions(ws)  # fail before any training when the predictions are missing
+    if len(subsets) < n and progress:
+        print(f"only {len(subsets)} estimated subsets: validating all of them", file=sys.stderr)
+    if jobs:
+        wait_training(ws, submit_training(ws, subsets, backend), progress)
+    else:
+        for tasks in subsets:
+            train_subset(cfg, ws, tasks, progress)
+    return compare(cfg, ws, subsets, requested=n)

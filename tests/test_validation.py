@@ -1,0 +1,257 @@
+"""`grouptune validate-estimate` on a tiny real model: real fine-tunes of estimated subsets,
+compared with the estimator's predictions; validation.json checked against the adapters and
+estimates/results.csv, the CLI through background jobs, and the Affinity page's trust panel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, write_tiny_experiment
+from test_app import chart_data, cli, open_page, texts
+
+from core import status
+from core.errors import GroupTuneError
+from core.validation import (
+    THRESHOLDS,
+    adapter_name,
+    estimated_subsets,
+    pick_subsets,
+    validate_estimate,
+    verdict,
+)
+from core.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory):
+    """A workspace through gradients and affinity (three subsets of two tasks)."""
+    root = tmp_path_factory.mktemp("validation")
+    config = write_tiny_experiment(root)
+    ws = root / "ws"
+    cli("init", "--config", config, "--workspace", ws)
+    cli("gradients", "--workspace", ws)
+    cli("affinity", "--workspace", ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def validated(estimated):
+    """Two subsets fine-tuned inline and compared; (workspace, returned result)."""
+    ws = Workspace(estimated)
+    return estimated, validate_estimate(ws.load_config(), ws, 2, jobs=False, progress=False)
+
+
+def copy_ws(ws, name: str, keep_adapters: bool = False):
+    """A copy next to the original (the config's relative paths still resolve), without jobs."""
+    dest = ws.parent / name
+    shutil.rmtree(dest, ignore_errors=True)
+    skip = ["jobs.db*", "logs", "validation.json"] + ([] if keep_adapters else ["adapters"])
+    shutil.copytree(ws, dest, ignore=shutil.ignore_patterns(*skip))
+    return dest
+
+
+# --- the numbers ---------------------------------------------------------------------------------
+def test_validation_json_matches_adapters_and_estimates(validated):
+    root, result = validated
+    ws = Workspace(root)
+    assert json.loads((root / "validation.json").read_text()) == json.loads(json.dumps(result))
+    subsets = estimated_subsets(ws)[:2]  # the estimator's own first two
+    assert [s["tasks"] for s in result["subsets"]] == [list(s) for s in subsets]
+    table = pd.read_csv(root / "estimates" / "results.csv")
+    rows = result["rows"]
+    assert len(rows) == sum(len(s) for s in subsets) == result["summary"]["n_points"]
+    for row in rows:
+        record = json.loads((root / "adapters" / row["adapter"] / "grouptune.json").read_text())
+        assert row["adapter"] == adapter_name(row["subset"].split("+"))
+        real = record["val_metrics"][row["task"]]
+        assert row["real_loss"] == real["nll"] and row["real_accuracy"] == real["accuracy"]
+        (pred,) = table[
+            (table["subset"] == row["subset"]) & (table["task"] == row["task"])
+        ].itertuples()
+        assert row["subset_id"] == pred.subset_id
+        assert row["predicted_loss"] == pred.loss and row["predicted_accuracy"] == pred.accuracy
+        assert row["loss_rel_error"] == pytest.approx(abs(pred.loss - real["nll"]) / real["nll"])
+        assert row["accuracy_abs_error"] == pytest.approx(abs(pred.accuracy - real["accuracy"]))
+    s, df = result["summary"], pd.DataFrame(rows)
+    assert s["mean_loss_rel_error"] == pytest.approx(df["loss_rel_error"].mean())
+    assert s["mean_accuracy_abs_error"] == pytest.approx(df["accuracy_abs_error"].mean())
+    expected_corr = np.corrcoef(df["predicted_loss"], df["real_loss"])[0, 1]
+    assert s["loss_correlation"] == pytest.approx(expected_corr)
+    checks = result["verdict"]["checks"]
+    assert result["verdict"]["linear_regime"] == all(c["ok"] is not False for c in checks.values())
+    assert checks["loss_rel_error"]["value"] == s["mean_loss_rel_error"]
+
+
+def test_update_norms_match_peft(validated):
+    """weight_change and a_change recomputed through peft itself: the adapter loaded with
+    PeftModel.from_pretrained (its delta weights), A0 from a fresh seeded adapter."""
+    from peft import PeftModel
+
+    from core.adapters import attach_adapter, lora_layers
+    from core.models import load_model
+
+    root, result = validated
+    cfg = Workspace(root).load_config()
+    fresh = dict(lora_layers(attach_adapter(load_model(cfg.model)[0], cfg.adapter)))
+    for entry in result["subsets"]:
+        base, _ = load_model(cfg.model)
+        model = PeftModel.from_pretrained(base, str(root / "adapters" / entry["adapter"]))
+        d2 = w2 = a2 = a02 = 0.0
+        for name, layer in lora_layers(model):
+            d2 += float(layer.get_delta_weight("default").double().norm()) ** 2
+            w2 += float(layer.get_base_layer().weight.double().norm()) ** 2
+            A, A0 = (
+                layer.lora_A["default"].weight.detach().double(),
+                fresh[name].lora_A["default"].weight,
+            )
+            a2 += float((A - A0.double()).norm()) ** 2
+            a02 += float(A0.double().norm()) ** 2
+        assert entry["weight_change"] == pytest.approx(np.sqrt(d2 / w2), rel=1e-6)
+        assert entry["a_change"] == pytest.approx(np.sqrt(a2 / a02), rel=1e-6)
+        assert entry["a_change"] > 0  # training moved A: the check measures something
+    summary = result["summary"]
+    assert summary["max_weight_change"] == max(e["weight_change"] for e in result["subsets"])
+
+
+def test_verdict_thresholds_on_known_summaries():
+    good = {
+        "mean_loss_rel_error": 0.02,
+        "max_a_change": 0.01,
+        "max_weight_change": 0.002,
+        "loss_correlation": 0.9,
+    }
+    assert verdict(good) == {
+        "linear_regime": True,
+        "reasons": [],
+        "checks": {
+            k: {"value": good[v], "threshold": THRESHOLDS[k], "ok": True}
+            for k, v in [
+                ("loss_rel_error", "mean_loss_rel_error"),
+                ("a_change", "max_a_change"),
+                ("weight_change", "max_weight_change"),
+                ("loss_correlation", "loss_correlation"),
+            ]
+        },
+    }
+    moved = verdict({**good, "max_a_change": 0.2, "loss_correlation": None})
+    assert not moved["linear_regime"] and len(moved["reasons"]) == 1
+    assert "A matrices moved 20.0%" in moved["reasons"][0]
+    assert moved["checks"]["loss_correlation"]["ok"] is None  # too few points: not judged
+    off = verdict({**good, "mean_loss_rel_error": 0.5}, loss_comparable=False)
+    assert off["linear_regime"] and off["checks"]["loss_rel_error"]["ok"] is None  # vocab target
+
+
+# --- bad input -----------------------------------------------------------------------------------
+def test_missing_estimates_and_bad_counts(estimated, tmp_path):
+    config = write_tiny_experiment(tmp_path)
+    cli("init", "--config", config, "--workspace", tmp_path / "fresh")
+    fresh = Workspace(tmp_path / "fresh")
+    with pytest.raises(
+        GroupTuneError, match=r"estimates/subsets.json is missing.*grouptune affinity"
+    ):
+        validate_estimate(fresh.load_config(), fresh, 2, jobs=False)
+    from core.cli import main
+
+    assert main(["validate-estimate", "--workspace", str(fresh.root), "--no-jobs"]) == 2
+
+    ws = Workspace(estimated)
+    with pytest.raises(GroupTuneError, match="at least 1"):
+        pick_subsets(ws, 0)
+    assert pick_subsets(ws, 50) == estimated_subsets(ws)  # clamped to the 3 estimated
+
+    no_csv = Workspace(copy_ws(estimated, "no_csv"))
+    (no_csv.root / "estimates" / "results.csv").unlink()
+    with pytest.raises(GroupTuneError, match=r"results.csv is missing"):
+        validate_estimate(no_csv.load_config(), no_csv, 1, jobs=False)
+    assert not (no_csv.root / "adapters").exists()  # refused before any training
+
+
+# --- the CLI through background jobs -------------------------------------------------------------
+def test_cli_submits_one_training_job_per_subset(estimated):
+    from core.jobs import open_store
+
+    ws = copy_ws(estimated, "jobs")
+    env = {**os.environ, "GROUPTUNE_PROGRESS": "0", "GROUPTUNE_HEARTBEAT_S": "0.5"}
+    cmd = [sys.executable, "-m", "core.cli", "validate-estimate", "--workspace", str(ws)]
+    proc = subprocess.run(
+        [*cmd, "--subsets", "1", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads((ws / "validation.json").read_text())
+    (job,) = open_store(ws).list()
+    first = list(estimated_subsets(Workspace(ws))[0])
+    assert job["state"] == "done" and job["step"] == f"train:{adapter_name(first)}"
+    assert job["argv"] == [
+        "train-subset",
+        "--task",
+        first[0],
+        "--task",
+        first[1],
+        "--workspace",
+        str(ws),
+    ]
+    assert [s["tasks"] for s in result["subsets"]] == [first]
+
+
+# --- the trust panel on the Affinity page ---------------------------------------------------------
+def test_trust_panel_plots_validation_json(validated, monkeypatch):
+    root, result = validated
+    at = open_page(root, "affinity", monkeypatch)
+    loss, acc = chart_data(at, 1)["data"], chart_data(at, 2)["data"]  # 0 is the heatmap
+    rows = result["rows"]
+    assert loss[0]["x"] == [r["predicted_loss"] for r in rows]
+    assert loss[0]["y"] == [r["real_loss"] for r in rows]
+    assert acc[0]["x"] == [r["predicted_accuracy"] for r in rows]
+    assert acc[0]["y"] == [r["real_accuracy"] for r in rows]
+    assert loss[1]["name"] == "y = x" and loss[1]["x"] == loss[1]["y"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Mean loss error"] == f"{result['summary']['mean_loss_rel_error']:.1%}"
+    assert metrics["Largest change of A"] == f"{result['summary']['max_a_change']:.2%}"
+    shown = at.dataframe[2].value  # after the evidence and the estimator settings
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), pd.DataFrame(rows))
+    updates = at.dataframe[3].value.reset_index(drop=True)
+    assert updates["weight_change"].tolist() == [s["weight_change"] for s in result["subsets"]]
+    warned = any("linear regime looks broken" in w for w in texts(at, "warning"))
+    assert warned == (not result["verdict"]["linear_regime"])
+
+
+def test_trust_panel_launches_validate_estimate(estimated, monkeypatch):
+    from core.jobs import cancel
+
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "0")  # the training jobs it submits stay queued
+    ws = copy_ws(estimated, "panel_launch", keep_adapters=True)
+    at = open_page(ws, "affinity", monkeypatch)
+    assert "Not checked yet" in " ".join(texts(at, "info"))
+    assert f"grouptune validate-estimate --subsets 3 --workspace {ws}" in texts(at, "code")
+    at.number_input(key="af_trust_n").set_value(2)
+    at.button(key="af_trust_run").click().run()
+    job = status.read_jobs(Workspace(ws))[0]
+    try:
+        assert job["argv"] == ["validate-estimate", "--subsets", "2", "--workspace", str(ws)]
+        assert job["resources"] == {"slots": 0}
+        assert at.button(key="af_trust_run").disabled  # one validation at a time
+    finally:  # a driver starts whatever the limit: stop it (it would wait on queued jobs)
+        assert cancel(ws, job["id"], grace_s=5)["state"] in ("cancelled", "failed", "done")
+
+
+def test_a_new_recipe_trains_the_subset_again(validated):
+    root, result = validated
+    ws = Workspace(copy_ws(root, "new_recipe", keep_adapters=True))
+    cfg = ws.load_config()
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": 0.01})})
+    again = validate_estimate(cfg, ws, 1, jobs=False, progress=False)
+    record = json.loads(
+        (ws.adapter_dir(again["subsets"][0]["adapter"]) / "grouptune.json").read_text()
+    )
+    assert record["config"]["training"]["lr"] == 0.01
+    assert again["rows"][0]["real_loss"] == record["val_metrics"][again["rows"][0]["task"]]["nll"]
+    assert again["rows"][0]["predicted_loss"] == result["rows"][0]["predicted_loss"]
