@@ -91,11 +91,14 @@ def _uncounted_share(layer: nn.Module) -> tuple[float, float]:
     key = (type(layer), weight.device, dtype)
     if key not in _PROBED:
         expected = 2 * 2 * layer.in_features * layer.out_features
-        x = torch.randn(2, layer.in_features, device=weight.device, dtype=dtype, requires_grad=True)
-        with _counter() as fwd:
-            y = layer(x)
-        with _counter() as bwd:
-            y.float().sum().backward()
+        # callers may be inside inference_mode (scoring): the probe needs a backward graph
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.randn(2, layer.in_features, device=weight.device, dtype=dtype)
+            x.requires_grad_(True)
+            with _counter() as fwd:
+                y = layer(x)
+            with _counter() as bwd:
+                y.float().sum().backward()
         _PROBED[key] = (
             float(fwd.get_total_flops() < expected / 2),
             float(bwd.get_total_flops() < expected / 2),

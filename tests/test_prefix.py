@@ -62,6 +62,21 @@ def test_cached_scoring_equals_full_forward_and_reuses_disk(tmp_path):
     assert cache2.take_spent()["rows"] == 0  # nothing recomputed
 
 
+def test_4bit_states_built_while_scoring(tmp_path):
+    """Test-split states are first needed inside scoring's inference_mode; with a 4-bit base the
+    FLOP count of the lower layers probes a quantised layer with a backward pass there."""
+    from core import flops
+
+    flops._PROBED.clear()
+    cfg, ws = _setup(tmp_path)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"quantization": "4bit"})})
+    fast, cache = _scored(cfg, ws, cached=True, split="test")
+    full, _ = _scored(cfg, ws, cached=False, split="test")
+    assert cache is not None
+    np.testing.assert_allclose(fast, full, atol=1e-4)
+    assert ws.read("accounting.json")["prefix_cache"]["flops"] > 0
+
+
 def test_changed_rows_replace_their_states(tmp_path):
     cfg, ws = _setup(tmp_path)
     _scored(cfg, ws, cached=True)
