@@ -148,16 +148,38 @@ def train(cfg, ws: Workspace, which: str = "all") -> dict:
         if which not in jobs:
             raise GroupTuneError(f"no adapter {which!r}: the chosen groups give {sorted(jobs)}")
         jobs = {which: jobs[which]}
-    results = {
-        name: train_adapter(cfg, ws, name, tasks, restart=_regrouped(ws, name, tasks))
-        for name, tasks in jobs.items()
-    }
+    for name, tasks in jobs.items():
+        if _regrouped(ws, name, tasks):
+            _set_aside(ws, name)
+    results = {name: train_adapter(cfg, ws, name, tasks) for name, tasks in jobs.items()}
     if groups:
         create_manifest(cfg, ws, groups)
     return {
         name: {"best_epoch": r.get("best_epoch"), "val": r.get("val_metrics", {}).get("mean")}
         for name, r in results.items()
     }
+
+
+def _set_aside(ws: Workspace, name: str) -> None:
+    """Move a finished adapter whose group changed to its task-set name (`subset-<hash>`, as
+    validate-estimate names them), where a later group with those tasks finds and reuses it
+    (core.training.find_twin); unfinished work on the old task set is dropped."""
+    import shutil
+
+    from core.io import read_json, write_json
+    from core.validation import adapter_name
+
+    folder = ws.adapter_dir(name)
+    record = folder / "grouptune.json"
+    target = ws.adapter_dir(adapter_name(read_json(record)["tasks"])) if record.exists() else None
+    if target is None or target.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+    folder.rename(target)
+    moved = read_json(target / "grouptune.json")
+    moved.update(name=target.name, path=str(target))
+    write_json(target / "grouptune.json", moved)
 
 
 def _regrouped(ws: Workspace, name: str, tasks: list[str]) -> bool:

@@ -492,6 +492,9 @@ def train_adapter(
     done = _finished(out, run, restart)
     if done is not None:
         return done
+    twin = None if restart else find_twin(ws, run)
+    if twin is not None:
+        return _copy_twin(twin, run, ws)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grouptune.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
     state = load_checkpoint(run)
@@ -510,6 +513,49 @@ def train_adapter(
     except OOM_ERRORS as err:
         raise _oom_error(run, err) from None
     return _finish(run, state, rates, ws)
+
+
+def find_twin(ws, run: Run) -> Path | None:
+    """A finished adapter elsewhere in the workspace made from the same tasks with the same
+    recipe: a group adapter that moved to another index after regrouping, or a subset adapter of
+    `grouptune validate-estimate`. Training it again would give the same adapter."""
+    want = sorted(t.name for t in run.tasks)
+    current = json.loads(json.dumps(run.fingerprint))  # as it reads back from grouptune.json
+    for path in sorted(ws.path("adapters").glob("*/grouptune.json")):
+        if path.parent == run.out:
+            continue
+        try:
+            rec = read_json(path)
+        except (OSError, ValueError):
+            continue  # a damaged folder is never a twin
+        same = sorted(rec.get("tasks", [])) == want and rec.get("fingerprint") == current
+        if same and rec.get("epochs") == run.cfg.training.epochs:
+            return path.parent
+    return None
+
+
+def _copy_twin(twin: Path, run: Run, ws) -> dict:
+    """Copy a twin's adapter files into run.out; grouptune.json last (it marks completion)."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=run.out))
+    try:
+        names = ("adapter_config.json", "adapter_model.safetensors", "metrics.jsonl")
+        for fname in names:
+            if (twin / fname).exists():
+                shutil.copy2(twin / fname, tmp / fname)
+        for fname in names:
+            if (tmp / fname).exists():
+                os.replace(tmp / fname, run.out / fname)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = _read_json_file(twin / "grouptune.json")
+    record.update(name=run.name, path=str(run.out), copied_from=twin.name)
+    write_json(run.out / "grouptune.json", record)
+    _record_accounting(ws, run.name, record["accounting"])  # what making this adapter cost
+    print(
+        f"{run.name}: same tasks and recipe as {twin.name}; copied, not retrained", file=sys.stderr
+    )
+    return record
 
 
 def _flop_rates(run: Run) -> dict:

@@ -75,3 +75,34 @@ def test_full_pipeline_through_cli(experiment, capsys):
         "baseline_inference_per_example",
     ):
         assert flops[key] and flops[key] > 0, key
+
+
+def test_regrouping_reuses_adapters_of_the_same_task_sets(experiment, capsys):
+    """Swapping the groups' order moves each finished adapter (same tasks, same recipe) to its
+    new index instead of training it again; the old folders are kept under subset-<hash>."""
+    from core.config import load_config
+    from core.pipeline import chosen_groups, edit_groups
+    from core.validation import adapter_name
+    from core.workspace import Workspace
+
+    config, root = experiment
+    ws = Workspace(root)
+    old = chosen_groups(ws)
+    assert len(old) == 2  # from the test above
+    weights = {
+        tuple(g): (ws.adapter_dir(f"group-{i}") / "adapter_model.safetensors").read_bytes()
+        for i, g in enumerate(old)
+    }
+    edit_groups(load_config(config), ws, [old[1], old[0]])
+    trained = _cli(capsys, "train", "--workspace", str(root), "--adapter", "groups")
+    assert set(trained) == {"group-0", "group-1"}
+    for i, group in enumerate([old[1], old[0]]):
+        folder = ws.adapter_dir(f"group-{i}")
+        record = json.loads((folder / "grouptune.json").read_text())
+        assert record["tasks"] == group and record["name"] == f"group-{i}"
+        assert record["copied_from"] == adapter_name(group)
+        assert (folder / "adapter_model.safetensors").read_bytes() == weights[tuple(group)]
+        kept = json.loads((ws.adapter_dir(adapter_name(group)) / "grouptune.json").read_text())
+        assert kept["name"] == adapter_name(group) and kept["tasks"] == group
+    parts = json.loads(ws.path("accounting.json").read_text())["group_training"]["parts"]
+    assert set(parts) == {"group-0", "group-1"} and all(p["flops"] > 0 for p in parts.values())
