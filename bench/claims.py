@@ -678,6 +678,7 @@ def markdown(res: dict) -> str:
     lines += ["## Misses and caveats", ""] + [f"- {c}" for c in caveats(res)] + [""]
     lines += md_estimation(res["parts"]["estimation"]) + md_speedup(res["parts"]["speedup"])
     lines += md_approximation(res["parts"]["approximation"]) + md_ensemble(res["parts"]["ensemble"])
+    lines += md_sensitivity()
     lines += [
         "## Machine, versions, command",
         "",
@@ -893,6 +894,33 @@ OTHER = {
         f"{len(d['zero_shot']) - 1} tasks"
     ),
 }
+
+
+def md_sensitivity() -> list[str]:
+    """The estimation error under other learning rates and trust regions (bench/sensitivity.py)."""
+    path = ROOT / "bench" / "results" / "sensitivity.json"
+    if not path.exists():
+        return []
+    sens = json.loads(path.read_text())
+    lines = [
+        "## a'. What moves the estimation error (bench/sensitivity.py)",
+        "",
+        f"The same {sens['subsets']} subsets, re-estimated and (for another learning rate) "
+        f"fine-tuned again: `{sens['command']}`.",
+        "",
+    ]
+    head = ["setting", "loss rel. error", "acc. abs. error", "loss corr.", "predicted drop"]
+    head += ["real drop", "max ‖ΔW‖/‖W‖", "max A change", "linear regime"]
+    rows = []
+    for v in sens["variants"]:
+        s = v["summary"]
+        rows.append(
+            [v["label"], fmt(s["mean_loss_rel_error"], ".1%"), fmt(s["mean_accuracy_abs_error"])]
+            + [fmt(s["loss_correlation"], ".2f"), fmt(s["mean_predicted_loss_drop"])]
+            + [fmt(s["mean_real_loss_drop"]), fmt(s["max_weight_change"], ".2%")]
+            + [fmt(s["max_a_change"], ".1%"), _holds(v["linear_regime"])]
+        )
+    return lines + table(head, rows) + [""]
 
 
 def other_results() -> list[str]:

@@ -625,11 +625,23 @@ def configure_cpu(threads: int | None = None) -> int:
     erratic (tiny LoRA/gradient values underflow into slow denormal arithmetic).
     """
     torch.set_flush_denormal(True)
+    if threads is None:
+        threads = _threads_per_job()
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"field 'model.threads': must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def _threads_per_job() -> int | None:
+    """With GROUPTUNE_MAX_JOBS > 1 jobs run side by side: each takes its share of the cores, as
+    two jobs of all-core torch threads each ran 5-10x slower on 2 cores (oversubscription)."""
+    try:
+        jobs = int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
+    except ValueError:
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -81,6 +81,9 @@ def build_report(ws) -> dict:
     flops = {s: _stage_value(acct, s, "flops") for s in TRAINING_STAGES}
     for s in INFERENCE_STAGES:
         flops[f"{s}_per_example"] = _stage_value(acct, s, "flops_per_example")
+    # the frozen lower layers, computed once and used by every stage (core.prefix); apart from
+    # the ratio, which compares the stages as each ran
+    flops["prefix_cache_shared"] = _stage_value(acct, "prefix_cache", "flops")
     ensemble_training = None
     if all(flops[s] is not None for s in ("gradients", "estimation", "group_training")):
         ensemble_training = flops["gradients"] + flops["estimation"] + flops["group_training"]
@@ -101,7 +104,9 @@ def build_report(ws) -> dict:
                 flops["ensemble_inference_per_example"], flops["baseline_inference_per_example"]
             ),
         },
-        "wall_seconds": {s: _stage_value(acct, s, "wall_seconds") for s in stages},
+        "wall_seconds": {
+            s: _stage_value(acct, s, "wall_seconds") for s in (*stages, "prefix_cache")
+        },
         "peak_memory_bytes": {s: _stage_value(acct, s, "peak_memory_bytes") for s in stages},
         "missing": missing,
     }

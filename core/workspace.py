@@ -6,7 +6,10 @@ Layout (every path below is relative to the workspace root):
   estimates/subsets.json       sampled subsets;  estimates/results.csv  per-subset, per-task table
   affinity.json                task affinity matrix and the settings that made it
   groupings/m<m>.json          partition for m groups;  groupings/sweep.json  all m
-  adapters/<name>/             PEFT adapter folders (group-<i>, baseline) + metrics.jsonl
+  adapters/<name>/             PEFT adapter folders (group-<i>, baseline, subset-<hash>: a task set
+                               fine-tuned by validate-estimate or set aside by regrouping)
+  validation.json              estimated vs real fine-tuning of a few subsets (core.validation)
+  cache/prefix/<model key>/    frozen lower layers' hidden states per task split (core.prefix)
   eval/<model>.json            test metrics of zero_shot / baseline / ensemble
   ensemble.json                ensemble manifest
   accounting.json              FLOPs, wall time and peak memory per stage

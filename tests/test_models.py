@@ -299,3 +299,20 @@ def test_real_smollm2_when_provisioned(monkeypatch):
     for word in [" positive", " negative"]:
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
     assert model_fingerprint(_cfg("smollm2-135m"))["weights"]  # the GGUF's sha256
+
+
+def test_side_by_side_jobs_share_the_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from core.models import configure_cpu
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("GROUPTUNE_MAX_JOBS", str(2 * (os.cpu_count() or 1)))
+        assert configure_cpu() == 1  # more jobs than cores: one thread each
+        monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "1")
+        assert configure_cpu(2) == 2  # one job: the config decides
+    finally:
+        torch.set_num_threads(before)
