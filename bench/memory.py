@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 WRAPPER = (
     "import resource, subprocess, sys;"
     "rc = subprocess.run(sys.argv[1:]).returncode;"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
+    "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
 )
 STEPS = {
     "gradients (10 tasks)": ["gradients"],
@@ -60,9 +60,10 @@ def peak_of(argv: list[str]) -> tuple[float, float]:
     out = subprocess.run(
         [sys.executable, "-c", WRAPPER, *argv], capture_output=True, text=True, check=False
     )
-    kib, rc = out.stdout.split()[-2:]
-    if rc != "0":
-        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
+    marks = [line.split() for line in out.stdout.splitlines() if line.startswith("PEAK ")]
+    if not marks or marks[-1][2] != "0":
+        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    kib = marks[-1][1]
     return round(int(kib) / 2**20, 3), round(time.perf_counter() - start, 1)
 
 
@@ -80,7 +81,7 @@ def main() -> None:
     exe = str(Path(sys.executable).with_name("grouptune"))
     rows = []
     for label, step in STEPS.items():
-        gib, seconds = peak_of([exe, *step, str(config), "--workspace", str(folder)])
+        gib, seconds = peak_of([exe, *step, "--config", str(config), "--workspace", str(folder)])
         rows.append({"step": label, "peak_rss_gib": gib, "seconds": seconds})
         print(f"{label:28s} {gib:6.2f} GiB  {seconds:6.1f} s", file=sys.stderr, flush=True)
     out = {
