@@ -678,7 +678,7 @@ def markdown(res: dict) -> str:
     lines += ["## Misses and caveats", ""] + [f"- {c}" for c in caveats(res)] + [""]
     lines += md_estimation(res["parts"]["estimation"]) + md_speedup(res["parts"]["speedup"])
     lines += md_approximation(res["parts"]["approximation"]) + md_ensemble(res["parts"]["ensemble"])
-    lines += md_sensitivity()
+    lines += md_sensitivity() + md_fastpath()
     lines += [
         "## Machine, versions, command",
         "",
@@ -888,6 +888,15 @@ OTHER = {
             if r["config"] in ("sdp-clarabel", "spectral")
         )
     ),
+    "memory": lambda d: (
+        f"peak RSS per pipeline step on the full config (rows capped at {d['rows_per_split']}): "
+        + ", ".join(f"{r['step']} {r['peak_rss_gib']} GiB" for r in d["steps"])
+    ),
+    "e2e": lambda d: (
+        "grouptune run sample_data/quick.yaml: "
+        + ", ".join(f"{k} {v['wall_seconds']} s" for k, v in d["runs"].items())
+        + (f"; fast path {d['speedup']['total']}x" if "speedup" in d else "")
+    ),
     "zero_shot_full": lambda d: (
         "zero-shot SmolLM2 on the full sample tasks' test splits: mean "
         f"accuracy {d['zero_shot']['mean']['accuracy']:.3f} over "
@@ -923,10 +932,79 @@ def md_sensitivity() -> list[str]:
     return lines + table(head, rows) + [""]
 
 
+def _load(name: str) -> dict | None:
+    path = ROOT / "bench" / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def md_fastpath() -> list[str]:
+    """The CPU fast path's targets (issue 8) from e2e.json, fastpath.json and memory.json."""
+    e2e, fast, mem = _load("e2e"), _load("fastpath"), _load("memory")
+    if not (e2e or fast or mem):
+        return []
+    lines = ["## CPU fast path (bench/e2e.py, bench/fastpath.py, bench/memory.py)", ""]
+    if e2e:
+        rows = [
+            [k, fmt(v["wall_seconds"], ".0f"), fmt(v["estimation_seconds"], ".0f")]
+            + [fmt(v["accuracy"]["ensemble"]["mean"]), fmt(v["accuracy"]["baseline"]["mean"])]
+            for k, v in e2e["runs"].items()
+        ]
+        lines += table(
+            ["grouptune run quick.yaml", "wall s", "estimation s", "ensemble acc", "baseline acc"],
+            rows,
+        )
+        if "speedup" in e2e:
+            lines += [
+                "",
+                f"Fast path over plain path: {e2e['speedup']['total']}x end to end, "
+                f"{e2e['speedup']['estimation']}x for the estimation stage; same test "
+                f"accuracies: {e2e['same_accuracy']}. Targets: whole run < 600 s, "
+                "estimation < 120 s.",
+            ]
+        lines += [""]
+    if fast:
+        keys = ["features", "train", "zero_shot", "retrain", "total"]
+        head = [f"path ({' + '.join(fast['tasks'])})", *keys]
+        rows = []
+        for name, p in fast["paths"].items():
+            sp = p.get("speedup_vs_reference", {})
+            rows.append([name] + [f"{p['seconds'][k]} s ({sp.get(k, '-')}x)" for k in keys])
+        lines += table(head, rows)
+        lines += [
+            "",
+            "Agreement with the reference (worst task): "
+            + "; ".join(
+                f"{n}: g corr {p['agreement_with_reference']['g_corr']}, g rel. diff "
+                f"{p['agreement_with_reference']['g_rel_diff']}"
+                for n, p in fast["paths"].items()
+                if "agreement_with_reference" in p
+            )
+            + ".",
+            "",
+            "What-if (predict a new partition): "
+            + ", ".join(
+                f"{w['tasks']} tasks ({w['features']}) {w['full_partition_ms']} ms, one move "
+                f"{w['move_one_task_ms']} ms"
+                for w in fast.get("whatif", [])
+            )
+            + ". Targets: < 100 ms for 10 tasks, < 1 s for 100.",
+            "",
+        ]
+    if mem:
+        lines += [
+            f"Peak memory, full config: {mem['max_peak_rss_gib']} GiB at most (target "
+            f"{mem['target_gib']} GiB): "
+            + ", ".join(f"{r['step']} {r['peak_rss_gib']}" for r in mem["steps"])
+            + ".",
+            "",
+        ]
+    return lines
+
+
 def other_results() -> list[str]:
     lines = []
     for path in sorted((ROOT / "bench" / "results").glob("*.json")):
-        if path.stem == "claims":
+        if path.stem in ("claims", "sensitivity"):  # sections of their own
             continue
         try:
             line = OTHER[path.stem](json.loads(path.read_text()))
