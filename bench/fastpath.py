@@ -12,7 +12,8 @@ For each path, in a fresh workspace, with the engine's public functions:
   train      train_adapter, one epoch on the tasks, then its validation pass (the first job
              after features: its states are on disk)
   zero-shot  evaluate_zero_shot on the test splits (builds the test states)
-  retrain    a second adapter, as every later job sees it (all states on disk)
+  retrain    a second adapter (another training seed), as every later job sees it (all states
+             on disk)
 Stage times include each job's model load (a job loads once). The cache build is reported
 separately from accounting.json's prefix_cache stage. Agreement with the reference: features
 (correlation of h and g, relative difference of g), zero-shot and trained val metrics.
@@ -92,7 +93,9 @@ def run_path(args, path: str) -> dict:
     say(f"[{path}] zero-shot")
     zs, t_zs = timed(lambda: evaluate_zero_shot(cfg, ws, force=True))
     say(f"[{path}] retrain")
-    rec2, t_retrain = timed(lambda: train_adapter(cfg, ws, "b", args.tasks, progress=False))
+    # another training seed: the same recipe would be copied from "a" (core.training.find_twin)
+    cfg_b = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": 1})})
+    rec2, t_retrain = timed(lambda: train_adapter(cfg_b, ws, "b", args.tasks, progress=False))
     acct = ws.read("accounting.json", default={}).get("prefix_cache", {})
     feats = {t: load_features(ws, t) for t in args.tasks}
     out = {
