@@ -123,6 +123,10 @@ def job_targets(job: dict) -> list[tuple[str, str]]:
         return [(command, command)]
     if command == "run":
         return [("run", "run")]
+    if command == "validate-estimate":
+        return [("validation", "validation")]
+    if command == "train-subset":  # one real fine-tune of validate-estimate
+        return [("validation", "+".join(sorted(_option(argv, "--task"))))]
     return []
 
 

@@ -136,4 +136,4 @@ if st.button(label, disabled=not available or bool(busy), key="af_trust_run"):
     job = trust.submit_validation(ws, n)
     st.toast(f"Queued job {job}", icon=":material/schedule:")
     st.rerun()
-_common.live_jobs(ws)
+_common.live_jobs(ws, stages=("gradients", "affinity", "grouping", "validation"))

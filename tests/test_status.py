@@ -163,6 +163,12 @@ def test_job_targets_parse_the_argv():
     assert status.job_targets(job("train")) == [("training", "*")]
     assert status.job_targets(job("evaluate", "--zero-shot")) == [("evaluation", "zero_shot")]
     assert status.job_targets(job("group", "--move", "a:1")) == [("grouping", "chosen")]
+    assert status.job_targets(job("validate-estimate", "--subsets", "3")) == [
+        ("validation", "validation")
+    ]
+    assert status.job_targets(job("train-subset", "--task", "b", "--task", "a")) == [
+        ("validation", "a+b")
+    ]
 
 
 def test_submit_step_queues_the_cli_command(real_ws, monkeypatch):
