@@ -321,7 +321,7 @@ def train_subset_cmd(
 
 @app.command("validate-estimate")
 def validate_estimate_cmd(
-    config: Path | None = typer.Argument(None, help="Experiment config (YAML)."),
+    config: Path | None = ConfigOpt,
     workspace: Path | None = WorkspaceOpt,
     subsets: int = typer.Option(3, "--subsets", help="How many estimated subsets to fine-tune."),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="One background job per subset."),

@@ -22,7 +22,7 @@ Verdict: the linear regime looks broken when any check fails (THRESHOLDS):
 
 N above the number of estimated subsets is clamped (the result keeps `requested`). A subset
 adapter made with another model or recipe is trained again (it only serves this check).
-CLI: `grouptune validate-estimate [CONFIG] --workspace WS --subsets N` submits one
+CLI: `grouptune validate-estimate [--config C] --workspace WS --subsets N` submits one
 `grouptune train-subset --task T ...` job per subset, waits, then compares (`--no-jobs`: inline).
 `validate_estimate(cfg, ws, n)` is the whole step; <ws>/validation.json (atomic) holds
 {"subsets", "rows", "summary", "verdict", "settings", "requested", "affinity_fingerprint",
