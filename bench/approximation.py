@@ -204,16 +204,10 @@ def set_adapter(weights, As, Bs) -> None:
 
 
 def base_weight_norms(weights) -> list[float]:
-    """‖W‖_F of each adapted base matrix (4-bit weights dequantised with bitsandbytes)."""
-    norms = []
-    for _, _, layer in weights:
-        w = layer.get_base_layer().weight
-        if getattr(w, "quant_state", None) is not None:
-            import bitsandbytes.functional as bnbf
+    """‖W‖_F of each adapted base matrix (quantised weights dequantised first)."""
+    from core.validation import base_norm
 
-            w = bnbf.dequantize_4bit(w.data, w.quant_state)
-        norms.append(float(w.detach().float().norm()))
-    return norms
+    return [base_norm(layer) for _, _, layer in weights]
 
 
 def weight_change(weights, As, Bs, w_norms) -> dict | None:
@@ -271,25 +265,16 @@ class LowerLayerCache:
             handle.remove()
 
     def __enter__(self):
+        from core.prefix import PassThrough
+
         self.saved = [self.layers[i] for i in range(self.first)]
         for i in range(self.first):
-            self.layers[i] = _pass_through()
+            self.layers[i] = PassThrough()  # core.prefix's, as the product skips them
         return self
 
     def __exit__(self, *exc):
         for i, layer in enumerate(self.saved):
             self.layers[i] = layer
-
-
-def _pass_through():
-    """A module returning its hidden states unchanged: stands in for a skipped decoder layer."""
-    import torch
-
-    class PassThrough(torch.nn.Module):
-        def forward(self, hidden_states, *args, **kwargs):
-            return hidden_states
-
-    return PassThrough()
 
 
 # --- real and predicted h -------------------------------------------------------------------

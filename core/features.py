@@ -257,7 +257,6 @@ def _extract_split(
     of the first batch with torch's flop counter and scaled by the padded tokens of all batches.
     """
     from core.flops import count_call_flops
-    from core.prefix import model_inputs
 
     pending = store.pending(enc.split)
     order = pending[np.argsort(enc.lengths[pending], kind="stable")] if len(pending) else pending
@@ -265,7 +264,7 @@ def _extract_split(
     per_token, tokens, method = 0.0, 0, "none"
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = model_inputs(peft_model, enc, idx, pad_id, device)
+        batch = prefix.model_inputs(peft_model, enc, idx, pad_id, device)
 
         def compute(batch=batch, idx=idx):
             return batch_features(

@@ -48,7 +48,6 @@ from core.flops import (
     stage_entry,
 )
 from core.io import read_json, write_json
-from core.prefix import model_inputs
 from core.progress import log_metrics, track
 from core.prompts import Encoded, encode_split
 from core.scoring import model_device
@@ -150,7 +149,7 @@ def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch
     """Left-padded inputs (answer position last) and the gold answer token ids, (B,)."""
     enc = run.train[task_index]
     device = model_device(run.model)
-    batch = model_inputs(run.model, enc, rows, run.tokenizer.pad_token_id, device)
+    batch = prefix.model_inputs(run.model, enc, rows, run.tokenizer.pad_token_id, device)
     targets = torch.tensor([enc.choice_ids[g] for g in enc.gold[rows]], device=device)
     return batch, targets
 

@@ -262,7 +262,7 @@ _REASONS = {
 
 
 # --- how far the real updates moved ------------------------------------------------------------
-def _base_norm(layer) -> float:
+def base_norm(layer) -> float:
     """‖W‖_F of a LoRA layer's base matrix (bitsandbytes weights dequantised first)."""
     w = layer.get_base_layer().weight
     if getattr(w, "quant_state", None) is not None:  # 4-bit: numel() is half the true count
@@ -285,7 +285,7 @@ def expansion_point(cfg) -> dict:
         name: (
             float(layer.scaling["default"]),
             layer.lora_A["default"].weight.detach().double().cpu(),
-            _base_norm(layer),
+            base_norm(layer),
         )
         for name, layer in lora_layers(peft_model)
     }
@@ -297,8 +297,7 @@ def update_change(expansion: dict, adapter_file: Path) -> dict:
     from safetensors.torch import load_file
 
     weights = load_file(str(adapter_file))
-    d2 = w2 = a2 = a02 = b2 = 0.0
-    w_ratio, a_ratio = [], []
+    deltas, w_norms, moves, a0_norms, b_norms = [], [], [], [], []
     for name, (scaling, A0, w_norm) in expansion.items():
         try:
             A = weights[f"{name}.lora_A.weight"].double()
@@ -308,23 +307,23 @@ def update_change(expansion: dict, adapter_file: Path) -> dict:
                 f"{adapter_file}: no LoRA weights for layer {name}; it was trained with another "
                 "adapter config (delete the folder and validate again)"
             ) from None
-        delta, moved, a0 = scaling * float((B @ A).norm()), float((A - A0).norm()), float(A0.norm())
-        d2, w2, a2, a02, b2 = (
-            d2 + delta**2,
-            w2 + w_norm**2,
-            a2 + moved**2,
-            a02 + a0**2,
-            b2 + float(B.norm()) ** 2,
-        )
-        w_ratio.append(delta / w_norm)
-        a_ratio.append(moved / a0)
+        deltas.append(scaling * float((B @ A).norm()))
+        w_norms.append(w_norm)
+        moves.append(float((A - A0).norm()))
+        a0_norms.append(float(A0.norm()))
+        b_norms.append(float(B.norm()))
     return {
-        "weight_change": math.sqrt(d2 / w2),
-        "weight_change_max_matrix": max(w_ratio),
-        "a_change": math.sqrt(a2 / a02),
-        "a_change_max_matrix": max(a_ratio),
-        "b_norm": math.sqrt(b2),
+        "weight_change": _rss(deltas) / _rss(w_norms),
+        "weight_change_max_matrix": max(d / w for d, w in zip(deltas, w_norms, strict=True)),
+        "a_change": _rss(moves) / _rss(a0_norms),
+        "a_change_max_matrix": max(m / a for m, a in zip(moves, a0_norms, strict=True)),
+        "b_norm": _rss(b_norms),
     }
+
+
+def _rss(values: list[float]) -> float:
+    """Root of the sum of squares: the Frobenius norm over all matrices from theirs."""
+    return math.sqrt(sum(v * v for v in values))
 
 
 # --- the step -----------------------------------------------------------------------------------
