@@ -91,10 +91,28 @@ class PrefixCache:
         key = (enc.task, enc.split, _ids_hash(enc))
         if key not in self.loaded:
             path = self.folder / f"{enc.task}.{enc.split}.{key[2]}.npy"
-            if not path.exists():
+            states = self._read(path, enc)
+            if states is None:
                 self._compute(enc, pad_id, path)
-            self.loaded[key] = read_npy(path, mmap=True)
+                states = read_npy(path, mmap=True)
+            self.loaded[key] = states
         return self.loaded[key]
+
+    def _read(self, path: Path, enc: Encoded) -> np.ndarray | None:
+        """The saved states, or None when missing or damaged (then they are computed again)."""
+        if not path.exists():
+            return None
+        shape = (int(enc.lengths.sum()), self.model.config.hidden_size)
+        try:
+            states = read_npy(path, mmap=True)
+        except (OSError, ValueError) as err:
+            states, why = None, str(err)
+        else:
+            why = f"shape {states.shape}, expected {shape}"
+        if states is not None and states.shape == shape and states.dtype == _np_dtype(self.dtype):
+            return states
+        print(f"{path}: unreadable cached states ({why}); computing them again", file=sys.stderr)
+        return None
 
     def _compute(self, enc: Encoded, pad_id: int, path: Path) -> None:
         from core.flops import Accounting, count_call_flops, peak_rss_bytes, stage_entry

@@ -89,6 +89,19 @@ def test_changed_rows_replace_their_states(tmp_path):
     assert len(files) == 1 and files[0] != old
 
 
+def test_damaged_states_are_computed_again(tmp_path, capsys):
+    """A cut or foreign states file (disk full, a copy gone wrong) costs a recompute, not a run."""
+    cfg, ws = _setup(tmp_path)
+    full, _ = _scored(cfg, ws, cached=True)
+    path = next(ws.path("cache", "prefix").rglob("*.npy"))
+    path.write_bytes(path.read_bytes()[:200])
+    again, cache = _scored(cfg, ws, cached=True)
+    assert "unreadable cached states" in capsys.readouterr().err
+    assert cache.take_spent()["rows"] == 8  # recomputed
+    np.testing.assert_allclose(again, full, atol=1e-6)
+    assert np.load(path).shape[1] == 64
+
+
 def test_gpt2_declines_the_shortcut(tmp_path, capsys):
     """GPT-2 adds position embeddings to inputs_embeds: the probe sees it and keeps all layers."""
     cfg, ws = _setup(tmp_path, model="tiny-gpt2")
