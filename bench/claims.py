@@ -194,13 +194,12 @@ def time_scoring(cfg, ws, subsets) -> dict:
     """The estimator's fit + predict for exactly the K subsets (median of 3; features loaded
     first, outside the timing)."""
     from core.affinity import score_subsets
+    from core.estimate import fitter
     from core.store import load_features
 
     feats, t_load = timed(lambda: {t: load_features(ws, t) for s in subsets for t in s})
-    e = cfg.estimator
-    runs = [
-        timed(lambda: score_subsets(feats, subsets, e.reg, e.max_norm, False))[1] for _ in range(3)
-    ]
+    fit = fitter(cfg)
+    runs = [timed(lambda: score_subsets(feats, subsets, fit, False))[1] for _ in range(3)]
     return {"wall_seconds": float(np.median(runs)), "load_seconds": t_load, "runs": runs}
 
 

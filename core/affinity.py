@@ -1,7 +1,7 @@
 """Step 3: the task-affinity matrix, from first-order estimates on sampled subsets of tasks.
 
-For each sampled subset S the estimator fits one update ŵ_S on the union of S's train rows
-(`core.estimator.fit_update`) and scores every task i in S on its own val rows: the table has
+For each sampled subset S the configured estimator (`core.estimate.fitter`: the recipe's replay
+by default, or the paper's argmin) fits one update ŵ_S on the union of S's train rows and scores every task i in S on its own val rows: the table has
 one row per (subset, task in subset). Then
 
     T_ij = mean over subsets S ∋ i, j of z_i(S),   z_i(S) = (score_i(S) − mean_S' score_i(S'))
@@ -15,7 +15,7 @@ helps i, relative to i's other subsets.
 `compute_affinity(cfg, ws)` is the pipeline step; its files (all written atomically):
   estimates/subsets.json   the sampled subsets and the settings that drew them
   estimates/results.csv    the per-subset table (the evidence behind T)
-  affinity.json            {"tasks", "affinity", "metric", "subsets", "reg", "max_norm",
+  affinity.json            {"tasks", "affinity", "metric", "subsets", "method", "reg", "max_norm",
                             "target", "counts", "base", "single", "fingerprint", ...}
 """
 
@@ -31,15 +31,9 @@ from math import comb
 import numpy as np
 import pandas as pd
 
+from core import estimate
 from core.errors import ConfigError, GroupTuneError
-from core.estimator import (
-    check_features,
-    check_same_k,
-    fit_arrays,
-    fit_update,
-    predict,
-    train_arrays,
-)
+from core.estimator import check_features, check_same_k, predict
 from core.io import write_json, write_text
 from core.progress import track
 
@@ -128,12 +122,11 @@ def _features_for(features_by_task: dict, subset) -> list:
 def score_subsets(
     features_by_task: dict,
     subsets: list,
-    reg: float | None,
-    max_norm: float | None,
+    fit: estimate.Fitter,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Fit one update per subset and score its member tasks: a DataFrame with COLUMNS,
-    one row per (subset, task in subset), subset_id = position in `subsets`."""
+    """Fit one update per subset (`fit`, core.estimate) and score its member tasks: a
+    DataFrame with COLUMNS, one row per (subset, task in subset), subset_id = position."""
     feats_of = [_features_for(features_by_task, subset) for subset in subsets]
     used = {t: features_by_task[t] for subset in subsets for t in subset}
     check_same_k(list(used.values()), list(used))
@@ -143,17 +136,17 @@ def score_subsets(
     bar = track(len(subsets), "affinity", unit="subset") if progress else nullcontext()
     with bar:
         for sid, (subset, feats) in enumerate(zip(subsets, feats_of, strict=True)):
-            fit = fit_arrays(*train_arrays(feats), reg, max_norm)
+            result = fit(feats)
             for name, tf in zip(subset, feats, strict=True):
-                scores = predict(tf, fit.w)
+                scores = predict(tf, result.w)
                 rows.append(
                     {
                         "subset_id": sid,
                         "subset": SEP.join(subset),
                         "task": name,
                         **scores,
-                        "reg": fit.reg,
-                        "norm": fit.norm,
+                        "reg": result.reg,
+                        "norm": result.norm,
                     }
                 )
             if progress:
@@ -231,9 +224,8 @@ class TaskAffinity:
             self.subsets_ = all_pairs(names)
         else:
             self.subsets_ = sample_subsets(names, self.subsets, self.subset_size, self.random_state)
-        self.table_ = score_subsets(
-            features_by_task, self.subsets_, self.reg, self.max_norm, progress
-        )
+        fit = estimate.argmin_fitter(self.reg, self.max_norm)
+        self.table_ = score_subsets(features_by_task, self.subsets_, fit, progress)
         self.names_ = names
         self.affinity_matrix_ = affinity_matrix(self.table_, names, self.metric)
         self.cooccurrence_ = cooccurrence(self.table_, names)
@@ -276,18 +268,19 @@ def _load_subsets(ws, settings: dict) -> list[tuple]:
     return subsets
 
 
-def _task_summaries(features_by_task: dict, reg, max_norm) -> tuple[dict, dict]:
+def _task_summaries(features_by_task: dict, fit: estimate.Fitter) -> tuple[dict, dict]:
     """Per task: base (zero-shot, linearised at w = 0) and singleton ("task alone") estimates."""
     base, single = {}, {}
     for name, tf in features_by_task.items():
-        fit = fit_update([tf], reg, max_norm, names=[name])
-        s = predict(tf, fit.w)
+        check_features(tf, name)
+        result = fit([tf])
+        s = predict(tf, result.w)
         base[name] = {"loss": s["base_loss"], "accuracy": s["base_accuracy"]}
         single[name] = {
             "loss": s["loss"],
             "accuracy": s["accuracy"],
-            "reg": fit.reg,
-            "norm": fit.norm,
+            "reg": result.reg,
+            "norm": result.norm,
         }
     return base, single
 
@@ -301,6 +294,7 @@ def _result(names, table, metric, cfg, fingerprint, base, single, subsets) -> di
         "subsets": len(subsets),
         "subset_size": 2 if e.pairs else e.subset_size,
         "pairs": e.pairs,
+        "method": e.method,
         "reg": e.reg,
         "reg_range": [float(table["reg"].min()), float(table["reg"].max())],
         "max_norm": e.max_norm,
@@ -335,8 +329,7 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
     table_fp = _digest(
         {
             "settings": settings,
-            "reg": e.reg,
-            "max_norm": e.max_norm,
+            "estimator": estimate.settings(cfg),
             "target": cfg.features.target,
             "meta": {n: getattr(tf, "meta", {}) for n, tf in features.items()},
         }
@@ -350,8 +343,9 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
     if old and old.get("fingerprint", {}).get("table") == table_fp and results_csv.exists():
         table, base, single = pd.read_csv(results_csv), old["base"], old["single"]
     else:
-        table = score_subsets(features, subsets, e.reg, e.max_norm, progress)
-        base, single = _task_summaries(features, e.reg, e.max_norm)
+        fit = estimate.fitter(cfg)
+        table = score_subsets(features, subsets, fit, progress)
+        base, single = _task_summaries(features, fit)
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         write_text(results_csv, buf.getvalue())

@@ -307,6 +307,7 @@ def train_subset_cmd(
     config: Path | None = ConfigOpt,
     workspace: Path | None = WorkspaceOpt,
     task: list[str] = typer.Option(..., "--task", help="A task of the subset (repeat)."),
+    seed: int | None = typer.Option(None, "--seed", help="Training seed (default: config's)."),
     as_json: bool = JsonOpt,
 ):
     """Fine-tune one adapter on a subset of tasks for real (resumes from its checkpoint)."""
@@ -314,7 +315,7 @@ def train_subset_cmd(
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
-    record = train_subset(cfg, ws, task)
+    record = train_subset(cfg, ws, task, seed=seed)
     result = {k: record.get(k) for k in ("name", "tasks", "best_epoch", "val_metrics")}
     _emit(result, as_json)
 
@@ -324,26 +325,37 @@ def validate_estimate_cmd(
     config: Path | None = ConfigOpt,
     workspace: Path | None = WorkspaceOpt,
     subsets: int = typer.Option(3, "--subsets", help="How many estimated subsets to fine-tune."),
+    seeds: int = typer.Option(
+        2, "--seeds", help="Training seeds per subset (a second one measures the noise ceiling)."
+    ),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="One background job per subset."),
     as_json: bool = JsonOpt,
 ):
-    """Fine-tune the first N estimated subsets for real; compare with the estimates."""
+    """Fine-tune N estimated subsets (spread over the tasks) for real; compare with the
+    estimates, within each task, against the noise ceiling of a second training seed."""
     from core.validation import validate_estimate
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
-    result = validate_estimate(cfg, ws, subsets, jobs=jobs)
+    result = validate_estimate(cfg, ws, subsets, jobs=jobs, n_seeds=seeds)
     _emit(result, as_json, _validation_text(result))
 
 
 def _validation_text(result: dict) -> str:
     s, v = result["summary"], result["verdict"]
-    corr = s["loss_correlation"]
+
+    def num(key, spec=".2f"):
+        return "-" if s.get(key) is None else format(s[key], spec)
+
     lines = [
         f"{s['n_subsets']} subsets, {s['n_points']} (subset, task) points",
         f"mean relative val-loss error   {s['mean_loss_rel_error']:.1%}",
         f"mean abs val-accuracy error    {s['mean_accuracy_abs_error']:.3f}",
-        f"predicted vs real loss corr.   {'-' if corr is None else f'{corr:.2f}'}",
+        f"predicted vs real loss corr.   {num('loss_correlation')}",
+        f"within-task loss corr.         {num('within_task_corr_loss')} "
+        f"(seed vs seed: {num('noise_ceiling_corr_loss')})",
+        f"same-task order agreement      {num('order_agreement', '.0%')} "
+        f"(seed vs seed: {num('noise_ceiling_order_agreement', '.0%')})",
         f"largest relative weight change {s['max_weight_change']:.3%}",
         f"largest relative change of A   {s['max_a_change']:.2%}",
         "linear regime: " + ("looks fine" if v["linear_regime"] else "looks broken"),

@@ -85,8 +85,12 @@ class FeaturesConfig(_Section):
         description="h = log-odds of the gold answer among the task's answer words (choices) "
         "or over the full vocabulary (vocab, as in the paper).",
     )
-    projection: Literal["countsketch", "rademacher"] = Field("countsketch")
-    k: int = Field(400, ge=1, description="Projected dimension.")
+    projection: Literal["countsketch", "rademacher", "identity"] = Field(
+        "countsketch",
+        description="JL sketch of the B-gradients (countsketch, rademacher) or none (identity: "
+        "k = D, exact; needed for the estimator's Adam replay to be Adam on the real weights).",
+    )
+    k: int = Field(400, ge=1, description="Projected dimension (ignored by identity: k = D).")
     seed: int = Field(
         0, description="Projection seed (the projection is regenerated, never stored)."
     )
@@ -94,6 +98,12 @@ class FeaturesConfig(_Section):
 
 
 class EstimatorConfig(_Section):
+    method: Literal["replay", "argmin"] = Field(
+        "replay",
+        description="replay: the training recipe (batches, AdamW, lr curve, epochs, best-epoch "
+        "rule) replayed on the linearised model (core.replay; bench/agreement.py); argmin: the "
+        "paper's regularised fit with a trust region (reg, max_norm).",
+    )
     reg: float | None = Field(
         None,
         gt=0,
@@ -102,9 +112,7 @@ class EstimatorConfig(_Section):
     max_norm: float = Field(
         0.1,
         gt=0,
-        description="Trust region: the fitted update's norm ‖w‖ is capped at this value. 0.1 "
-        "keeps the first-order error of the predicted change in h under ~4% on SmolLM2 "
-        "(bench/results/approximation.json); 1.0 gave 14-46%.",
+        description="argmin only: the fitted update's norm ‖w‖ is capped at this value.",
     )
     subsets: int = Field(30, ge=1, description="K: number of sampled subsets.")
     subset_size: int = Field(3, ge=2, description="Tasks per sampled subset.")
@@ -124,6 +132,16 @@ class GroupingConfig(_Section):
 class TrainingConfig(_Section):
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-4, gt=0)
+    loss: Literal["choices", "vocab"] = Field(
+        "choices",
+        description="Cross-entropy of the gold answer over the task's answer words (choices: "
+        "what the features and the estimator model) or over the full vocabulary (vocab).",
+    )
+    freeze_a: bool = Field(
+        True,
+        description="Keep the LoRA A matrices at their seeded init and train B only (LoRA-FA): "
+        "the estimator's model family. False trains A too (plain LoRA).",
+    )
     batch_size: int = Field(8, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0)
@@ -170,6 +188,16 @@ class ExperimentConfig(_Section):
             if t.name in seen:
                 raise ValueError(f"duplicate task name {t.name!r} (tasks[{i}])")
             seen.add(t.name)
+        return self
+
+    @model_validator(mode="after")
+    def _replay_objective(self):
+        if self.estimator.method == "replay" and self.features.target != self.training.loss:
+            raise ValueError(
+                f"estimator.method 'replay' replays the training loss on the features, so "
+                f"features.target ({self.features.target!r}) must equal training.loss "
+                f"({self.training.loss!r})"
+            )
         return self
 
     @property

@@ -8,7 +8,8 @@ Methods, from exact-ish to cheap:
 - Trivial baselines: m = 1 (one adapter for all tasks) and m = n (one adapter per task).
 
 `sweep` scores every m and method with the estimator's what-if `predict(groups)`, and
-`recommend_m` picks the smallest m whose predicted accuracy is near the best.
+`recommend_m` picks the smallest m whose predicted accuracy is within the estimate's own
+uncertainty (`prediction_uncertainty`) of the best.
 Groups are lists of task names; labels are int arrays numbered 0..m-1 by first appearance.
 """
 
@@ -480,25 +481,51 @@ def sweep(
     return entries
 
 
-def recommend_m(sweep_entries: Sequence[dict], tolerance: float = 0.005) -> tuple[int, str, str]:
+def recommend_m(
+    sweep_entries: Sequence[dict], tolerance: float = 0.005, uncertainty: float | None = None
+) -> tuple[int, str, str]:
     """Pick (m, method, reason) from `sweep` output.
 
-    Rule: among entries whose predicted mean accuracy is within `tolerance` (absolute, in
-    accuracy units) of the best entry's, take the smallest m, since every group is one more
-    adapter to train and serve. Ties at that m go to the lower predicted mean loss, then to the
-    earlier entry (sweep order: the first method listed).
+    Rule: among entries whose predicted mean accuracy is within max(`tolerance`, 2 ·
+    `uncertainty`) of the best entry's (absolute, in accuracy units), take the smallest m,
+    since every group is one more adapter to train and serve. `uncertainty` is one standard
+    error of a predicted mean accuracy (`prediction_uncertainty`): differences smaller than
+    twice that are not told apart. Ties at that m go to the lower predicted mean loss, then to
+    the earlier entry (sweep order: the first method listed).
     """
     entries = list(sweep_entries)
     if not entries:
         raise GroupingError("recommend_m needs at least one sweep entry")
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise GroupingError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if uncertainty is not None and not (np.isfinite(uncertainty) and uncertainty >= 0):
+        raise GroupingError(f"uncertainty must be a finite number >= 0, got {uncertainty!r}")
+    band = max(tolerance, 2.0 * (uncertainty or 0.0))
     best = max(entries, key=lambda e: e["mean_accuracy"])
-    near = [e for e in entries if e["mean_accuracy"] >= best["mean_accuracy"] - tolerance]
+    near = [e for e in entries if e["mean_accuracy"] >= best["mean_accuracy"] - band]
     pick = min(near, key=lambda e: (e["m"], e["mean_loss"]))  # min() keeps the first of ties
+    alike = sorted({e["m"] for e in near})
+    why = f"{tolerance:g}" if band == tolerance else f"2 x {uncertainty:.4f} (its uncertainty)"
     reason = (
         f"m={pick['m']} ({pick['method']}) predicts mean accuracy {pick['mean_accuracy']:.4f}, "
-        f"within {tolerance:g} of the best {best['mean_accuracy']:.4f} "
-        f"(m={best['m']}, {best['method']}); it is the fewest groups (adapters) that close"
+        f"within {why} of the best {best['mean_accuracy']:.4f} (m={best['m']}, "
+        f"{best['method']}); it is the fewest groups (adapters) that close. The estimate cannot "
+        f"tell apart m in {alike}"
     )
     return pick["m"], pick["method"], reason
+
+
+def prediction_uncertainty(entry: dict, val_rows: dict, point_error: float | None = None):
+    """One standard error of an entry's predicted mean accuracy over its n tasks.
+
+    From the real fine-tunes of validate-estimate when there are some (`point_error`: the
+    root-mean-square of predicted − real accuracy per (subset, task); errors of the tasks taken
+    as independent: point_error / sqrt(n)); else the sampling error of accuracies measured on
+    `val_rows[task]` rows, sqrt(Σ p(1 − p) / rows) / n. Returns a float.
+    """
+    pred = entry["predicted"]
+    n = len(pred)
+    if point_error is not None:
+        return float(point_error / np.sqrt(n))
+    var = sum(p["accuracy"] * (1 - p["accuracy"]) / max(1, val_rows[t]) for t, p in pred.items())
+    return float(np.sqrt(var) / n)

@@ -90,17 +90,38 @@ def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -
     entries = sweep(cfg, ws)
     method = method or cfg.grouping.method
     m = m or cfg.grouping.m
-    reason = "chosen by the user"
+    reason, uncertainty = "chosen by the user", None
     if m is None:
-        m, method, reason = grouping.recommend_m([e for e in entries if e["method"] == method])
+        mine = [e for e in entries if e["method"] == method]
+        best = max(mine, key=lambda e: e["mean_accuracy"])
+        uncertainty = grouping.prediction_uncertainty(best, *_uncertainty_inputs(cfg, ws))
+        m, method, reason = grouping.recommend_m(mine, uncertainty=uncertainty)
     n = len(entries[0]["predicted"])
     if not 1 <= m <= n:
         raise GroupTuneError(f"m must be between 1 and {n} (the number of tasks), got {m}")
     entry = next(e for e in entries if e["m"] == m and e["method"] == method)
-    chosen = {**entry, "reason": reason, "source": "sweep"}
+    chosen = {**entry, "reason": reason, "source": "sweep", "uncertainty": uncertainty}
     ws.write(chosen, "groupings", "chosen.json")
     ws.write(chosen, "groupings", f"m{m}.json")
     return chosen
+
+
+def _uncertainty_inputs(cfg, ws: Workspace) -> tuple[dict, float | None]:
+    """(val rows per task, RMS accuracy error of the last validate-estimate or None)."""
+    import numpy as np
+
+    from core.tasks import load_tasks
+
+    rows = {t.name: len(t.rows("val")) for t in load_tasks(cfg)}
+    checked = ws.read("validation.json") or {}
+    points = checked.get("rows") or []
+    fresh = checked.get("affinity_fingerprint") == (ws.read("affinity.json") or {}).get(
+        "fingerprint"
+    )
+    if not points or not fresh:
+        return rows, None
+    errors = [p["predicted_accuracy"] - p["real_accuracy"] for p in points]
+    return rows, float(np.sqrt(np.mean(np.square(errors))))
 
 
 def edit_groups(cfg, ws: Workspace, groups: list[list[str]]) -> dict:

@@ -11,6 +11,10 @@ Kinds:
     ±1, so Π[j, b(j)] = s(j) and every other entry is 0. Applying it is one `index_add_` per
     block: O(D) work for any k.
   * "rademacher": Π[j, b] = ±1/sqrt(k), i.i.d. O(D k) work, generated in row chunks.
+  * "identity": no projection, k = D (features.k is ignored). Exact, and the only kind under
+    which an Adam replay of the training recipe in feature space is Adam on the real B
+    coordinates (Adam's per-coordinate scaling does not pass through a sketch); costs k = D
+    floats per row, so it suits adapters of up to ~10^5 B entries (top layers, small r).
 
 Each block (and each chunk of a block) has its own generator, seeded from (seed, kind, block,
 chunk) through numpy's SeedSequence, so a block's matrix is the same whichever block is asked
@@ -26,7 +30,7 @@ import torch
 
 from core.errors import ConfigError
 
-KINDS = ("countsketch", "rademacher")
+KINDS = ("countsketch", "rademacher", "identity")
 FORMAT_VERSION = 1
 _CHUNK_ENTRIES = 1 << 22  # rows x k entries generated per chunk of a Rademacher block (16 MiB)
 
@@ -194,12 +198,30 @@ class Rademacher(Projector):
         return torch.cat([self._chunk(i, c, w.device) @ w for c, _ in self._chunks(i)])
 
 
+class Identity(Projector):
+    """No projection: Π is the D x D identity, so g̃ = g and Π w = w (k is always D)."""
+
+    kind = "identity"
+
+    def __init__(self, dims: list[int], k: int | None = None, seed: int = 0, **kwargs):
+        super().__init__(dims, int(sum(int(d) for d in dims)), seed, **kwargs)
+
+    def project_block(self, i: int, grads: torch.Tensor) -> torch.Tensor:
+        self._check_block(i, grads.shape[-1])
+        out = torch.zeros(grads.shape[0], self.k, dtype=torch.float32, device=grads.device)
+        out[:, self.offsets[i] : self.offsets[i + 1]] = grads.float()
+        return out
+
+    def lift_block(self, i: int, w: torch.Tensor) -> torch.Tensor:
+        return w[self.offsets[i] : self.offsets[i + 1]].float()
+
+
 def make_projector(kind: str, dims: list[int], k: int, seed: int = 0, **kwargs) -> Projector:
     """The projection of `kind` for LoRA-B blocks of sizes `dims` (lora_b_parameters order).
 
-    Raises ConfigError naming features.k when k > D = sum(dims).
+    Raises ConfigError naming features.k when k > D = sum(dims) (identity: k is D).
     """
-    classes = {"countsketch": CountSketch, "rademacher": Rademacher}
+    classes = {"countsketch": CountSketch, "rademacher": Rademacher, "identity": Identity}
     if kind not in classes:
         raise ConfigError(f"field 'features.projection': {kind!r} is not one of {', '.join(KINDS)}")
     return classes[kind](dims, k, seed, **kwargs)

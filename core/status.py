@@ -701,7 +701,8 @@ def affinity_view(ws: Workspace) -> dict | None:
     order = clustered_order(aff["affinity"], names, groups)
     T = pd.DataFrame(aff["affinity"], index=names, columns=names).loc[order, order]
     counts = pd.DataFrame(aff.get("counts") or 0, index=names, columns=names).loc[order, order]
-    keys = ("metric", "subsets", "subset_size", "pairs", "reg", "reg_range", "max_norm", "target")
+    keys = ("metric", "subsets", "subset_size", "pairs", "method", "reg", "reg_range", "max_norm")
+    keys += ("target",)
     return {
         "order": order,
         "T": T,
@@ -745,14 +746,16 @@ def estimator_settings(cfg: ExperimentConfig, view: dict | None) -> pd.DataFrame
     """The estimator's settings: as configured, and as affinity.json was made with."""
     made = (view or {}).get("settings", {})
     e = cfg.estimator
+    k = "D (identity)" if cfg.features.projection == "identity" else cfg.features.k
     rows = [
-        ("projection dim k", cfg.features.k, None),
+        ("estimator", e.method, made.get("method")),
+        ("projection dim k", k, None),
         ("subsets K", e.subsets, made.get("subsets")),
         ("subset size", e.subset_size, made.get("subset_size")),
         ("all pairs", e.pairs, made.get("pairs")),
-        ("λ (L2; empty = calibrated)", e.reg, made.get("reg")),
-        ("λ used (range)", None, made.get("reg_range")),
-        ("max update norm", e.max_norm, made.get("max_norm")),
+        ("argmin: λ (L2; empty = calibrated)", e.reg, made.get("reg")),
+        ("argmin: λ used (range)", None, made.get("reg_range")),
+        ("argmin: max update norm", e.max_norm, made.get("max_norm")),
         ("metric", e.metric, made.get("metric")),
         ("target", cfg.features.target, made.get("target")),
     ]

@@ -102,7 +102,7 @@ def store_key(cfg, task, model: dict | None = None) -> dict:
         "projection": {
             "kind": cfg.features.projection,
             "seed": cfg.features.seed,
-            "k": cfg.features.k,
+            "k": None if cfg.features.projection == "identity" else cfg.features.k,
         },
     }
 

@@ -4,8 +4,10 @@
 adapters are `group-<i>`; the single-QLoRA baseline is `train_adapter(cfg, ws, "baseline", all)`.
 
 Recipe: task-homogeneous mini-batches of `training.batch_size`, shuffled across tasks with an
-order that depends only on (seed, epoch); loss = cross-entropy of the gold answer token at the
-answer position over the full vocabulary; AdamW (paged AdamW from bitsandbytes on CUDA with a
+order that depends only on (seed, epoch); loss = cross-entropy of the gold answer at the answer
+position, over the task's answer words (training.loss "choices", the features' own target) or
+the full vocabulary ("vocab"); with training.freeze_a (default) every A stays at its seeded
+init and only B trains (LoRA-FA), so the fine-tune stays in the estimator's model family; AdamW (paged AdamW from bitsandbytes on CUDA with a
 quantized base), linear warmup over the first 10% of an epoch's steps then a constant lr,
 gradient norm clipped at 1; validation on every task after each epoch; the epoch with the best
 mean val accuracy (ties: lower mean val NLL) is kept.
@@ -50,12 +52,11 @@ from core.flops import (
 from core.io import read_json, write_json
 from core.progress import log_metrics, track
 from core.prompts import Encoded, encode_split
+from core.recipe import GRAD_CLIP, epoch_plan, is_better, lr_at
 from core.scoring import model_device
 from core.tasks import Task, load_tasks
 
 CHECKPOINT = "checkpoint"
-GRAD_CLIP = 1.0
-WARMUP_FRACTION = 0.1  # of one epoch's steps; independent of the number of epochs
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 
 
@@ -131,41 +132,28 @@ def check_train_data(name: str, train: list[Encoded]) -> None:
             )
 
 
-def epoch_plan(train: list[Encoded], tcfg, epoch: int) -> list[tuple[int, np.ndarray]]:
-    """One epoch's batches as (task index, row indices): task-homogeneous, shuffled across tasks.
-
-    The order depends only on (training.seed, epoch); at most max_steps_per_epoch batches.
-    """
-    rng = np.random.default_rng([tcfg.seed, epoch])
-    plan = []
-    for t, enc in enumerate(train):
-        order = rng.permutation(len(enc))
-        plan += [(t, order[i : i + tcfg.batch_size]) for i in range(0, len(enc), tcfg.batch_size)]
-    plan = [plan[i] for i in rng.permutation(len(plan))]
-    return plan[: tcfg.max_steps_per_epoch] if tcfg.max_steps_per_epoch else plan
-
-
-def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch.Tensor]:
-    """Left-padded inputs (answer position last) and the gold answer token ids, (B,)."""
+def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch.Tensor, list]:
+    """Left-padded inputs (answer position last), the gold targets (B,) and the answer-word
+    ids the loss normalises over (None: the full vocabulary). Targets are indices into the
+    answer words with training.loss "choices", vocabulary token ids with "vocab"."""
     enc = run.train[task_index]
     device = model_device(run.model)
     batch = prefix.model_inputs(run.model, enc, rows, run.tokenizer.pad_token_id, device)
+    if run.cfg.training.loss == "choices":
+        return batch, torch.as_tensor(enc.gold[rows], device=device), list(enc.choice_ids)
     targets = torch.tensor([enc.choice_ids[g] for g in enc.gold[rows]], device=device)
-    return batch, targets
+    return batch, targets, None
 
 
 # --- the loop -------------------------------------------------------------------------------
 
 
-def lr_at(step: int, tcfg, steps_per_epoch: int) -> float:
-    """Linear warmup, then constant: the same lr curve however many epochs are asked for."""
-    warmup = max(1, int(WARMUP_FRACTION * steps_per_epoch))
-    return tcfg.lr * min(1.0, (step + 1) / warmup)
-
-
-def answer_loss(model, batch: dict, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the gold answer token (full vocabulary) at the answer position."""
+def answer_loss(model, batch: dict, targets: torch.Tensor, choices=None) -> torch.Tensor:
+    """Mean cross-entropy of the gold answer at the answer position: over the task's answer
+    words (`choices`: their token ids; targets index them) or over the full vocabulary."""
     logits = model(**batch, logits_to_keep=1).logits[:, -1].float()  # (B, vocab)
+    if choices is not None:
+        logits = logits[:, choices]
     return F.cross_entropy(logits, targets)
 
 
@@ -188,8 +176,8 @@ def fit(run: Run, state: TrainState) -> TrainState:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 # -- forward/backward
-                batch, targets = make_batch(run, t, rows)
-                loss = answer_loss(model, batch, targets)
+                batch, targets, choices = make_batch(run, t, rows)
+                loss = answer_loss(model, batch, targets, choices)
                 loss.backward()
                 # -- step
                 grad_norm = torch.nn.utils.clip_grad_norm_(_trainable(model), GRAD_CLIP)
@@ -225,10 +213,7 @@ def _validate(run: Run, state: TrainState, epoch: int) -> bool:
     val = evaluate_model(run.model, run.tokenizer, run.tasks, run.cfg, split="val")
     state.val_passes += 1
     acc, nll = val["mean"]["accuracy"], val["mean"]["nll"]
-    best = state.best_val["mean"] if state.best_val else None
-    new_best = (
-        best is None or acc > best["accuracy"] or (acc == best["accuracy"] and nll < best["nll"])
-    )
+    new_best = is_better(val["mean"], state.best_val["mean"] if state.best_val else None)
     if new_best:
         state.best_epoch, state.best_val = epoch + 1, val
     state.history.append({"epoch": epoch + 1, "mean_accuracy": acc, "mean_nll": nll})
@@ -419,6 +404,13 @@ def run_fingerprint(cfg, model, tasks: list[Task]) -> dict:
     }
 
 
+def freeze_lora_a(model) -> None:
+    """Keep every A at its seeded init (LoRA-FA): only B trains, as the estimator assumes."""
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            p.requires_grad_(False)
+
+
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     """AdamW over the adapter's weights; bitsandbytes' paged AdamW on CUDA with a quantized base
     (the QLoRA recipe), torch's AdamW otherwise."""
@@ -444,6 +436,8 @@ def _setup(cfg, ws, name: str, task_names: list[str]) -> Run:
     tasks = select_tasks(cfg, task_names)
     model, tokenizer = load_model(cfg.model)
     model = attach_adapter(model, cfg.adapter)
+    if cfg.training.freeze_a:
+        freeze_lora_a(model)
     prefix.attach(model, cfg, ws)
     train = [encode_split(tokenizer, t, "train", cfg.data.max_tokens) for t in tasks]
     check_train_data(name, train)
@@ -561,8 +555,8 @@ def _flop_rates(run: Run) -> dict:
     """FLOPs per padded token of a training step and of a validation forward, measured on the
     first batch of epoch 1 (the same batch however the run was resumed)."""
     t, rows = epoch_plan(run.train, run.cfg.training, 0)[0]
-    batch, targets = make_batch(run, t, rows)
-    train = count_flops(run.model, batch, True, lambda m, b: answer_loss(m, b, targets))
+    batch, targets, choices = make_batch(run, t, rows)
+    train = count_flops(run.model, batch, True, lambda m, b: answer_loss(m, b, targets, choices))
     val = count_flops(run.model, batch, False)
     return {"train": train.per_token, "val": val.per_token, "method": train.method}
 

@@ -1,6 +1,6 @@
-"""The dashboard's view of <ws>/validation.json (core.validation): read, plot, launch.
+"""The dashboard's view of <ws>/validation.json (core.validation): read, judge, plot, launch.
 
-Imports no torch: the Affinity page's trust panel uses it. The launch is the CLI twin
+Imports no torch: the Affinity page's trust panel and the Groups page use it. The launch is the CLI twin
 `grouptune validate-estimate --subsets N --workspace WS`, as a driver job (resources
 {"slots": 0}: it only waits on the one training job per subset it submits).
 """
@@ -11,7 +11,55 @@ import pandas as pd
 
 from core.errors import GroupTuneError
 from core.validation import DEFAULT_SUBSETS as DEFAULT_SUBSETS  # the page's default N
-from core.validation import ROOT, estimated_subsets
+from core.validation import ROOT, config_rows, estimated_subsets
+
+# bench/results/agreement-*.json: with 100 train rows per task the estimate orders a task's
+# subsets about as well as a second training seed does; with 48 it is closer to chance.
+MIN_TRAIN_ROWS = 100
+GOOD_GAP = 0.05  # order agreement within this of the noise ceiling: as good as it gets
+CHANCE_BAND = 0.60  # below this the estimate's ordering is close to chance (0.5)
+
+
+def verdict_line(validation: dict | None) -> tuple[str, str]:
+    """(level, sentence) on how far this workspace's estimate can be trusted for grouping:
+    level "unchecked", "good", "partial" or "noise" (the page shows it as a colour)."""
+    if validation is None:
+        return "unchecked", (
+            "Not checked against real fine-tunes yet: the groupings rest on an untested estimate."
+        )
+    s = validation["summary"]
+    mine, ceiling = s.get("order_agreement"), s.get("noise_ceiling_order_agreement")
+    if mine is None:
+        return "unchecked", "The check has too few subsets per task to compare orderings."
+    against = "" if ceiling is None else f" (a second training seed: {ceiling:.0%})"
+    line = f"orders a task's subsets like the real fine-tunes in {mine:.0%} of pairs{against}"
+    if ceiling is not None and mine >= ceiling - GOOD_GAP:
+        return "good", f"The estimate {line}: as well as the fine-tunes agree with themselves."
+    if mine >= CHANCE_BAND:
+        return "partial", f"The estimate {line}: groupings are a guide, not a verdict."
+    return "noise", f"The estimate {line}, close to chance (50%): groupings rest on noise."
+
+
+def small_tasks(task_rows: dict) -> list[str]:
+    """Tasks with fewer train rows than the bench showed the estimate needs."""
+    return sorted(t for t, rows in task_rows.items() if rows.get("train", 0) < MIN_TRAIN_ROWS)
+
+
+def rows_warning(cfg) -> str | None:
+    """A sentence naming the tasks too small for a trustworthy estimate, or None."""
+    small = small_tasks(config_rows(cfg))
+    if not small:
+        return None
+    return (
+        f"{len(small)} task(s) have fewer than {MIN_TRAIN_ROWS} train rows ({', '.join(small)}). "
+        "With so few rows the estimate's within-task ordering was close to chance in "
+        "bench/agreement.py; raise data.max_train or add rows before trusting the groups."
+    )
+
+
+def number(value, spec: str = ".2f") -> str:
+    """A metric for display: '—' for None."""
+    return "—" if value is None else format(value, spec)
 
 
 def load_validation(ws) -> dict | None:
@@ -27,9 +75,9 @@ def available_subsets(ws) -> int:
         return 0
 
 
-def command(n: int) -> list[str]:
+def command(n: int, seeds: int = 2) -> list[str]:
     """The CLI twin of the dashboard's button (without --workspace)."""
-    return ["validate-estimate", "--subsets", str(int(n))]
+    return ["validate-estimate", "--subsets", str(int(n)), "--seeds", str(int(seeds))]
 
 
 def submit_validation(ws, n: int) -> int:

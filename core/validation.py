@@ -2,13 +2,18 @@
 
 The estimator (core.affinity, estimates/results.csv) predicts each task's val loss and accuracy
 after fine-tuning on a subset S, from first-order features. It assumes the update stays in the
-linear regime: A at its seeded init, B small. Here the first N subsets the estimator itself
-sampled (estimates/subsets.json, so each has a prediction) are fine-tuned for real with the
-group adapters' recipe (`core.training.train_adapter`, adapter `subset-<hash>`), and compared:
+linear regime: A at its seeded init, B small. Here N of the subsets the estimator itself
+sampled (estimates/subsets.json, so each has a prediction), picked so that every task appears
+about equally often, are fine-tuned for real with the group adapters' recipe
+(`core.training.train_adapter`, adapter `subset-<hash>`) and, for the noise ceiling, once more
+with the next training seed (`subset-<hash>-s<seed>`), and compared:
 
   per (subset, task)  loss_rel_error = |predicted − real| / real   (val loss; real = val nll)
                       accuracy_abs_error = |predicted − real|       (val accuracy)
-  summary             means of both, Pearson correlation of predicted vs real (3+ points)
+  summary             means of both, Pearson correlation of predicted vs real (3+ points),
+                      and what grouping depends on (core.agreement): within-task correlation
+                      of loss and accuracy, same-task order agreement, error of the loss drop;
+                      the same between the two real seeds is the noise ceiling
   per subset update   weight_change = ‖scaling·B·A‖_F / ‖W‖_F over the adapted matrices
                       a_change = ‖A − A0‖_F / ‖A0‖_F (A0: a fresh adapter with the config's seed)
 
@@ -18,12 +23,14 @@ prediction is a full-vocabulary cross-entropy and only accuracy is judged.
 
 Verdict: the linear regime looks broken when any check fails (THRESHOLDS):
   mean loss_rel_error > 10%  ·  a_change > 10% (largest subset)  ·  weight_change > 5% (largest;
-  the paper measures 0.1-0.2%)  ·  loss correlation < 0.5 (needs 3+ points and some spread).
+  the paper measures 0.1-0.2%)  ·  loss correlation < 0.5 (needs 3+ points and some spread)  ·
+  order agreement more than 0.10 below the noise ceiling (needs both seeds).
 
 N above the number of estimated subsets is clamped (the result keeps `requested`). A subset
 adapter made with another model or recipe is trained again (it only serves this check).
-CLI: `grouptune validate-estimate [--config C] --workspace WS --subsets N` submits one
-`grouptune train-subset --task T ...` job per subset, waits, then compares (`--no-jobs`: inline).
+CLI: `grouptune validate-estimate [--config C] --workspace WS --subsets N [--seeds 2]` submits
+one `grouptune train-subset --task T ... --seed S` job per subset and seed, waits, then compares
+(`--no-jobs`: inline).
 `validate_estimate(cfg, ws, n)` is the whole step; <ws>/validation.json (atomic) holds
 {"subsets", "rows", "summary", "verdict", "settings", "requested", "affinity_fingerprint",
 "created"}; core.trust is the dashboard's (torch-free) view of it.
@@ -47,20 +54,36 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "subset-"
 SEP = "+"  # as in estimates/results.csv (core.affinity.SEP)
 DEFAULT_SUBSETS = 3
+DEFAULT_SEEDS = 2  # the second seed measures the noise ceiling
 THRESHOLDS = {
     "loss_rel_error": 0.10,  # mean |pred − real| / real above this
     "a_change": 0.10,  # ‖A − A0‖ / ‖A0‖ of any subset above this: A did not stay fixed
     "weight_change": 0.05,  # ‖ΔW‖ / ‖W‖ of any subset above this: the update is not small
     "loss_correlation": 0.5,  # predicted vs real loss correlation below this
+    "order_gap": 0.10,  # order agreement this far below the noise ceiling
 }
 MIN_POINTS_FOR_CORRELATION = 3
 
 
 # --- which subsets ------------------------------------------------------------------------------
-def adapter_name(tasks) -> str:
-    """`subset-<8 hex>`: one name per set of tasks (order-free), always a safe folder name."""
+def adapter_name(tasks, seed: int | None = None) -> str:
+    """`subset-<8 hex>`: one name per set of tasks (order-free), always a safe folder name;
+    `subset-<8 hex>-s<seed>` for a fine-tune with another training seed than the config's."""
     digest = hashlib.sha256(SEP.join(sorted(tasks)).encode()).hexdigest()[:8]
-    return safe_name(PREFIX + digest, "adapter name")
+    suffix = "" if seed is None else f"-s{int(seed)}"
+    return safe_name(PREFIX + digest + suffix, "adapter name")
+
+
+def seeds_of(cfg, n_seeds: int) -> list[int]:
+    """The training seeds of a validation: the config's, then the next ones."""
+    if n_seeds < 1:
+        raise GroupTuneError(f"--seeds must be at least 1, got {n_seeds}")
+    return [cfg.training.seed + i for i in range(n_seeds)]
+
+
+def seeded(cfg, seed: int):
+    """cfg with training.seed = seed (adapter.seed, the features' expansion point, stays)."""
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": seed})})
 
 
 def _need(ws, *parts: str) -> Path:
@@ -84,13 +107,35 @@ def estimated_subsets(ws) -> list[tuple[str, ...]]:
     return [tuple(s) for s in subsets]
 
 
-def pick_subsets(ws, n: int, task_names=None) -> list[tuple[str, ...]]:
-    """The first n estimated subsets (deterministic; clamped to how many there are).
+def spread_pick(subsets: list, n: int) -> list:
+    """n of `subsets` such that every task appears about equally often: each pick is the
+    unpicked subset whose tasks were picked least (lowest maximum count, then lowest sum; ties
+    by position), so the check samples the estimates instead of the first task's."""
+    counts: dict[str, int] = {}
+    left, picked = list(subsets), []
+    while left and len(picked) < n:
+        best = min(
+            range(len(left)),
+            key=lambda i: (
+                max(counts.get(t, 0) for t in left[i]),
+                sum(counts.get(t, 0) for t in left[i]),
+                i,
+            ),
+        )
+        pick = left.pop(best)
+        picked.append(pick)
+        for t in pick:
+            counts[t] = counts.get(t, 0) + 1
+    return picked
 
-    With `task_names` (the config's), a subset naming another task is refused as stale."""
+
+def pick_subsets(ws, n: int, task_names=None) -> list[tuple[str, ...]]:
+    """n estimated subsets spread over the tasks (`spread_pick`; deterministic; clamped to how
+    many there are). With `task_names` (the config's), a subset naming another task is refused
+    as stale."""
     if n < 1:
         raise GroupTuneError(f"--subsets must be at least 1, got {n}")
-    subsets = estimated_subsets(ws)[:n]
+    subsets = spread_pick(estimated_subsets(ws), n)
     if task_names is not None:
         unknown = sorted({t for s in subsets for t in s} - set(task_names))
         if unknown:
@@ -107,31 +152,41 @@ def predictions(ws) -> pd.DataFrame:
 
 
 # --- real fine-tuning ---------------------------------------------------------------------------
-def train_subset(cfg, ws, tasks, progress: bool = True) -> dict:
-    """Fine-tune (or resume, or return the finished) adapter of one subset; its grouptune.json."""
+def _name(cfg, tasks, seed: int | None) -> str:
+    return adapter_name(tasks, None if seed in (None, cfg.training.seed) else seed)
+
+
+def train_subset(cfg, ws, tasks, progress: bool = True, seed: int | None = None) -> dict:
+    """Fine-tune (or resume, or return the finished) adapter of one subset with training seed
+    `seed` (None: the config's); its grouptune.json."""
     from core.training import train_adapter
 
-    name = adapter_name(tasks)
+    name = _name(cfg, tasks, seed)
+    run_cfg = cfg if seed is None else seeded(cfg, seed)
     try:
-        return train_adapter(cfg, ws, name, list(tasks), progress=progress)
+        return train_adapter(run_cfg, ws, name, list(tasks), progress=progress)
     except StaleError as err:  # made with another model or recipe: a check adapter is disposable
         print(f"{name}: {err}; training it again", file=sys.stderr)
-        return train_adapter(cfg, ws, name, list(tasks), progress=progress, restart=True)
+        return train_adapter(run_cfg, ws, name, list(tasks), progress=progress, restart=True)
 
 
-def train_argv(ws, tasks) -> list[str]:
+def train_argv(ws, tasks, seed: int | None = None) -> list[str]:
     """The `grouptune` command one training job runs."""
-    return ["train-subset", *[a for t in tasks for a in ("--task", t)], "--workspace", str(ws.root)]
+    argv = ["train-subset", *[a for t in tasks for a in ("--task", t)]]
+    argv += [] if seed is None else ["--seed", str(int(seed))]
+    return [*argv, "--workspace", str(ws.root)]
 
 
-def submit_training(ws, subsets, backend=None) -> list[int]:
-    """One background `grouptune train-subset` job per subset; their ids."""
+def submit_training(cfg, ws, subsets, seeds, backend=None) -> list[int]:
+    """One background `grouptune train-subset` job per subset and seed; their ids."""
     from core.jobs import submit
 
     ids = []
-    for tasks in subsets:
-        step = f"train:{adapter_name(tasks)}"
-        ids.append(submit(ws.root, step, step, train_argv(ws, tasks), backend=backend, cwd=ROOT))
+    for seed in seeds:
+        for tasks in subsets:
+            step = f"train:{_name(cfg, tasks, seed)}"
+            argv = train_argv(ws, tasks, seed)
+            ids.append(submit(ws.root, step, step, argv, backend=backend, cwd=ROOT))
     return ids
 
 
@@ -156,11 +211,12 @@ def wait_training(ws, ids: list[int], progress: bool = True) -> None:
         )
 
 
-def finished_record(ws, tasks) -> dict:
-    """grouptune.json of a subset's adapter; raises when it has not finished training."""
+def finished_record(ws, tasks, name: str | None = None) -> dict:
+    """grouptune.json of a subset's adapter (`name`: another seed's); raises when it has not
+    finished training."""
     from core.io import read_json
 
-    path = ws.adapter_dir(adapter_name(tasks)) / "grouptune.json"
+    path = ws.adapter_dir(name or adapter_name(tasks)) / "grouptune.json"
     if not path.is_file():
         raise GroupTuneError(
             f"{path} is missing: subset {list(tasks)} has not been fine-tuned yet "
@@ -211,8 +267,51 @@ def correlation(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def summarize(rows: list[dict], updates: list[dict]) -> dict:
-    """Error means, correlations, and the largest update of any subset."""
+def seed_rows(subsets, records: list[dict]) -> list[dict]:
+    """(subset, task) val loss and accuracy of another seed's fine-tunes."""
+    return [
+        {
+            "subset": SEP.join(tasks),
+            "task": task,
+            "loss": float(rec["val_metrics"][task]["nll"]),
+            "accuracy": float(rec["val_metrics"][task]["accuracy"]),
+        }
+        for tasks, rec in zip(subsets, records, strict=True)
+        for task in tasks
+    ]
+
+
+def grouping_measures(rows: list[dict], other_seed: list[dict] | None) -> dict:
+    """What grouping depends on (core.agreement), and the same between two real seeds."""
+    from core.agreement import agreement
+
+    df = pd.DataFrame(rows)
+    mine = agreement(df)
+    out = {k: mine[k] for k in AGREEMENT_KEYS}
+    out["noise_ceiling_order_agreement"] = out["noise_ceiling_corr_loss"] = None
+    out["noise_ceiling_corr_accuracy"] = None
+    if other_seed:
+        other = pd.DataFrame(other_seed).rename(
+            columns={"loss": "other_loss", "accuracy": "other_accuracy"}
+        )
+        ceiling = agreement(df.merge(other, on=["subset", "task"]), pred="other")
+        out["noise_ceiling_order_agreement"] = ceiling["order_agreement"]
+        out["noise_ceiling_corr_loss"] = ceiling["within_task_corr_loss"]
+        out["noise_ceiling_corr_accuracy"] = ceiling["within_task_corr_accuracy"]
+    return out
+
+
+AGREEMENT_KEYS = (
+    "within_task_corr_loss",
+    "within_task_corr_accuracy",
+    "order_agreement",
+    "drop_rel_error",
+)
+
+
+def summarize(rows: list[dict], updates: list[dict], other_seed: list[dict] | None = None) -> dict:
+    """Error means, correlations, within-task agreement and its noise ceiling, and the largest
+    update of any subset."""
     df = pd.DataFrame(rows)
     return {
         "n_subsets": len(updates),
@@ -225,6 +324,7 @@ def summarize(rows: list[dict], updates: list[dict]) -> dict:
         "mean_real_loss_drop": float((df["base_loss"] - df["real_loss"]).mean()),
         "max_weight_change": max(u["weight_change"] for u in updates),
         "max_a_change": max(u["a_change"] for u in updates),
+        **grouping_measures(rows, other_seed),
     }
 
 
@@ -236,6 +336,7 @@ def verdict(summary: dict, loss_comparable: bool = True) -> dict:
         "a_change": summary["max_a_change"],
         "weight_change": summary["max_weight_change"],
         "loss_correlation": summary["loss_correlation"] if loss_comparable else None,
+        "order_gap": _order_gap(summary) if loss_comparable else None,
     }
     checks, reasons = {}, []
     for name, value in values.items():
@@ -245,6 +346,11 @@ def verdict(summary: dict, loss_comparable: bool = True) -> dict:
         if ok is False:
             reasons.append(_REASONS[name].format(value=value, limit=limit))
     return {"linear_regime": not reasons, "reasons": reasons, "checks": checks}
+
+
+def _order_gap(summary: dict) -> float | None:
+    mine, ceiling = summary.get("order_agreement"), summary.get("noise_ceiling_order_agreement")
+    return None if mine is None or ceiling is None else ceiling - mine
 
 
 def _passes(name: str, value: float, limit: float) -> bool:
@@ -258,6 +364,8 @@ _REASONS = {
     "weight_change": "a real update changes the adapted weights by {value:.2%} (limit "
     "{limit:.0%}); the estimator assumes a small update",
     "loss_correlation": "predicted and real losses correlate at {value:.2f} (limit {limit})",
+    "order_gap": "the estimate orders a task's subsets {value:.0%} less often like the real "
+    "fine-tunes than a second training seed does (limit {limit:.0%}): groupings rest on noise",
 }
 
 
@@ -327,11 +435,25 @@ def _rss(values: list[float]) -> float:
 
 
 # --- the step -----------------------------------------------------------------------------------
-def compare(cfg, ws, subsets, requested: int | None = None) -> dict:
-    """Compare the finished subset adapters with their predictions; write validation.json."""
+def config_rows(cfg) -> dict:
+    """{task: {"train": n, "val": n}} as the config caps them (what the estimate rests on)."""
+    from core.tasks import load_tasks
+
+    return {t.name: {s: len(t.rows(s)) for s in ("train", "val")} for t in load_tasks(cfg)}
+
+
+def compare(cfg, ws, subsets, requested: int | None = None, seeds=None) -> dict:
+    """Compare the finished subset adapters with their predictions; write validation.json.
+    `seeds`: the training seeds fine-tuned (default the config's); the second one gives the
+    noise ceiling."""
+    seeds = list(seeds or [cfg.training.seed])
     table = predictions(ws)
     records = [finished_record(ws, tasks) for tasks in subsets]
     rows = compare_rows(subsets, records, table)
+    other = None
+    if len(seeds) > 1:
+        others = [finished_record(ws, t, _name(cfg, t, seeds[1])) for t in subsets]
+        other = seed_rows(subsets, others)
     expansion = expansion_point(cfg)
     updates = []
     for tasks, record in zip(subsets, records, strict=True):
@@ -349,7 +471,7 @@ def compare(cfg, ws, subsets, requested: int | None = None) -> dict:
                 **change,
             }
         )
-    summary = summarize(rows, updates)
+    summary = summarize(rows, updates, other)
     comparable = cfg.features.target == "choices"
     result = {
         "subsets": updates,
@@ -360,9 +482,13 @@ def compare(cfg, ws, subsets, requested: int | None = None) -> dict:
             "target": cfg.features.target,
             "loss_comparable": comparable,
             "thresholds": THRESHOLDS,
+            "method": cfg.estimator.method,
             "reg": cfg.estimator.reg,
             "max_norm": cfg.estimator.max_norm,
+            "seeds": seeds,
+            "task_rows": config_rows(cfg),
         },
+        "other_seed_rows": other,
         "requested": requested if requested is not None else len(subsets),
         "affinity_fingerprint": (ws.read("affinity.json") or {}).get("fingerprint"),
         "created": time.time(),
@@ -372,17 +498,26 @@ def compare(cfg, ws, subsets, requested: int | None = None) -> dict:
 
 
 def validate_estimate(
-    cfg, ws, n: int = DEFAULT_SUBSETS, jobs: bool = True, progress: bool = True, backend=None
+    cfg,
+    ws,
+    n: int = DEFAULT_SUBSETS,
+    jobs: bool = True,
+    progress: bool = True,
+    backend=None,
+    n_seeds: int = DEFAULT_SEEDS,
 ) -> dict:
-    """The whole step: pick n subsets, fine-tune each (one background job each, or inline with
-    jobs=False), compare, write validation.json; return it. Rerunning resumes the fine-tunes."""
+    """The whole step: pick n subsets, fine-tune each with n_seeds training seeds (one
+    background job each, or inline with jobs=False), compare, write validation.json; return
+    it. Rerunning resumes the fine-tunes."""
     subsets = pick_subsets(ws, n, cfg.task_names)
+    seeds = seeds_of(cfg, n_seeds)
     predictions(ws)  # fail before any training when the predictions are missing
     if len(subsets) < n and progress:
         print(f"only {len(subsets)} estimated subsets: validating all of them", file=sys.stderr)
     if jobs:
-        wait_training(ws, submit_training(ws, subsets, backend), progress)
+        wait_training(ws, submit_training(cfg, ws, subsets, seeds, backend), progress)
     else:
-        for tasks in subsets:
-            train_subset(cfg, ws, tasks, progress)
-    return compare(cfg, ws, subsets, requested=n)
+        for seed in seeds:
+            for tasks in subsets:
+                train_subset(cfg, ws, tasks, progress, seed)
+    return compare(cfg, ws, subsets, requested=n, seeds=seeds)

@@ -1,30 +1,24 @@
 """What-if: the estimated effect of any partition of the tasks into groups, in milliseconds.
 
 For a partition (a list of groups of task names) one update ŵ_G is fitted per group on the
-union of its tasks' train rows (`core.estimator`, same objective and trust region as the
-affinity step), and every member task is scored on its own val rows with the linearised
+union of its tasks' train rows (`core.estimate.fitter`, the same estimator as the affinity
+step), and every member task is scored on its own val rows with the linearised
 model. Fits are cached per distinct set of tasks, so moving one task to another group refits
 only the two groups it left and joined.
 """
 
 from __future__ import annotations
 
+from core import estimate
 from core.errors import GroupTuneError
-from core.estimator import (
-    FitResult,
-    check_features,
-    check_same_k,
-    fit_arrays,
-    predict,
-    train_arrays,
-)
+from core.estimator import FitResult, check_features, check_same_k, predict
 
 
 class WhatIf:
     """Answer `predict(groups)` for a fixed set of tasks' features.
 
-    features_by_task: {name: TaskFeatures}; reg / max_norm / balance as in
-    `core.estimator.fit_update`. Learned state: fits_ ({frozenset of names: FitResult}) and
+    features_by_task: {name: TaskFeatures}; `fit`: a core.estimate fitter (default: the
+    paper's argmin with reg / max_norm / balance as in `core.estimator.fit_update`). Learned state: fits_ ({frozenset of names: FitResult}) and
     n_fits_ (how many fits were actually run, i.e. cache misses).
     """
 
@@ -34,6 +28,7 @@ class WhatIf:
         reg: float | None = None,
         max_norm: float | None = 1.0,
         balance: bool = False,
+        fit: estimate.Fitter | None = None,
     ):
         if not features_by_task:
             raise GroupTuneError("what-if needs the features of at least one task")
@@ -42,7 +37,7 @@ class WhatIf:
         for name, tf in features_by_task.items():
             check_features(tf, name)
         self.features = dict(features_by_task)
-        self.reg, self.max_norm, self.balance = reg, max_norm, balance
+        self.fit = fit or estimate.argmin_fitter(reg, max_norm, balance)
         self.fits_: dict[frozenset, FitResult] = {}
         self.n_fits_ = 0
         self._scores: dict[tuple[str, frozenset], dict] = {}
@@ -53,7 +48,7 @@ class WhatIf:
         if loader is None:
             from core.store import load_features as loader
         features = {name: loader(ws, name) for name in cfg.task_names}
-        return cls(features, cfg.estimator.reg, cfg.estimator.max_norm)
+        return cls(features, fit=estimate.fitter(cfg))
 
     def check_groups(self, groups) -> list[list[str]]:
         """Groups as lists of names; raise unless they partition the tasks exactly."""
@@ -81,9 +76,8 @@ class WhatIf:
         """The update fitted on a group's union (cached per set of names)."""
         key = frozenset(group)
         if key not in self.fits_:
-            members = [self.features[n] for n in self.names if n in key]  # canonical order
-            X, h, a = train_arrays(members, self.balance)
-            self.fits_[key] = fit_arrays(X, h, a, self.reg, self.max_norm)
+            members = [self.features[n] for n in self.names if n in key]  # training order
+            self.fits_[key] = self.fit(members)
             self.n_fits_ += 1
         return self.fits_[key]
 

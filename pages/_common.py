@@ -155,3 +155,14 @@ def whatif(ws: Workspace):
     except (GroupTuneError, ValueError, OSError) as err:
         st.warning(f"What-if predictions are unavailable: {err}")
         return None
+
+
+def show_trust(checked: dict | None, cfg) -> None:
+    """How far to trust this workspace's estimate (core.trust), coloured by level."""
+    from core import trust
+
+    level, line = trust.verdict_line(checked)
+    {"good": st.success, "partial": st.warning, "noise": st.error}.get(level, st.info)(line)
+    warning = trust.rows_warning(cfg)
+    if warning:
+        st.warning(warning)

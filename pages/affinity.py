@@ -57,10 +57,14 @@ st.subheader("Estimator settings")
 st.dataframe(status.estimator_settings(cfg, view), hide_index=True, key="af_settings")
 with st.form("af_form"):
     st.caption(
-        "Changing k recomputes the gradient features; the other settings only re-run the "
-        "estimate (seconds). λ = 0 means: calibrate λ so each update has the max norm."
+        "replay (default) runs the training recipe itself (batches, AdamW, epochs) on the "
+        "linearised model; argmin is the paper's regularised fit, with λ and a max update norm "
+        "(λ = 0: calibrate λ so each update has the max norm). Changing k recomputes the "
+        "gradient features; the other settings only re-run the estimate (seconds)."
     )
     e = cfg.estimator
+    methods = ["replay", "argmin"]
+    method = st.selectbox("Estimator", methods, methods.index(e.method), key="af_method")
     c1, c2, c3, c4 = st.columns(4)
     k = c1.number_input("Projection dim k", 8, 16384, cfg.features.k, step=8)
     subsets = c2.number_input("Subsets K", 1, 10000, e.subsets)
@@ -75,6 +79,7 @@ with st.form("af_form"):
         data["features"]["k"] = int(k)
         data["estimator"].update(subsets=int(subsets), subset_size=int(size), pairs=pairs)
         data["estimator"].update(reg=reg or None, max_norm=max_norm, metric=metric)
+        data["estimator"]["method"] = method
         try:
             new = parse_config(data, source="the estimator settings", base_dir=cfg.base_dir)
         except GroupTuneError as err:
@@ -93,6 +98,7 @@ st.caption(
     "and whether the real updates stay small enough for the linear model to hold."
 )
 checked = trust.load_validation(ws)
+_common.show_trust(checked, cfg)
 if checked is not None:
     s, verdict = checked["summary"], checked["verdict"]
     if not verdict["linear_regime"]:
@@ -102,6 +108,21 @@ if checked is not None:
         )
     if checked.get("affinity_fingerprint") != (view or {}).get("fingerprint"):
         st.info("The estimates changed since this check; run it again to compare the new ones.")
+    c = st.columns(4)
+    num = trust.number
+    c[0].metric(
+        "Order agreement",
+        num(s.get("order_agreement"), ".0%"),
+        help="Pairs of subsets sharing a task, ordered alike by estimate and real val loss "
+        "(50% = chance). Grouping rests on this.",
+    )
+    c[1].metric("Seed vs seed", num(s.get("noise_ceiling_order_agreement"), ".0%"),
+                help="The same between two real fine-tunes with different training seeds: "
+                "the noise ceiling.")  # fmt: skip
+    c[2].metric("Within-task loss corr.", num(s.get("within_task_corr_loss")),
+                help=f"Seed vs seed: {num(s.get('noise_ceiling_corr_loss'))}")  # fmt: skip
+    c[3].metric("Loss-drop error", num(s.get("drop_rel_error"), ".0%"),
+                help="Σ|predicted drop − real drop| / Σ|real drop|")  # fmt: skip
     c = st.columns(5)
     corr = s["loss_correlation"]
     c[0].metric(
@@ -119,8 +140,9 @@ if checked is not None:
 available = trust.available_subsets(ws)
 if checked is None:
     st.info(
-        "Not checked yet. This fine-tunes the first N estimated subsets for real (one background "
-        "job each, minutes per subset on a CPU) and compares them with their estimates."
+        "Not checked yet. This fine-tunes N estimated subsets (spread over the tasks) for real "
+        "with two training seeds (one background job each, about a minute per subset on a CPU) "
+        "and compares them with their estimates."
     )
 n = st.number_input(
     "Subsets to fine-tune",

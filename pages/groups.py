@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import pipeline, status
+from core import pipeline, status, trust
 from core.errors import GroupTuneError
 from core.export import sweep_figure
 from core.grouping import move_task
@@ -17,6 +17,7 @@ st.caption(
     "each task's accuracy after fine-tuning its group's adapter. Fewer groups = fewer adapters."
 )
 ws, cfg = _common.require_config()
+_common.show_trust(trust.load_validation(ws), cfg)
 entries = status.sweep_entries(ws)
 chosen = ws.read("groupings", "chosen.json")
 if not entries:
@@ -63,6 +64,12 @@ c1, c2, c3 = st.columns(3)
 c1.metric("Groups", len(edit["groups"]))
 c2.metric("Predicted mean accuracy", f"{mean:.3f}", f"{mean - chosen['mean_accuracy']:+.3f}")
 c3.metric("Chosen by", chosen.get("method", "?"), help=chosen.get("reason"))
+if chosen.get("uncertainty") is not None:
+    st.caption(
+        f"Recommended m: {chosen['reason']}. One standard error of a predicted mean accuracy "
+        f"is {chosen['uncertainty']:.3f}; m whose predictions differ by less than twice that "
+        "are not told apart, and the fewest groups among them is taken."
+    )
 st.dataframe(status.groups_frame(edit["groups"], predicted), hide_index=True, key="grp_table")
 
 c1, c2, c3 = st.columns([2, 2, 1])

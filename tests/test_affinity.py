@@ -22,6 +22,7 @@ from core.affinity import (
 )
 from core.config import parse_config
 from core.errors import GroupTuneError
+from core.estimate import argmin_fitter
 from core.store import TaskFeatures
 from core.workspace import Workspace
 
@@ -101,7 +102,7 @@ def test_planted_blocks_are_recovered():
     names = list(feats)
     K = 40
     subsets = sample_subsets(names, K, 3, seed=0)
-    table = score_subsets(feats, subsets, reg=None, max_norm=1.0, progress=False)
+    table = score_subsets(feats, subsets, argmin_fitter(None, 1.0), progress=False)
     assert len(table) == K * 3 and list(table.columns) == affinity.COLUMNS
     assert (table["norm"] <= 1.0).all() and (table["loss"] < table["base_loss"]).mean() > 0.5
     same = np.array([[label[a] == label[b] for b in names] for a in names])
@@ -136,12 +137,12 @@ def test_pairs_never_sampled_together_get_zero():
     feats, _ = planted(per=2)
     names = list(feats)
     subsets = [tuple(names[:3]), tuple(names[3:])]
-    table = score_subsets(feats, subsets, None, 1.0, progress=False)
+    table = score_subsets(feats, subsets, argmin_fitter(None, 1.0), progress=False)
     counts = cooccurrence(table, names)
     T = affinity_matrix(table, names)
     assert counts[0, 5] == 0 and T[0, 5] == 0 and counts[0, 1] == 1
     with pytest.raises(GroupTuneError, match="unknown tasks"):
-        score_subsets(feats, [("b0t0", "nope")], None, 1.0, progress=False)
+        score_subsets(feats, [("b0t0", "nope")], argmin_fitter(None, 1.0), progress=False)
 
 
 def test_task_affinity_estimator_in_pairs_mode():
@@ -220,4 +221,6 @@ def test_bad_rows_are_named_before_any_fit():
     feats["b0t2"].val_G = feats["b0t2"].val_G.copy()
     feats["b0t2"].val_G[7, 1, 0] = np.inf
     with pytest.raises(GroupTuneError, match=r"'b0t2'.*val_G.*row index 7"):
-        score_subsets(feats, [("b0t0", "b0t1"), ("b0t1", "b0t2")], None, 1.0, progress=False)
+        score_subsets(
+            feats, [("b0t0", "b0t1"), ("b0t1", "b0t2")], argmin_fitter(None, 1.0), progress=False
+        )

@@ -264,6 +264,29 @@ def test_recommend_m_rule_and_ties():
         recommend_m([])
 
 
+def test_recommend_m_does_not_choose_on_differences_inside_the_uncertainty():
+    def entry(m, acc, loss=0.5):
+        return {"m": m, "method": "sdp", "mean_accuracy": acc, "mean_loss": loss}
+
+    entries = [entry(1, 0.70), entry(2, 0.76), entry(3, 0.80)]
+    assert recommend_m(entries)[0] == 3  # 0.04 apart: told apart at the default tolerance
+    m, _, reason = recommend_m(entries, uncertainty=0.025)  # 2 x 0.025 = 0.05 > 0.04
+    assert m == 2 and "cannot tell apart m in [2, 3]" in reason and "0.0250" in reason
+    assert recommend_m(entries, uncertainty=0.2)[0] == 1
+    with pytest.raises(GroupingError, match="uncertainty"):
+        recommend_m(entries, uncertainty=float("nan"))
+
+
+def test_prediction_uncertainty_from_rows_or_validation():
+    from core.grouping import prediction_uncertainty
+
+    e = {"predicted": {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.9}}}
+    rows = {"a": 100, "b": 36}
+    # sqrt(0.25/100 + 0.09/36) / 2 = sqrt(0.0025 + 0.0025) / 2
+    assert prediction_uncertainty(e, rows) == pytest.approx(np.sqrt(0.005) / 2)
+    assert prediction_uncertainty(e, rows, point_error=0.1) == pytest.approx(0.1 / np.sqrt(2))
+
+
 def test_sweep_rejects_bad_predict():
     T = random_symmetric(3, 0)
     with pytest.raises(GroupingError, match="every task"):

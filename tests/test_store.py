@@ -59,6 +59,23 @@ def test_extract_then_fresh_and_readable(tiny_task_root, tmp_path):
     assert all(r["rows_computed"] == 0 and r["status_before"] == "fresh" for r in again.values())
 
 
+def test_identity_projection_stores_the_exact_b_gradients(tiny_task_root, tmp_path):
+    """projection "identity": k = D whatever features.k says, and the stored train gradients
+    are the per-example reference's exact B-gradients."""
+    from core.features import load_extraction_model, reference_example_grads
+    from core.prompts import encode_split
+
+    cfg = _cfg(tiny_task_root, ["alpha"], features={"projection": "identity", "k": 3})
+    ws = Workspace(tmp_path / "ws")
+    extract_features(cfg, ws)
+    f = load_features(ws, "alpha", cfg, load_tasks(cfg)[0])
+    assert f.k == f.meta["resolved"]["D"] == f.train_g.shape[1] > 3
+    model, tok, _ = load_extraction_model(cfg)
+    enc = encode_split(tok, load_tasks(cfg)[0], "train", cfg.data.max_tokens)
+    ref = reference_example_grads(model, enc.input_ids[:3], enc.choice_ids, enc.gold[:3], "choices")
+    np.testing.assert_allclose(np.asarray(f.train_g[:3]), ref["g"], rtol=1e-4, atol=1e-6)
+
+
 def test_vocab_target_stores_glse(tiny_task_root, tmp_path):
     cfg, ws = _cfg(tiny_task_root, ["alpha"], features={"target": "vocab"}), Workspace(tmp_path)
     extract_features(cfg, ws)
@@ -74,6 +91,8 @@ def test_vocab_target_stores_glse(tiny_task_root, tmp_path):
         ({"features": {"projection": "rademacher"}}, "projection.kind"),
         ({"model": {"name": "tiny-gpt2"}}, "model.name"),
         ({"adapter": {"top_layers": 1}}, "adapter.top_layers"),
+        ({"adapter": {"seed": 1}}, "adapter.seed: 0 -> 1"),  # another init = expansion point
+        ({"features": {"projection": "identity"}}, "projection.kind"),
         ({"data": {"max_tokens": 12}}, "max_tokens: 64 -> 12"),
     ],
 )

@@ -18,7 +18,8 @@ from core import training
 from core.config import parse_config
 from core.errors import DataError, GroupTuneError, StaleError
 from core.prompts import Encoded
-from core.training import check_train_data, epoch_plan, train_adapter
+from core.recipe import epoch_plan
+from core.training import check_train_data, train_adapter
 from core.workspace import Workspace
 
 GOOD = ["good", "great", "best", "better", "love"]
@@ -303,3 +304,49 @@ def test_qlora_resume_is_exact(root):
     train_adapter(one, split, "baseline", ["alpha"], progress=False)
     train_adapter(make_cfg(root, "tiny-llama", "4bit", **cfg), split, "baseline", ["alpha"], False)
     assert_same_run(artifacts(split), artifacts(full))
+
+
+def _a_matrices(weights: dict) -> dict:
+    return {k: v for k, v in weights.items() if ".lora_A." in k}
+
+
+def test_frozen_a_stays_bit_identical_to_the_features_init(root):
+    """training.freeze_a (the default): every A equals the seeded init the gradient features
+    were taken at, bit for bit, while B moves; with freeze_a off, A moves."""
+    from core.adapters import attach_adapter, lora_layers
+    from core.models import load_model
+
+    cfg = make_cfg(root, "tiny-llama", training={"epochs": 2, "lr": 2e-2})
+    assert cfg.training.freeze_a
+    model, _ = load_model(cfg.model)
+    init = {
+        f"{name}.lora_A.weight": layer.lora_A["default"].weight.detach().clone()
+        for name, layer in lora_layers(attach_adapter(model, cfg.adapter))
+    }
+    ws = Workspace(root / "frozen-a").ensure()
+    train_adapter(cfg, ws, "group-0", ["alpha", "beta"], progress=False)
+    trained = load_file(str(ws.adapter_dir("group-0") / "adapter_model.safetensors"))
+    a = _a_matrices(trained)
+    assert len(a) == len(init) > 0
+    for key, value in a.items():
+        assert torch.equal(value, init[key]), key
+    assert any(v.abs().max() > 0 for k, v in trained.items() if ".lora_B." in k)
+
+    loose = cfg.model_copy(update={"training": cfg.training.model_copy(update={"freeze_a": False})})
+    ws2 = Workspace(root / "trained-a").ensure()
+    train_adapter(loose, ws2, "group-0", ["alpha", "beta"], progress=False)
+    moved = _a_matrices(load_file(str(ws2.adapter_dir("group-0") / "adapter_model.safetensors")))
+    assert any(not torch.equal(v, a[k]) for k, v in moved.items())
+
+
+def test_choices_loss_is_the_answer_word_cross_entropy(root):
+    """training.loss "choices" trains the NLL over the answer words, which is what the
+    logged step loss reports: at B = 0 it equals the features' log(1 + exp(-h))."""
+    cfg = make_cfg(root, "tiny-llama", training={"epochs": 1, "lr": 1e-9})
+    ws = Workspace(root / "choices-loss").ensure()
+    train_adapter(cfg, ws, "group-0", ["alpha"], progress=False)
+    first = _losses(ws, "group-0")[0][1]
+    vocab = cfg.model_copy(update={"training": cfg.training.model_copy(update={"loss": "vocab"})})
+    ws2 = Workspace(root / "vocab-loss").ensure()
+    train_adapter(vocab, ws2, "group-0", ["alpha"], progress=False)
+    assert first < 1.0 < _losses(ws2, "group-0")[0][1]  # 2 choices vs a whole vocabulary

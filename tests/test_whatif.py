@@ -90,12 +90,32 @@ def test_bad_partitions_are_refused(groups, message):
         WhatIf(tasks(), max_norm=0.5).predict(groups)
 
 
-def test_from_workspace_and_functional_twin(tmp_path):
+def test_from_workspace_uses_the_configured_replay(tmp_path):
+    """The default estimator: each group's update is the recipe replayed on its union, tasks in
+    the config's order (the order the trainer batches them in)."""
+    from core.replay import replay
+
     feats = tasks(n_tasks=4)
-    cfg = parse_config({"tasks": list(feats), "estimator": {"max_norm": 0.3}})
+    cfg = parse_config({"tasks": list(feats), "training": {"epochs": 2, "lr": 0.05}})
+    assert cfg.estimator.method == "replay"
     ws = Workspace(tmp_path).ensure()
     wi = WhatIf.from_workspace(cfg, ws, loader=lambda _ws, n: feats[n])
-    assert wi.max_norm == 0.3 and wi.reg is None
+    out = wi.predict([["t2", "t0"], ["t1", "t3"]])
+    w = replay([feats["t0"], feats["t2"]], cfg.training).w
+    assert out["t2"] == {
+        **predict(feats["t2"], w),
+        "group": 0,
+        "reg": 0.0,
+        "norm": out["t2"]["norm"],
+    }
+    assert out["t2"]["norm"] == pytest.approx(np.linalg.norm(w)) and out["t2"]["norm"] > 0
+
+
+def test_from_workspace_and_functional_twin(tmp_path):
+    feats = tasks(n_tasks=4)
+    cfg = parse_config({"tasks": list(feats), "estimator": {"method": "argmin", "max_norm": 0.3}})
+    ws = Workspace(tmp_path).ensure()
+    wi = WhatIf.from_workspace(cfg, ws, loader=lambda _ws, n: feats[n])
     groups = [["t0", "t1"], ["t2", "t3"]]
     out = predict_partition(cfg, ws, groups, loader=lambda _ws, n: feats[n])
     assert out == wi.predict(groups)

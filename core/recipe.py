@@ -1,0 +1,47 @@
+"""The training recipe's schedule, torch-free: one source of truth for the trainer
+(core.training) and for the estimator that replays it on the linearised model (core.replay).
+
+Batches are task-homogeneous and shuffled across tasks with an order that depends only on
+(training.seed, epoch); the lr warms up linearly over the first WARMUP_FRACTION of an epoch's
+steps and then stays constant; gradients are clipped to a global norm of GRAD_CLIP; the
+optimizer is AdamW with torch's defaults (ADAM_BETAS, ADAM_EPS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GRAD_CLIP = 1.0
+WARMUP_FRACTION = 0.1  # of one epoch's steps; independent of the number of epochs
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def epoch_plan(train, tcfg, epoch: int) -> list[tuple[int, np.ndarray]]:
+    """One epoch's batches as (task index, row indices): task-homogeneous, shuffled across tasks.
+
+    `train`: one sized item per task (its Encoded rows, or anything with len()). The order
+    depends only on (training.seed, epoch); at most max_steps_per_epoch batches.
+    """
+    rng = np.random.default_rng([tcfg.seed, epoch])
+    plan = []
+    for t, enc in enumerate(train):
+        order = rng.permutation(len(enc))
+        plan += [(t, order[i : i + tcfg.batch_size]) for i in range(0, len(enc), tcfg.batch_size)]
+    plan = [plan[i] for i in rng.permutation(len(plan))]
+    return plan[: tcfg.max_steps_per_epoch] if tcfg.max_steps_per_epoch else plan
+
+
+def lr_at(step: int, tcfg, steps_per_epoch: int) -> float:
+    """Linear warmup, then constant: the same lr curve however many epochs are asked for."""
+    warmup = max(1, int(WARMUP_FRACTION * steps_per_epoch))
+    return tcfg.lr * min(1.0, (step + 1) / warmup)
+
+
+def is_better(val: dict, best: dict | None) -> bool:
+    """The best-epoch rule: higher mean val accuracy, ties broken by lower mean val NLL."""
+    if best is None:
+        return True
+    return val["accuracy"] > best["accuracy"] or (
+        val["accuracy"] == best["accuracy"] and val["nll"] < best["nll"]
+    )

@@ -1,0 +1,99 @@
+"""Step 2 (default estimator): replay the training recipe on the linearised model.
+
+The fine-tune GroupTune runs trains B only (training.freeze_a), on the answer-word loss
+(training.loss "choices"), with AdamW over task-homogeneous batches in a seeded order
+(core.recipe). B starts at 0, so the adapter's output is linear in B and, to first order,
+
+    h_e(B) ≈ h_e + g_eᵀ w,     w = vec(B)  (features.projection "identity": g̃ = g)
+
+The loss of row e is −log p_gold = log(1 + exp(−h_e)) (h is the gold answer's log-odds), so
+every step of the real run has a closed-form twin on the stored features:
+
+    grad = −mean_{e ∈ batch} σ(−(h_e + g_eᵀ w)) g_e,   clipped to norm GRAD_CLIP,
+    then AdamW at lr_at(step) with torch's update rule.
+
+The replay visits the same batches in the same order as `core.training.fit` (same seed, same
+epochs, same lr curve), scores every task's val rows with the linearised model after each epoch
+(`core.estimator.predict`), and keeps the epoch the trainer would keep (core.recipe.is_better).
+What it predicts is therefore the fine-tune itself, step by step, with no free step size and no
+trust region. Under a JL sketch (k < D) the same loop runs in sketch coordinates, but Adam's
+per-coordinate scaling does not pass through a sketch, so it is an approximation there
+(bench/agreement.py measures both).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from core.errors import GroupTuneError
+from core.estimator import FitResult, predict
+from core.recipe import ADAM_BETAS, ADAM_EPS, GRAD_CLIP, epoch_plan, is_better, lr_at
+
+
+class AdamW:
+    """torch.optim.AdamW's update on a numpy vector (amsgrad off, decoupled weight decay)."""
+
+    def __init__(self, k: int, weight_decay: float = 0.0):
+        self.m, self.v = np.zeros(k), np.zeros(k)
+        self.t, self.weight_decay = 0, weight_decay
+
+    def step(self, w: np.ndarray, grad: np.ndarray, lr: float) -> np.ndarray:
+        b1, b2 = ADAM_BETAS
+        self.t += 1
+        w = w * (1.0 - lr * self.weight_decay)
+        self.m = b1 * self.m + (1.0 - b1) * grad
+        self.v = b2 * self.v + (1.0 - b2) * grad * grad
+        denom = np.sqrt(self.v) / np.sqrt(1.0 - b2**self.t) + ADAM_EPS
+        return w - (lr / (1.0 - b1**self.t)) * self.m / denom
+
+
+def clipped(grad: np.ndarray) -> np.ndarray:
+    """torch.nn.utils.clip_grad_norm_(…, GRAD_CLIP) on one vector."""
+    coef = GRAD_CLIP / (float(np.linalg.norm(grad)) + 1e-6)
+    return grad * min(coef, 1.0)
+
+
+def _val_summary(features: list, w: np.ndarray) -> dict:
+    scores = [predict(tf, w) for tf in features]
+    return {
+        "accuracy": float(np.mean([s["accuracy"] for s in scores])),
+        "nll": float(np.mean([s["loss"] for s in scores])),
+    }
+
+
+def replay(features: list, tcfg) -> FitResult:
+    """Replay `tcfg` (core.config.TrainingConfig) on the union of the tasks' train features.
+
+    features: TaskFeatures in the order the tasks are trained (it fixes the batch plan).
+    Returns the update of the epoch the trainer would keep, as a FitResult: w (k,), norm,
+    n_rows, iterations = optimizer steps replayed; reg is 0 (there is none).
+    """
+    if not features:
+        raise GroupTuneError("the replay needs the features of at least one task")
+    X = [np.asarray(tf.train_g) for tf in features]  # stored dtype; batches go to float64
+    h = [np.asarray(tf.train_h, dtype=np.float64) for tf in features]
+    sizes = [range(len(x)) for x in X]
+    steps_per_epoch = len(epoch_plan(sizes, tcfg, 0))
+    w = np.zeros(X[0].shape[1])
+    opt, step = AdamW(len(w), tcfg.weight_decay), 0
+    best, best_w = None, w
+    for epoch in range(tcfg.epochs):
+        for t, rows in epoch_plan(sizes, tcfg, epoch):
+            rows = np.sort(rows)  # a mean ignores the order; sorted memmap reads are sequential
+            g = X[t][rows].astype(np.float64)
+            grad = -(g.T @ expit(-(h[t][rows] + g @ w))) / len(rows)
+            w = opt.step(w, clipped(grad), lr_at(step, tcfg, steps_per_epoch))
+            step += 1
+        val = _val_summary(features, w)
+        if is_better(val, best):
+            best, best_w = val, w
+    return FitResult(
+        w=best_w,
+        reg=0.0,
+        norm=float(np.linalg.norm(best_w)),
+        converged=True,
+        n_rows=sum(len(x) for x in X),
+        iterations=step,
+        n_solves=1,
+    )
