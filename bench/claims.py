@@ -677,7 +677,7 @@ def markdown(res: dict) -> str:
     lines += ["## Misses and caveats", ""] + [f"- {c}" for c in caveats(res)] + [""]
     lines += md_estimation(res["parts"]["estimation"]) + md_speedup(res["parts"]["speedup"])
     lines += md_approximation(res["parts"]["approximation"]) + md_ensemble(res["parts"]["ensemble"])
-    lines += md_sensitivity() + md_fastpath()
+    lines += md_agreement() + md_paper_approximation() + md_sensitivity() + md_fastpath()
     lines += [
         "## Machine, versions, command",
         "",
@@ -904,6 +904,37 @@ OTHER = {
 }
 
 
+def md_agreement() -> list[str]:
+    from agreement import markdown_lines
+
+    return markdown_lines()
+
+
+def md_paper_approximation() -> list[str]:
+    """The first-order error under the paper's protocol and at real updates (approx_paper)."""
+    r = _load("approx_paper")
+    if r is None:
+        return []
+    s = r["summary"]
+    lines = [
+        "## c'. First-order approximation, measured two ways (bench/approx_paper.py)",
+        "",
+        "On the recipe GroupTune trains (A frozen at the features' init), unprojected gradients, "
+        f"train rows of {len(r['subsets'])} subsets of `{r['workspace']}`: `{r['command']}`.",
+        "",
+        "- Paper protocol (the reference's fast_estimate_eval_approximation.py: the estimated "
+        "update rescaled to s·‖θ*_LoRA‖, error (h0 + gᵀΔ − h)² / max(|h|, |h0|)² averaged over "
+        "rows): " + ", ".join(f"s = {k}: {v:.3%}" for k, v in s["paper_protocol"].items()),
+        "- At the real fine-tuned updates (‖ΔB‖ = "
+        + ", ".join(f"{x:.2f}" for x in s["real_over_theta"])
+        + " x ‖θ*_LoRA‖): the same error "
+        f"{s['real_update_paper_error_train']:.3%}; relative error of the predicted change of h "
+        f"{s['real_update_change_error_train']:.1%}",
+        "",
+    ]
+    return lines
+
+
 def md_sensitivity() -> list[str]:
     """The estimation error under other learning rates and trust regions (bench/sensitivity.py)."""
     path = ROOT / "bench" / "results" / "sensitivity.json"
@@ -911,8 +942,10 @@ def md_sensitivity() -> list[str]:
         return []
     sens = json.loads(path.read_text())
     lines = [
-        "## a'. What moves the estimation error (bench/sensitivity.py)",
+        "## a''. The previous estimator (argmin with a trust region): what moved its error "
+        "(bench/sensitivity.py)",
         "",
+        "Measured before the replay estimator and the A-frozen recipe became the defaults. "
         f"The same {sens['subsets']} subsets, re-estimated and (for another learning rate) "
         f"fine-tuned again: `{sens['command']}`.",
         "",
@@ -1003,7 +1036,9 @@ def md_fastpath() -> list[str]:
 def other_results() -> list[str]:
     lines = []
     for path in sorted((ROOT / "bench" / "results").glob("*.json")):
-        if path.stem in ("claims", "sensitivity"):  # sections of their own
+        if path.stem in ("claims", "sensitivity", "approx_paper") or path.stem.startswith(
+            "agreement-"
+        ):  # sections of their own
             continue
         try:
             line = OTHER[path.stem](json.loads(path.read_text()))

@@ -49,6 +49,7 @@ COLUMNS = [
     "base_accuracy",
     "reg",
     "norm",
+    "flops",
 ]
 
 
@@ -147,6 +148,7 @@ def score_subsets(
                         **scores,
                         "reg": result.reg,
                         "norm": result.norm,
+                        "flops": result.flops if name == subset[0] else 0,  # once per subset
                     }
                 )
             if progress:
@@ -251,6 +253,22 @@ def _subset_settings(cfg) -> dict:
     }
 
 
+def table_fingerprint(cfg, metas: dict) -> str:
+    """What the per-subset table depends on: the subsets' settings, the estimator, the target
+    and each task's store key and resolved layout (`metas`: {task: meta.json}). Timestamps are
+    left out, so features recomputed with the same key keep the table fresh. The dashboard's
+    freshness check (core.status) calls this too."""
+    stores = {t: {"key": m.get("key"), "resolved": m.get("resolved")} for t, m in metas.items()}
+    return _digest(
+        {
+            "settings": _subset_settings(cfg),
+            "estimator": estimate.settings(cfg),
+            "target": cfg.features.target,
+            "stores": stores,
+        }
+    )
+
+
 def _load_subsets(ws, settings: dict) -> list[tuple]:
     """The persisted subsets if drawn with these settings, else a fresh draw (persisted)."""
     stored = ws.read("estimates", "subsets.json")
@@ -300,6 +318,7 @@ def _result(names, table, metric, cfg, fingerprint, base, single, subsets) -> di
         "max_norm": e.max_norm,
         "target": cfg.features.target,
         "counts": cooccurrence(table, names).tolist(),
+        "estimator_flops": int(table["flops"].sum()) if "flops" in table else 0,
         "base": base,
         "single": single,
         "fingerprint": fingerprint,
@@ -326,14 +345,7 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
     features = {name: loader(ws, name) for name in names}
     check_same_k(list(features.values()), names)  # the rows are validated when first used
     settings = _subset_settings(cfg)
-    table_fp = _digest(
-        {
-            "settings": settings,
-            "estimator": estimate.settings(cfg),
-            "target": cfg.features.target,
-            "meta": {n: getattr(tf, "meta", {}) for n, tf in features.items()},
-        }
-    )
+    table_fp = table_fingerprint(cfg, {n: getattr(tf, "meta", {}) for n, tf in features.items()})
     fingerprint = {"table": table_fp, "metric": e.metric}
     old = ws.read("affinity.json")
     results_csv = ws.path("estimates", "results.csv")

@@ -52,7 +52,8 @@ LBFGS = {"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15, "maxcor": 20}  # tight: 
 @dataclass
 class FitResult:
     """A fitted update: w (k,), the λ used, ‖w‖, whether every solve converged, the row count,
-    L-BFGS iterations summed over the λ search, the number of λ values tried, train objective."""
+    L-BFGS iterations (or replayed steps) summed over the λ search, the number of λ values
+    tried, train objective, and the fit's FLOPs where counted."""
 
     w: np.ndarray
     reg: float
@@ -62,6 +63,7 @@ class FitResult:
     iterations: int = 0
     n_solves: int = 0
     train_loss: float = float("nan")
+    flops: int = 0  # of the fit itself, counted analytically (0: not counted)
 
 
 # ---------------------------------------------------------------- validation
@@ -249,7 +251,7 @@ def _calibrated_reg(path: _Path, reg: float | None, max_norm: float) -> tuple[fl
 _blas = None
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """L-BFGS makes many tiny BLAS calls; a second BLAS thread only adds synchronisation
     (measured 4 ms vs 136 ms per fit on a busy 2-core machine)."""
     global _blas
@@ -262,7 +264,7 @@ def _one_blas_thread():
 
 def fit_arrays(X, h, a, reg: float | None, max_norm: float | None) -> FitResult:
     """fit_update on already stacked, validated float64 arrays (see `train_arrays`)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         return _fit_arrays(X, h, a, reg, max_norm)
 
 

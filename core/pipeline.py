@@ -50,8 +50,8 @@ def affinity(cfg, ws: Workspace) -> dict:
             "estimation",
             {
                 "wall_seconds": meter.wall_seconds,
-                "flops": 0,
-                "method": "none (solver on projected features)",
+                "flops": result.get("estimator_flops", 0),
+                "method": f"analytic ({cfg.estimator.method} on stored features)",
                 "peak_memory_bytes": meter.peak_memory()["peak_memory_bytes"],
             },
         )

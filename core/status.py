@@ -295,8 +295,7 @@ def _row(stage: str, item: str, status: str, detail: str = "") -> dict:
 
 def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) -> dict:
     """The affinity matrix: fresh when affinity.json was made from today's stores and settings."""
-    # the fingerprint compute_affinity gives affinity.json (core.affinity); tests hold them equal
-    from core.affinity import _digest, _subset_settings
+    from core.affinity import table_fingerprint
     from core.io import read_json
 
     aff = ws.read("affinity.json")
@@ -308,17 +307,8 @@ def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) 
     if not_fresh:
         return _row("affinity", "affinity", "stale", f"gradients not fresh: {not_fresh}")
     metas = {t: read_json(ws.features_dir(t) / "meta.json") for t in cfg.task_names}
-    e = cfg.estimator
-    table = _digest(
-        {
-            "settings": _subset_settings(cfg),
-            "reg": e.reg,
-            "max_norm": e.max_norm,
-            "target": cfg.features.target,
-            "meta": metas,
-        }
-    )
-    if aff.get("fingerprint") != {"table": table, "metric": e.metric}:
+    table = table_fingerprint(cfg, metas)
+    if aff.get("fingerprint") != {"table": table, "metric": cfg.estimator.metric}:
         return _row("affinity", "affinity", "stale", "estimator settings or features changed")
     return _row("affinity", "affinity", "fresh", f"{aff.get('subsets')} subsets")
 
