@@ -84,8 +84,25 @@ def with_seed(cfg, seed: int):
 # --- real fine-tunes ------------------------------------------------------------------------
 
 
+def kept_epoch(ws, name: str) -> dict:
+    """Per-task val metrics of the epoch the current rule keeps (core.recipe.is_better), from
+    the adapter's metrics.jsonl: the trajectory does not depend on the rule, so fine-tunes made
+    under another selection rule are scored without training them again."""
+    from core.recipe import is_better
+
+    best = None
+    for line in (ws.adapter_dir(name) / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == "val":
+            mean = {"accuracy": r["mean_accuracy"], "nll": r["mean_nll"]}
+            if is_better(mean, best and best["mean"]):
+                best = {"mean": mean, **r["val"]}
+    return best
+
+
 def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
-    """One row per (seed, subset, task): the fine-tune's best-epoch val loss and accuracy."""
+    """One row per (seed, subset, task): the kept epoch's val loss and accuracy. A subset is
+    fine-tuned (or resumed) unless its adapter folder already holds a finished run."""
     from core.training import train_adapter
     from core.validation import adapter_name
 
@@ -95,19 +112,20 @@ def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
             done += 1
             name = f"{adapter_name(tasks)}-s{seed}"
             start = time.perf_counter()
-            rec = train_adapter(with_seed(cfg, seed), ws, name, list(tasks), progress=False)
-            say(
-                f"real {done}/{total} seed {seed} {'+'.join(tasks)}: {time.perf_counter() - start:.0f} s"
-            )
+            if not (ws.adapter_dir(name) / "grouptune.json").exists():
+                train_adapter(with_seed(cfg, seed), ws, name, list(tasks), progress=False)
+            rec = json.loads((ws.adapter_dir(name) / "grouptune.json").read_text())
+            seconds = time.perf_counter() - start
+            say(f"real {done}/{total} seed {seed} {'+'.join(tasks)}: {seconds:.0f} s")
+            kept = kept_epoch(ws, name)
             for task in tasks:
-                m = rec["val_metrics"][task]
                 rows.append(
                     {
                         "seed": seed,
                         "subset": "+".join(tasks),
                         "task": task,
-                        "loss": m["nll"],
-                        "accuracy": m["accuracy"],
+                        "loss": kept[task]["nll"],
+                        "accuracy": kept[task]["accuracy"],
                         "wall": (rec.get("accounting") or {}).get("wall_seconds"),
                     }
                 )

@@ -7,10 +7,11 @@ Recipe: task-homogeneous mini-batches of `training.batch_size`, shuffled across 
 order that depends only on (seed, epoch); loss = cross-entropy of the gold answer at the answer
 position, over the task's answer words (training.loss "choices", the features' own target) or
 the full vocabulary ("vocab"); with training.freeze_a (default) every A stays at its seeded
-init and only B trains (LoRA-FA), so the fine-tune stays in the estimator's model family; AdamW (paged AdamW from bitsandbytes on CUDA with a
-quantized base), linear warmup over the first 10% of an epoch's steps then a constant lr,
-gradient norm clipped at 1; validation on every task after each epoch; the epoch with the best
-mean val accuracy (ties: lower mean val NLL) is kept.
+init and only B trains (LoRA-FA), so the fine-tune stays in the estimator's model family;
+AdamW (paged AdamW from bitsandbytes on CUDA with a quantized base), linear warmup over the
+first 10% of an epoch's steps then a constant lr, gradient norm clipped at 1 (core.recipe);
+validation on every task after each epoch; the epoch with the lowest mean val NLL (ties:
+higher mean val accuracy) is kept (core.recipe.SELECTION).
 
 Folder ws.adapter_dir(name):
   adapter_config.json, adapter_model.safetensors   the best epoch (PeftModel.from_pretrained)
@@ -52,7 +53,7 @@ from core.flops import (
 from core.io import read_json, write_json
 from core.progress import log_metrics, track
 from core.prompts import Encoded, encode_split
-from core.recipe import GRAD_CLIP, epoch_plan, is_better, lr_at
+from core.recipe import GRAD_CLIP, SELECTION, epoch_plan, is_better, lr_at
 from core.scoring import model_device
 from core.tasks import Task, load_tasks
 
@@ -396,7 +397,7 @@ def run_fingerprint(cfg, model, tasks: list[Task]) -> dict:
     return {
         "base_model": model_fingerprint(cfg.model),
         "adapter": adapter_fingerprint(cfg.adapter, model),
-        "training": cfg.training.model_dump(exclude={"epochs"}),
+        "training": cfg.training.model_dump(exclude={"epochs"}) | {"selection": SELECTION},
         "data": {
             "max_tokens": cfg.data.max_tokens,
             "tasks": {t.name: t.content_hash() for t in tasks},

@@ -128,3 +128,12 @@ def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):
         real_drop = pred["base_loss"] - rec["val_metrics"][name]["nll"]
         assert real_drop > 0.01
         assert abs(pred["base_loss"] - pred["loss"] - real_drop) < 0.3 * real_drop, name
+
+
+def test_the_kept_epoch_is_the_lowest_val_loss():
+    """One val example more right but a much worse loss does not win (core.recipe)."""
+    first = {"accuracy": 0.53, "nll": 1.32}
+    second = {"accuracy": 0.52, "nll": 0.99}
+    assert is_better(second, first) and not is_better(first, second)
+    assert is_better({"accuracy": 0.6, "nll": 0.99}, second)  # a tie in loss: accuracy decides
+    assert is_better(first, None)
