@@ -125,8 +125,10 @@ def job_targets(job: dict) -> list[tuple[str, str]]:
         return [("run", "run")]
     if command == "validate-estimate":
         return [("validation", "validation")]
-    if command == "train-subset":  # one real fine-tune of validate-estimate
-        return [("validation", "+".join(sorted(_option(argv, "--task"))))]
+    if command == "train-subset":  # one real fine-tune of validate-estimate (one seed)
+        seed = _option(argv, "--seed")
+        item = "+".join(sorted(_option(argv, "--task")))
+        return [("validation", item + (f" (seed {seed[0]})" if seed else ""))]
     return []
 
 

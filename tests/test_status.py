@@ -177,6 +177,9 @@ def test_job_targets_parse_the_argv():
     assert status.job_targets(job("train-subset", "--task", "b", "--task", "a")) == [
         ("validation", "a+b")
     ]
+    assert status.job_targets(job("train-subset", "--task", "a", "--seed", "1")) == [
+        ("validation", "a (seed 1)")
+    ]
 
 
 def test_submit_step_queues_the_cli_command(real_ws, monkeypatch):
