@@ -9,10 +9,12 @@ user's CSV or JSONL file (columns: text, optional text_pair, label), or from a `
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
 import random
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +58,7 @@ class Task:
         return [index[r["label"]] for r in self.rows(split)]
 
     def render(self, row: dict) -> str:
-        return self.template.format(text=row["text"], text_pair=row.get("text_pair", ""))
+        return render_template(self.template, row)
 
     def content_hash(self) -> str:
         """sha256 of everything that changes a prompt or a gold label (cache key)."""
@@ -69,11 +71,41 @@ class Task:
         return h.hexdigest()[:16]
 
 
+# --- templates -------------------------------------------------------------------------------
+TEMPLATE_FIELDS = ("text", "text_pair")
+
+
+@functools.lru_cache(maxsize=256)
+def template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
+    """(literal, field) pieces of a prompt template. Only plain {text} and {text_pair} are
+    fields: attribute or index access ({text.__class__}, {text[0]}), conversions (!r) and
+    format specs are refused with ValueError, so a user's template reads nothing but the row's
+    text. {{ and }} are literal braces."""
+    parts = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        if name is not None and (name not in TEMPLATE_FIELDS or spec or conversion):
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(
+                f"{{{shown}}} is not allowed (only plain {{text}} and {{text_pair}}; no "
+                "attributes, indexes, conversions or format specs)"
+            )
+        parts.append((literal, name))
+    return tuple(parts)
+
+
+def render_template(template: str, row: dict) -> str:
+    """The template with the row's text fields filled in (never str.format on user input)."""
+    return "".join(
+        literal + (str(row.get(name) or "") if name else "")
+        for literal, name in template_parts(template)
+    )
+
+
 # --- validation ------------------------------------------------------------------------------
 def _check_template(template: str, source) -> None:
     try:
-        template.format(text="x", text_pair="y")
-    except (KeyError, IndexError, ValueError) as err:
+        template_parts(template)
+    except ValueError as err:
         raise DataError(
             f"template must use only {{text}} and {{text_pair}} (problem: {err})",
             file=source,

@@ -32,7 +32,9 @@ selected = st.multiselect("Tasks in the experiment", options, default=default, k
 with st.expander("Upload your own task (CSV or JSONL)", icon=":material/upload:"):
     st.caption(
         "Columns: `text`, optional `text_pair`, `label`. Rows are split 60/15/25 into train, "
-        "val and test; each label's answer word is the label itself with a leading space."
+        "val and test; each label's answer word is the label itself with a leading space. "
+        f"Files up to {st.get_option('server.maxUploadSize')} MB (server.maxUploadSize in "
+        ".streamlit/config.toml)."
     )
     name = st.text_input("Task name (letters, digits, - and _)", key="ds_up_name")
     file = st.file_uploader("Data file", type=list(status.UPLOAD_TYPES), key="ds_up_file")

@@ -16,6 +16,7 @@ from core.tasks import (
     load_task_file,
     load_task_folder,
     load_tasks,
+    render_template,
     split_rows,
 )
 
@@ -162,6 +163,29 @@ def test_missing_split_and_template_errors(tmp_path):
         load_task_folder(folder)
 
 
+@pytest.mark.parametrize(
+    "template",
+    ["{text.__class__} {text}", "{text[0]} {text}", "{text!r}", "{text:>40}", "{} {text}"],
+)
+def test_templates_cannot_reach_attributes(tmp_path, template):
+    """A user template reads the row's text and nothing else: attribute and index access,
+    conversions and format specs are refused with the file and field named."""
+    folder = write_task(
+        tmp_path, "sneaky", {s: sentiment_rows(4) for s in ("train", "val", "test")}, LABELS,
+        template=template,
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"task.yaml.*field 'template'.*is not allowed"):
+        load_task_folder(folder)
+
+
+def test_templates_render_fields_and_literal_braces():
+    from core.tasks import render_template
+
+    row = {"text": "a {b}", "text_pair": "c"}
+    assert render_template("{{x}} {text} / {text_pair}", row) == "{x} a {b} / c"
+    assert render_template("{text} {text_pair}", {"text": "a"}) == "a "
+
+
 def test_duplicate_answer_words(tmp_path):
     folder = write_task(
         tmp_path,
@@ -286,7 +310,7 @@ EXPECTED_LABEL = {
 def test_paper_preset_formatting(name):
     row = format_rows(name, [HAND_ROWS[name]])[0]
     assert row["label"] == EXPECTED_LABEL[name]
-    prompt = PAPER_TASKS[name].template.format(text=row["text"])
+    prompt = render_template(PAPER_TASKS[name].template, row)
     assert prompt.endswith("Answer:")
     for value in HAND_ROWS[name].values():
         if isinstance(value, str) and len(value) > 3 and name not in ("winogrande",):
