@@ -284,17 +284,18 @@ def parse_args():
     p.add_argument("--sketch-k", type=int, nargs="*", default=[400, 4096])
     p.add_argument("--real-only", action="store_true", help="only the fine-tunes")
     p.add_argument("--tag", default=None, help="results name: bench/results/agreement-<tag>.json")
-    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default by --tag)")
+    p.add_argument("--smoke", action="store_true", help="tiny-llama experiment, seconds")
     args = p.parse_args()
     args.smoke_dir = Path(tempfile.mkdtemp(prefix="agreement-smoke-")) if args.smoke else None
     if args.smoke:
-        args.workspace = args.smoke_dir / "ws"
-        args.out = args.smoke_dir / "agreement.json"
+        args.workspace = args.workspace or args.smoke_dir / "ws"
+        args.out = args.out or args.smoke_dir / "agreement.json"
         args.subsets, args.sketch_k = min(args.subsets, 3), [8]
     else:
         name = "agreement" + (f"-{args.tag}" if args.tag else "")
         args.workspace = args.workspace or ROOT / "workspaces" / f"bench-{name}"
-        args.out = ROOT / "bench" / "results" / f"{name}.json"
+        args.out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     return args
 
 
@@ -333,6 +334,10 @@ def main() -> None:
         "noise_ceiling": noise_ceiling(real, args.seeds, base),
         "variants": score(preds, real, args.seeds, names),
         "real": real.to_dict(orient="records"),
+        "predictions": {
+            name: {str(seed): df.to_dict(orient="records") for seed, df in by_seed.items()}
+            for name, by_seed in preds.items()
+        },
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
