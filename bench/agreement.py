@@ -141,10 +141,15 @@ def sketched(tf, proj):
 
     import torch
 
-    g = proj.project(torch.as_tensor(np.asarray(tf.train_g))).numpy()
-    m, C, D = tf.val_G.shape
-    G = proj.project(torch.as_tensor(np.asarray(tf.val_G).reshape(m * C, D))).numpy()
-    return dataclasses.replace(tf, train_g=g, val_G=G.reshape(m, C, proj.k), k=proj.k)
+    def each(arr):  # (..., D) -> (..., k)
+        arr = np.asarray(arr)
+        flat = torch.as_tensor(arr.reshape(-1, arr.shape[-1]).copy())
+        return proj.project(flat).numpy().reshape(*arr.shape[:-1], proj.k)
+
+    per_choice = {} if tf.train_G is None else {"train_G": each(tf.train_G)}
+    return dataclasses.replace(
+        tf, train_g=each(tf.train_g), val_G=each(tf.val_G), k=proj.k, **per_choice
+    )
 
 
 def predict_variant(kind: str, feats: dict, subsets, tcfg, param=None) -> pd.DataFrame:

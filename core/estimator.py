@@ -109,6 +109,9 @@ def check_features(tf, name: str | None = None) -> None:
     m, c = z.shape
     arrays = {"train_h": (tf.train_h, (n,)), "train_g": (g, (n, k)), "val_z": (z, (m, c))}
     arrays["val_G"] = (tf.val_G, (m, c, k))
+    if getattr(tf, "train_G", None) is not None:  # per-choice train features (3+ answer words)
+        arrays["train_z"] = (tf.train_z, (n, c))
+        arrays["train_G"] = (tf.train_G, (n, c, k))
     if tf.target == "vocab":
         if tf.val_Glse is None or tf.val_lse is None:
             raise DataError(f"task {name!r}: target 'vocab' needs val_lse and val_Glse")

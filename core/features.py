@@ -10,7 +10,8 @@ answer position (the last column of a left-padded batch) and answer-word ids c_1
     target "vocab":   log p = z_gold - lse                  (p over the vocabulary, the paper)
     p clamped to [1e-6, 1 - 1e-6];   h = log(p / (1 - p)) = log p - log(1 - p)
 
-Train rows store h and g = Πᵀ ∂h/∂B (k,). Val rows store z, lse, h and G_c = Πᵀ ∂z_c/∂B
+Train rows store h and g = Πᵀ ∂h/∂B (k,), and for target "choices" with 3+ answer words also z
+and G_c (core.store.per_choice_train). Val rows store z, lse, h and G_c = Πᵀ ∂z_c/∂B
 (C, k), plus Glse = Πᵀ ∂lse/∂B (k,) for target "vocab"; an update w then linearises as
 z_c + G_c·w and lse + Glse·w, from which both h (either target) and the predicted answer
 argmax_c(z_c + G_c·w) follow without a forward pass.
@@ -159,19 +160,26 @@ def batch_features(
 ) -> dict[str, torch.Tensor]:
     """Features of one left-padded batch (from core.prompts.pad_batch).
 
-    train: {"h": (b,), "g": (b, k)}; val: {"z": (b, C), "lse": (b,), "h": (b,),
-    "G": (b, C, k), "Glse": (b, k) for target vocab}. Without a projector, k becomes D
-    (unprojected gradients, for tests). The model must be prepared (`prepare_for_extraction`).
+    train: {"h": (b,), "g": (b, k)} (+ "z": (b, C), "G": (b, C, k) when
+    core.store.per_choice_train); val: {"z": (b, C), "lse": (b,), "h": (b,), "G": (b, C, k),
+    "Glse": (b, k) for target vocab}. Without a projector, k becomes D (unprojected gradients,
+    for tests). The model must be prepared (`prepare_for_extraction`).
     """
+    from core.store import per_choice_train
+
     device = batch["attention_mask"].device
     choice = torch.as_tensor(choice_ids, device=device)
     gold = torch.as_tensor(gold, device=device)
     with _BGradHooks(peft_model, projector, batch["attention_mask"]) as hooks:
         logits = peft_model(**batch, logits_to_keep=1).logits[:, -1]
         q = target_quantities(logits, choice, gold, target)
+        C = len(choice)
+        if split == "train" and per_choice_train(C, target):
+            G = [hooks.grads(q["z"][:, c], retain_graph=True) for c in range(C)]
+            g = hooks.grads(q["h"], retain_graph=False)
+            return {"h": q["h"].detach(), "g": g, "z": q["z"].detach(), "G": torch.stack(G, 1)}
         if split == "train":
             return {"h": q["h"].detach(), "g": hooks.grads(q["h"], retain_graph=False)}
-        C = len(choice)
         n_pass = C + (target == "vocab")
         G = [hooks.grads(q["z"][:, c], retain_graph=c < n_pass - 1) for c in range(C)]
         out = {name: q[name].detach() for name in ("z", "lse", "h")}

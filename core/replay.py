@@ -6,11 +6,15 @@ The fine-tune GroupTune runs trains B only (training.freeze_a), on the answer-wo
 
     h_e(B) ≈ h_e + g_eᵀ w,     w = vec(B)  (features.projection "identity": g̃ = g)
 
-The loss of row e is −log p_gold = log(1 + exp(−h_e)) (h is the gold answer's log-odds), so
-every step of the real run has a closed-form twin on the stored features:
+The loss of row e is −log p_gold. With two answer words it is log(1 + exp(−h_e)) (h is the gold
+answer's log-odds, itself linear in the two logits); with three or more the store also holds
+every answer word's logit z_ec and gradient G_ec (core.store.per_choice_train), and the replay
+linearises the logits and keeps the softmax exact, as the val side does. So every step of the
+real run has a closed-form twin on the stored features:
 
-    grad = −mean_{e ∈ batch} σ(−(h_e + g_eᵀ w)) g_e,   clipped to norm GRAD_CLIP,
-    then AdamW at lr_at(step) with torch's update rule.
+    two words:  grad = −mean_e σ(−(h_e + g_eᵀ w)) g_e
+    C words:    grad = mean_e Σ_c (softmax(z_e + G_e w)_c − [c = gold_e]) G_ec
+    clipped to norm GRAD_CLIP, then AdamW at lr_at(step) with torch's update rule.
 
 The replay visits the same batches in the same order as `core.training.fit` (same seed, same
 epochs, same lr curve), scores every task's val rows with the linearised model after each epoch
@@ -24,7 +28,7 @@ per-coordinate scaling does not pass through a sketch, so it is an approximation
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, softmax
 
 from core.errors import GroupTuneError
 from core.estimator import FitResult, one_blas_thread, predict
@@ -82,18 +86,15 @@ def replay(features: list, tcfg) -> FitResult:
 def _replay(features: list, tcfg) -> FitResult:
     if not features:
         raise GroupTuneError("the replay needs the features of at least one task")
-    X = [np.asarray(tf.train_g) for tf in features]  # stored dtype; batches go to float64
-    h = [np.asarray(tf.train_h, dtype=np.float64) for tf in features]
-    sizes = [range(len(x)) for x in X]
+    sizes = [range(len(tf.train_h)) for tf in features]
     steps_per_epoch = len(epoch_plan(sizes, tcfg, 0))
-    w = np.zeros(X[0].shape[1])
+    w = np.zeros(int(features[0].k))
     opt, step, seen = AdamW(len(w), tcfg.weight_decay), 0, 0
     best, best_w = None, w
     for epoch in range(tcfg.epochs):
         for t, rows in epoch_plan(sizes, tcfg, epoch):
             rows = np.sort(rows)  # a mean ignores the order; sorted memmap reads are sequential
-            g = X[t][rows].astype(np.float64)
-            grad = -(g.T @ expit(-(h[t][rows] + g @ w))) / len(rows)
+            grad = batch_gradient(features[t], rows, w)
             w = opt.step(w, clipped(grad), lr_at(step, tcfg, steps_per_epoch))
             step, seen = step + 1, seen + len(rows)
         val = _val_summary(features, w)
@@ -104,16 +105,29 @@ def _replay(features: list, tcfg) -> FitResult:
         reg=0.0,
         norm=float(np.linalg.norm(best_w)),
         converged=True,
-        n_rows=sum(len(x) for x in X),
+        n_rows=sum(len(r) for r in sizes),
         iterations=step,
         n_solves=1,
         flops=_flops(features, seen, step, tcfg.epochs),
     )
 
 
+def batch_gradient(tf, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Gradient of the mean linearised train loss of `rows` at w (module docstring), (k,)."""
+    if getattr(tf, "train_G", None) is not None:
+        G = np.asarray(tf.train_G[rows], dtype=np.float64)  # (b, C, k)
+        p = softmax(np.asarray(tf.train_z[rows], dtype=np.float64) + G @ w, axis=1)
+        p[np.arange(len(rows)), np.asarray(tf.train_gold)[rows]] -= 1.0
+        return np.einsum("bc,bck->k", p, G) / len(rows)
+    g = np.asarray(tf.train_g[rows], dtype=np.float64)
+    h = np.asarray(tf.train_h[rows], dtype=np.float64)
+    return -(g.T @ expit(-(h + g @ w))) / len(rows)
+
+
 def _flops(features: list, rows: int, steps: int, epochs: int) -> int:
-    """Analytic count: 4·k per row seen (the margin g·w and the gradient gᵀr), ~12·k per step
-    (clip and AdamW), and 2·m·C·k per task and epoch for the linearised val logits."""
+    """Analytic count: 4·k per row seen (the margin g·w and the gradient gᵀr; 4·C·k with
+    per-choice train features, counted as 4·k here), ~12·k per step (clip and AdamW), and
+    2·m·C·k per task and epoch for the linearised val logits."""
     k = int(features[0].k)
     val = sum(2 * int(np.prod(np.shape(tf.val_G))) for tf in features)
     return int(4 * rows * k + 12 * steps * k + epochs * val)

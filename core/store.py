@@ -5,6 +5,8 @@ One folder per task (`ws.features_dir(task)`):
                    `complete` (true only once every row of both splits is done)
   train_h.npy      (n_train,)        log-odds target h at the base model
   train_g.npy      (n_train, k)      projected gradient Πᵀ ∂h/∂B
+  train_z.npy      (n_train, C)      answer-word logits       } target "choices" with C > 2
+  train_G.npy      (n_train, C, k)   their projected gradients } (`per_choice_train`)
   train_gold.npy   (n_train,)        gold choice index
   val_z.npy        (n_val, C)        answer-word logits
   val_lse.npy      (n_val,)          full-vocabulary logsumexp
@@ -39,15 +41,25 @@ from core.io import read_json, write_json
 
 log = logging.getLogger("grouptune.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-choice train logits and gradients for tasks of 3+ answer words
 SPLITS = ("train", "val")
 META = "meta.json"
+
+
+def per_choice_train(C: int, target: str) -> bool:
+    """Whether train rows also store every answer word's logit and gradient. With two answer
+    words h = z_gold − z_other is itself linear in the logits, so h and g say everything; with
+    more, the replay linearises the logits and keeps the softmax exact, which follows real
+    fine-tuning far better (bench/results/agreement-claims.json)."""
+    return target == "choices" and C > 2
 
 
 def split_arrays(split: str, n: int, C: int, k: int, target: str) -> dict[str, tuple]:
     """Name -> (shape, dtype) of the feature arrays of one split (gold and done included)."""
     if split == "train":
         arrays = {"h": ((n,), "f4"), "g": ((n, k), "f4")}
+        if per_choice_train(C, target):
+            arrays |= {"z": ((n, C), "f4"), "G": ((n, C, k), "f4")}
     else:
         arrays = {
             "z": ((n, C), "f4"),
@@ -311,6 +323,8 @@ class TaskFeatures:
     target: str
     k: int
     meta: dict
+    train_z: np.ndarray | None = None  # (n, C), per_choice_train tasks only
+    train_G: np.ndarray | None = None  # (n, C, k)
 
 
 def load_features(ws, task_name: str, cfg=None, task=None) -> TaskFeatures:
@@ -335,6 +349,7 @@ def load_features(ws, task_name: str, cfg=None, task=None) -> TaskFeatures:
         return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
 
     vocab = meta["key"]["target"] == "vocab"
+    per_choice = per_choice_train(int(meta["C"]), meta["key"]["target"])
     return TaskFeatures(
         train_h=arr("train_h"),
         train_g=arr("train_g"),
@@ -348,4 +363,6 @@ def load_features(ws, task_name: str, cfg=None, task=None) -> TaskFeatures:
         target=meta["key"]["target"],
         k=int(meta["k"]),
         meta=meta,
+        train_z=arr("train_z") if per_choice else None,
+        train_G=arr("train_G") if per_choice else None,
     )

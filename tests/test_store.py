@@ -70,10 +70,38 @@ def test_identity_projection_stores_the_exact_b_gradients(tiny_task_root, tmp_pa
     extract_features(cfg, ws)
     f = load_features(ws, "alpha", cfg, load_tasks(cfg)[0])
     assert f.k == f.meta["resolved"]["D"] == f.train_g.shape[1] > 3
+    assert f.train_G is None  # two answer words: h and g say everything
     model, tok, _ = load_extraction_model(cfg)
     enc = encode_split(tok, load_tasks(cfg)[0], "train", cfg.data.max_tokens)
     ref = reference_example_grads(model, enc.input_ids[:3], enc.choice_ids, enc.gold[:3], "choices")
     np.testing.assert_allclose(np.asarray(f.train_g[:3]), ref["g"], rtol=1e-4, atol=1e-6)
+
+
+def test_three_answer_words_store_per_choice_train_gradients(tmp_path):
+    """With 3+ answer words, train rows also keep every answer word's logit and exact
+    B-gradient (what the replay's softmax needs); two words keep h and g only."""
+    from conftest import topic_rows, write_task
+
+    from core.features import load_extraction_model, reference_example_grads
+    from core.prompts import encode_split
+
+    labels = {"sports": " sports", "politics": " politics", "science": " science"}
+    rows = [{**r, "label": ["sports", "politics", "science"][i % 3]} for i, r in
+            enumerate(topic_rows(18))]  # fmt: skip
+    write_task(tmp_path / "tasks", "three", {"train": rows[:9], "val": rows[9:15],
+               "test": rows[15:]}, labels, template="News: {text}\nTopic:")  # fmt: skip
+    cfg = _cfg(tmp_path / "tasks", ["three"], features={"projection": "identity"})
+    ws = Workspace(tmp_path / "ws")
+    extract_features(cfg, ws)
+    f = load_features(ws, "three", cfg, load_tasks(cfg)[0])
+    assert f.train_z.shape == (9, 3) and f.train_G.shape == (9, 3, f.k)
+    model, tok, _ = load_extraction_model(cfg)
+    enc = encode_split(tok, load_tasks(cfg)[0], "train", cfg.data.max_tokens)
+    ids, gold = enc.input_ids[:3], enc.gold[:3]
+    ref = reference_example_grads(model, ids, enc.choice_ids, gold, "choices", split="val")
+    np.testing.assert_allclose(np.asarray(f.train_G[:3]), ref["G"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(f.train_z[:3]), ref["z"], rtol=1e-5, atol=1e-6)
+    assert load_features(ws, "three").train_G is not None
 
 
 def test_vocab_target_stores_glse(tiny_task_root, tmp_path):
