@@ -223,6 +223,29 @@ def real_affinity_corr(pred: pd.DataFrame, real: pd.DataFrame, names) -> float |
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def intervals(df: pd.DataFrame, pred: str = "predicted") -> dict:
+    """95% bootstrap intervals over subsets (core.agreement.bootstrap_interval) of the order
+    agreement and the within-task loss correlation; `df` may pool seeds (subset names carry
+    the seed, so pairs never mix seeds)."""
+    from core.agreement import bootstrap_interval, order_agreement, within_task_corr
+
+    pl = f"{pred}_loss"
+    return {
+        "order_agreement_ci": bootstrap_interval(
+            df, lambda d: order_agreement(d, pl, "real_loss"), n_boot=500
+        ),
+        "within_task_corr_loss_ci": bootstrap_interval(
+            df, lambda d: within_task_corr(d, pl, "real_loss"), n_boot=500
+        ),
+    }
+
+
+def _pooled(frames: dict) -> pd.DataFrame:
+    """Per-seed tables as one, each subset named with its seed: a resample draws the subset's
+    rows of every seed together (the unit that was sampled is the subset)."""
+    return pd.concat([f.assign(seed=s) for s, f in frames.items()], ignore_index=True)
+
+
 def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
     from core.agreement import agreement, per_task
 
@@ -234,6 +257,8 @@ def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
     out = {}
     for name, by_seed in preds.items():
         per_seed = {s: agreement(joined(by_seed[s], s)) for s in seeds}
+        pooled = _pooled({s: joined(by_seed[s], s) for s in seeds})
+        pooled["task"] = pooled["task"] + "@" + pooled["seed"].astype(str)  # pairs within a seed
         keys = [k for k, v in per_seed[seeds[0]].items() if isinstance(v, float)]
         mean = {
             k: float(np.mean([per_seed[s][k] for s in seeds if per_seed[s][k] is not None]))
@@ -247,6 +272,7 @@ def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
             "per_task": per_task(joined(by_seed[seeds[0]], seeds[0])),
             "affinity_corr": real_affinity_corr(by_seed[seeds[0]], real0, names),
             "mean_norm": float(by_seed[seeds[0]]["norm"].mean()),
+            **intervals(pooled),
         }
     return out
 
@@ -267,7 +293,8 @@ def noise_ceiling(real: pd.DataFrame, seeds, base: pd.DataFrame) -> dict | None:
             "accuracy_b": "real_accuracy",
         }
     )
-    return agreement(df.merge(base, on=["subset", "task"]))
+    df = df.merge(base, on=["subset", "task"])
+    return {**agreement(df), **intervals(df)}
 
 
 def parse_args():
@@ -377,18 +404,19 @@ HEAD = ["variant", "order agreement", "within-task corr. loss", "within-task cor
 HEAD += ["loss-drop error", "paper rel. error", "affinity corr."]
 
 
-def _row(name: str, m: dict, affinity) -> list[str]:
+def _row(name: str, m: dict, affinity, cis: dict | None = None) -> list[str]:
     keys = ["order_agreement", "within_task_corr_loss", "within_task_corr_accuracy"]
     keys += ["drop_rel_error", "paper_rel_error"]
     pct = {"order_agreement", "drop_rel_error", "paper_rel_error"}
-    return (
-        [name]
-        + [
-            "-" if m.get(k) is None else (f"{m[k]:.1%}" if k in pct else f"{m[k]:.2f}")
-            for k in keys
-        ]
-        + ["-" if affinity is None else f"{affinity:.2f}"]
-    )
+    cells = []
+    for k in keys:
+        v = m.get(k)
+        cell = "-" if v is None else (f"{v:.1%}" if k in pct else f"{v:.2f}")
+        ci = (cis or {}).get(f"{k}_ci")
+        if v is not None and ci:
+            cell += f" [{ci[0]:.0%}, {ci[1]:.0%}]" if k in pct else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        cells.append(cell)
+    return [name, *cells, "-" if affinity is None else f"{affinity:.2f}"]
 
 
 def markdown_lines() -> list[str]:
@@ -404,7 +432,8 @@ def markdown_lines() -> list[str]:
         "by the estimate and by real fine-tunes (50% = chance), and the correlation with each "
         "task's mean removed. The noise ceiling is the same between two real training seeds. "
         "Every variant is scored on the same real fine-tunes (mean over the seeds; the replay "
-        "predicts each seed's own batch order).",
+        "predicts each seed's own batch order). Brackets: 95% bootstrap intervals over the "
+        "sampled subsets (both seeds pooled).",
         "",
     ]
     for path in found:
@@ -421,9 +450,10 @@ def markdown_lines() -> list[str]:
             f"({r['created']}).",
             "",
         ]
-        rows = [_row("(noise ceiling: seed vs seed)", r["noise_ceiling"] or {}, None)]
+        ceiling = r["noise_ceiling"] or {}
+        rows = [_row("(noise ceiling: seed vs seed)", ceiling, None, ceiling)]
         rows += [
-            _row(name, v["mean_over_seeds"], v["affinity_corr"])
+            _row(name, v["mean_over_seeds"], v["affinity_corr"], v)
             for name, v in r["variants"].items()
         ]
         lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]

@@ -103,3 +103,27 @@ def per_task(df: pd.DataFrame, pred: str = "predicted", real: str = "real") -> d
             "predicted_spread": float(rows[pl].max() - rows[pl].min()),
         }
     return out
+
+
+def bootstrap_interval(
+    df: pd.DataFrame, measure, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[float] | None:
+    """Percentile interval of `measure(df) -> float | None` over resampled subsets: whole
+    subsets are drawn with replacement (a drawn twice subset counts as two), so the interval
+    reflects which subsets happened to be sampled. None when the measure is undefined."""
+    subsets = df["subset"].unique()
+    groups = {s: rows for s, rows in df.groupby("subset")}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        draw = rng.choice(subsets, len(subsets), replace=True)
+        sample = pd.concat(
+            [groups[s].assign(subset=f"{s}#{i}") for i, s in enumerate(draw)], ignore_index=True
+        )
+        v = measure(sample)
+        if v is not None:
+            values.append(v)
+    if not values:
+        return None
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]

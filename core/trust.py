@@ -31,8 +31,12 @@ def verdict_line(validation: dict | None) -> tuple[str, str]:
     mine, ceiling = s.get("order_agreement"), s.get("noise_ceiling_order_agreement")
     if mine is None:
         return "unchecked", "The check has too few subsets per task to compare orderings."
-    against = "" if ceiling is None else f" (a second training seed: {ceiling:.0%})"
-    line = f"orders a task's subsets like the real fine-tunes in {mine:.0%} of pairs{against}"
+    ci = s.get("order_agreement_ci")
+    spread = f" (95% interval {ci[0]:.0%}-{ci[1]:.0%})" if ci else ""
+    against = "" if ceiling is None else f"; a second training seed: {ceiling:.0%}"
+    line = (
+        f"orders a task's subsets like the real fine-tunes in {mine:.0%} of pairs{spread}{against}"
+    )
     if ceiling is not None and mine >= ceiling - GOOD_GAP:
         return "good", f"The estimate {line}: as well as the fine-tunes agree with themselves."
     if mine >= CHANCE_BAND:

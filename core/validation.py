@@ -283,11 +283,14 @@ def seed_rows(subsets, records: list[dict]) -> list[dict]:
 
 def grouping_measures(rows: list[dict], other_seed: list[dict] | None) -> dict:
     """What grouping depends on (core.agreement), and the same between two real seeds."""
-    from core.agreement import agreement
+    from core.agreement import agreement, bootstrap_interval, order_agreement
 
     df = pd.DataFrame(rows)
     mine = agreement(df)
     out = {k: mine[k] for k in AGREEMENT_KEYS}
+    out["order_agreement_ci"] = bootstrap_interval(  # 95%, over the checked subsets
+        df, lambda d: order_agreement(d, "predicted_loss", "real_loss"), n_boot=500
+    )
     out["noise_ceiling_order_agreement"] = out["noise_ceiling_corr_loss"] = None
     out["noise_ceiling_corr_accuracy"] = None
     if other_seed:

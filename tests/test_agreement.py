@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,3 +49,30 @@ def test_drop_and_paper_errors():
     assert out["paper_rel_error"] == pytest.approx(0.2 / 0.6)
     assert out["within_task_corr_loss"] is None  # no spread: nothing to say
     assert out["n_pairs"] == 0 and out["order_agreement"] is None
+
+
+def test_bootstrap_interval_brackets_the_value_and_narrows_with_data():
+    from core.agreement import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+
+    def noisy(n_subsets):
+        rows = []
+        for s in range(n_subsets):
+            for t in ("a", "b"):
+                real = rng.normal()
+                rows.append({"subset": f"s{s}", "task": t, "real_loss": real,
+                             "predicted_loss": real + rng.normal(0, 0.7)})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def measure(d):
+        return order_agreement(d, "predicted_loss", "real_loss")
+
+    small, large = noisy(8), noisy(64)
+    lo, hi = bootstrap_interval(small, measure, n_boot=300)
+    assert lo <= measure(small) <= hi
+    lo2, hi2 = bootstrap_interval(large, measure, n_boot=300)
+    assert hi2 - lo2 < hi - lo and lo2 > 0.5  # more subsets: a tighter interval, above chance
+    same = table([0.1, 0.2, 0.3, 1.1, 1.2, 1.3], [0.1, 0.2, 0.3, 1.1, 1.2, 1.3])
+    assert bootstrap_interval(same, lambda d: order_agreement(d, "predicted_loss", "real_loss"),
+                              n_boot=50) == [1.0, 1.0]  # fmt: skip

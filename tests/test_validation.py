@@ -92,6 +92,9 @@ def test_validation_json_matches_adapters_and_estimates(validated):
     for key in ("within_task_corr_loss", "within_task_corr_accuracy", "order_agreement"):
         assert s[key] == mine[key]
     assert s["drop_rel_error"] == pytest.approx(mine["drop_rel_error"])
+    if s["order_agreement"] is not None:  # bootstrap over the checked subsets
+        lo, hi = s["order_agreement_ci"]
+        assert lo <= s["order_agreement"] <= hi
     other = pd.DataFrame(result["other_seed_rows"])  # the second training seed's fine-tunes
     for row in result["other_seed_rows"]:
         name = adapter_name(row["subset"].split("+"), 1)
