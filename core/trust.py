@@ -13,9 +13,11 @@ from core.errors import GroupTuneError
 from core.validation import DEFAULT_SUBSETS as DEFAULT_SUBSETS  # the page's default N
 from core.validation import ROOT, config_rows, estimated_subsets
 
-# bench/results/agreement-*.json: with 100 train rows per task the estimate orders a task's
-# subsets about as well as a second training seed does; with 48 it is closer to chance.
+# Real fine-tunes with two training seeds order a task's subsets alike in 69% of pairs at 48
+# train rows per task (the quick demo's validation.json) and 76% at 100 (bench/results/
+# agreement-claims.json): below ~100 rows, training noise alone reorders many subsets.
 MIN_TRAIN_ROWS = 100
+FIRM_CEILING = 0.80  # seed-vs-seed agreement below this: the groupings' differences are soft
 GOOD_GAP = 0.05  # order agreement within this of the noise ceiling: as good as it gets
 CHANCE_BAND = 0.60  # below this the estimate's ordering is close to chance (0.5)
 
@@ -37,10 +39,18 @@ def verdict_line(validation: dict | None) -> tuple[str, str]:
     line = (
         f"orders a task's subsets like the real fine-tunes in {mine:.0%} of pairs{spread}{against}"
     )
+    soft = ""
+    if ceiling is not None and ceiling < FIRM_CEILING:
+        soft = (
+            f" Two training seeds agree on only {ceiling:.0%} of pairs, so part of what "
+            "separates the groupings is training noise; more rows per task make it firmer."
+        )
     if ceiling is not None and mine >= ceiling - GOOD_GAP:
-        return "good", f"The estimate {line}: as well as the fine-tunes agree with themselves."
+        return "good", (
+            f"The estimate {line}: about as well as two training seeds agree, or better.{soft}"
+        )
     if mine >= CHANCE_BAND:
-        return "partial", f"The estimate {line}: groupings are a guide, not a verdict."
+        return "partial", f"The estimate {line}: groupings are a guide, not a verdict.{soft}"
     return "noise", f"The estimate {line}, close to chance (50%): groupings rest on noise."
 
 
@@ -56,8 +66,9 @@ def rows_warning(cfg) -> str | None:
         return None
     return (
         f"{len(small)} task(s) have fewer than {MIN_TRAIN_ROWS} train rows ({', '.join(small)}). "
-        "With so few rows the estimate's within-task ordering was close to chance in "
-        "bench/agreement.py; raise data.max_train or add rows before trusting the groups."
+        "With so few rows two real fine-tunes that differ only in their training seed often "
+        "order a task's subsets differently (bench/agreement.py), so differences between "
+        "groupings can be noise; raise data.max_train or add rows for firmer groups."
     )
 
 

@@ -290,3 +290,21 @@ def test_a_new_recipe_trains_the_subset_again(validated):
     assert record["config"]["training"]["lr"] == 0.01
     assert again["rows"][0]["real_loss"] == record["val_metrics"][again["rows"][0]["task"]]["nll"]
     assert again["rows"][0]["predicted_loss"] == result["rows"][0]["predicted_loss"]
+
+
+def test_trust_verdict_levels_on_known_summaries():
+    from core.trust import verdict_line
+
+    def summary(mine, ceiling, ci=None):
+        return {"summary": {"order_agreement": mine, "noise_ceiling_order_agreement": ceiling,
+                            "order_agreement_ci": ci}}  # fmt: skip
+
+    level, line = verdict_line(summary(0.94, 0.69, [0.82, 1.0]))
+    assert level == "good" and "94%" in line and "82%-100%" in line
+    assert "agree on only 69%" in line  # a soft ceiling is said even when the estimate is good
+    assert verdict_line(summary(0.9, 0.85))[0] == "good"
+    assert "only" not in verdict_line(summary(0.9, 0.85))[1]  # a firm ceiling: no caveat
+    assert verdict_line(summary(0.7, 0.85))[0] == "partial"
+    assert verdict_line(summary(0.55, 0.85))[0] == "noise"
+    assert verdict_line(summary(None, None))[0] == "unchecked"
+    assert verdict_line(None)[0] == "unchecked"
