@@ -46,6 +46,13 @@ def lr_at(step: int, tcfg, steps_per_epoch: int) -> float:
 SELECTION = "lowest mean val nll, ties: higher mean val accuracy"
 
 
+def training_fingerprint(tcfg) -> dict:
+    """The recipe's part of a run's fingerprint (core.training.run_fingerprint; the dashboard's
+    freshness check reads the same): every training setting but epochs (a run may be extended
+    and continues exactly), and the selection rule."""
+    return tcfg.model_dump(exclude={"epochs"}) | {"selection": SELECTION}
+
+
 def is_better(val: dict, best: dict | None) -> bool:
     """The best-epoch rule (SELECTION) on {"accuracy", "nll"} means of two epochs."""
     if best is None:

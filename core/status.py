@@ -340,6 +340,8 @@ def adapter_state(
     """An adapter's state, judged as core.training does (its run fingerprint): the tasks and
     their contents (`hashes`: task -> Task.content_hash(), when given), the token budget, the
     adapter and training settings, the base model, and the number of epochs."""
+    from core.recipe import training_fingerprint
+
     record = ws.read("adapters", name, "grouptune.json")
     if record is None:
         state = ws.read("adapters", name, "checkpoint", "state.json")
@@ -356,7 +358,7 @@ def adapter_state(
     data = fp.get("data") or {}
     model = {k: getattr(cfg.model, k) for k in ("name", "revision", "quantization")}
     checks = {
-        "training settings": (fp.get("training"), cfg.training.model_dump(exclude={"epochs"})),
+        "training settings": (fp.get("training"), training_fingerprint(cfg.training)),
         "adapter settings": (saved.get("adapter"), cfg.adapter.model_dump(mode="json")),
         "base model": ({k: (saved.get("model") or {}).get(k) for k in model}, model),
         "token budget": (data.get("max_tokens"), cfg.data.max_tokens),

@@ -53,7 +53,7 @@ from core.flops import (
 from core.io import read_json, write_json
 from core.progress import log_metrics, track
 from core.prompts import Encoded, encode_split
-from core.recipe import GRAD_CLIP, SELECTION, epoch_plan, is_better, lr_at
+from core.recipe import GRAD_CLIP, epoch_plan, is_better, lr_at, training_fingerprint
 from core.scoring import model_device
 from core.tasks import Task, load_tasks
 
@@ -397,7 +397,7 @@ def run_fingerprint(cfg, model, tasks: list[Task]) -> dict:
     return {
         "base_model": model_fingerprint(cfg.model),
         "adapter": adapter_fingerprint(cfg.adapter, model),
-        "training": cfg.training.model_dump(exclude={"epochs"}) | {"selection": SELECTION},
+        "training": training_fingerprint(cfg.training),
         "data": {
             "max_tokens": cfg.data.max_tokens,
             "tasks": {t.name: t.content_hash() for t in tasks},
