@@ -198,6 +198,7 @@ def reference_example_grads(
     lora_b_parameters order. Returns the keys of `batch_features` with k = D, as float64 numpy.
     """
     from core.adapters import lora_b_parameters
+    from core.store import per_choice_train
 
     params = [p for _, p in lora_b_parameters(peft_model)]
     device = params[0].device
@@ -220,7 +221,10 @@ def reference_example_grads(
         got = {"h": q["h"][0].detach().double()}
         if split == "train":
             got["g"] = grad(q["h"][0])
-        else:
+        if split == "train" and per_choice_train(len(choice), target):
+            got["z"] = q["z"][0].detach().double()
+            got["G"] = torch.stack([grad(q["z"][0, c]) for c in range(len(choice))])
+        elif split != "train":
             got.update(z=q["z"][0].detach().double(), lse=q["lse"][0].detach().double())
             got["G"] = torch.stack([grad(q["z"][0, c]) for c in range(len(choice))])
             if target == "vocab":

@@ -101,3 +101,16 @@ def test_a_workspace_snapshot_loads_as_a_config_file(tmp_path):
     ws.save_config(cfg)
     again = load_config(ws.config_path)
     assert again.resolve("tasks") == tmp_path.resolve() / "tasks"
+
+
+def test_replay_needs_the_features_target_to_be_the_training_loss():
+    """The replay trains on the features' own target: a mismatch is refused with both fields
+    named, and the paper's argmin (which has no training loss) accepts it."""
+    with pytest.raises(ConfigError, match=r"features.target \('vocab'\).*training.loss"):
+        parse_config({"tasks": ["a"], "features": {"target": "vocab"}})
+    ok = parse_config(
+        {"tasks": ["a"], "features": {"target": "vocab"}, "training": {"loss": "vocab"}}
+    )
+    assert ok.estimator.method == "replay"
+    argmin = {"tasks": ["a"], "features": {"target": "vocab"}, "estimator": {"method": "argmin"}}
+    assert parse_config(argmin).training.loss == "choices"

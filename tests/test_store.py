@@ -105,7 +105,10 @@ def test_three_answer_words_store_per_choice_train_gradients(tmp_path):
 
 
 def test_vocab_target_stores_glse(tiny_task_root, tmp_path):
-    cfg, ws = _cfg(tiny_task_root, ["alpha"], features={"target": "vocab"}), Workspace(tmp_path)
+    cfg, ws = (
+        _cfg(tiny_task_root, ["alpha"], features={"target": "vocab"}, training={"loss": "vocab"}),
+        Workspace(tmp_path),
+    )
     extract_features(cfg, ws)
     f = load_features(ws, "alpha")
     assert f.val_Glse.shape == (6, 16) and f.target == "vocab" and (f.train_h < 0).all()
@@ -159,7 +162,7 @@ class _Kill(Exception):
 
 
 def test_resume_after_a_kill_gives_identical_arrays(tiny_task_root, tmp_path):
-    cfg = _cfg(tiny_task_root, ["alpha"], features={"target": "vocab"})
+    cfg = _cfg(tiny_task_root, ["alpha"], features={"target": "vocab"}, training={"loss": "vocab"})
     clean = Workspace(tmp_path / "clean")
     extract_features(cfg, clean)
     ws, seen = Workspace(tmp_path / "ws"), []
