@@ -713,6 +713,16 @@ def markdown(res: dict) -> str:
             for v in res["verdicts"]
         ],
     )
+    conf = s.get("config", {})
+    method = conf.get("estimator", {}).get("method", "argmin (trust region; before the replay)")
+    t = conf.get("training", {})
+    lines += [
+        "",
+        f"The claims table and parts a-d were measured with estimator `{method}`, training loss "
+        f"`{t.get('loss', 'vocab')}`, A frozen: `{t.get('freeze_a', False)}` (claims.json's "
+        "config). The sections on within-task agreement and on the paper's approximation "
+        "protocol come from their own result files (their commands are given).",
+    ]
     lines += ["", "## What this config is", "", s["description"], ""]
     lines += ["## Misses and caveats", ""] + [f"- {c}" for c in caveats(res)] + [""]
     lines += md_estimation(res["parts"]["estimation"]) + md_speedup(res["parts"]["speedup"])
