@@ -278,7 +278,8 @@ def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
 
 
 def noise_ceiling(real: pd.DataFrame, seeds, base: pd.DataFrame) -> dict | None:
-    """Seed a predicting seed b: the same measures between two real fine-tunes."""
+    """The noise ceiling: the same measures with seed a's real fine-tunes as the prediction of
+    seed b's."""
     from core.agreement import agreement
 
     if len(seeds) < 2:

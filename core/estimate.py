@@ -2,7 +2,8 @@
 
 `fitter(cfg)` returns `fit(features) -> core.estimator.FitResult` for the tasks' TaskFeatures
 (in training order); `core.estimator.predict(tf, fit.w)` then scores each task. The affinity
-step, the what-if and validation all call this, so they always use the same estimator.
+step (whose estimates validate-estimate checks) and the what-if both call it, so they always
+use the same estimator.
 """
 
 from __future__ import annotations
