@@ -180,7 +180,7 @@ def test_closing_the_page_and_restarting_the_server_loses_nothing(real_ws, brows
     try:
         tab = open_page(browser, first, "gradients")
         tab.get_by_role("button", name="Compute", exact=True).click()
-        wait_until(lambda: status.read_jobs(Workspace(ws)))
+        wait_until(lambda: status.read_jobs(Workspace(ws)), timeout_s=120)  # a loaded machine
         tab.close()  # the browser goes away ...
     finally:
         first.stop()  # ... and so does the server, while the job runs or waits
