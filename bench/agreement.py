@@ -77,10 +77,6 @@ def make_config(args):
     )
 
 
-def with_seed(cfg, seed: int):
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": seed})})
-
-
 # --- real fine-tunes ------------------------------------------------------------------------
 
 
@@ -104,7 +100,7 @@ def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
     """One row per (seed, subset, task): the kept epoch's val loss and accuracy. A subset is
     fine-tuned (or resumed) unless its adapter folder already holds a finished run."""
     from core.training import train_adapter
-    from core.validation import adapter_name
+    from core.validation import adapter_name, seeded
 
     rows, total, done = [], len(subsets) * len(seeds), 0
     for seed in seeds:
@@ -113,7 +109,7 @@ def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
             name = f"{adapter_name(tasks)}-s{seed}"
             start = time.perf_counter()
             if not (ws.adapter_dir(name) / "grouptune.json").exists():
-                train_adapter(with_seed(cfg, seed), ws, name, list(tasks), progress=False)
+                train_adapter(seeded(cfg, seed), ws, name, list(tasks), progress=False)
             rec = json.loads((ws.adapter_dir(name) / "grouptune.json").read_text())
             seconds = time.perf_counter() - start
             say(f"real {done}/{total} seed {seed} {'+'.join(tasks)}: {seconds:.0f} s")
@@ -178,9 +174,10 @@ def predict_variant(kind: str, feats: dict, subsets, tcfg, param=None) -> pd.Dat
 def variants(cfg, feats, subsets, seeds, args) -> dict:
     """{name: {seed: predictions}} for every variant (replay is seed-specific)."""
     from core.projection import make_projector
+    from core.validation import seeded
 
     out = {}
-    tc = {s: with_seed(cfg, s).training for s in seeds}
+    tc = {s: seeded(cfg, s).training for s in seeds}
     out["replay"] = {s: predict_variant("replay", feats, subsets, tc[s]) for s in seeds}
     if len(seeds) > 1:
         cross = {s: seeds[(i + 1) % len(seeds)] for i, s in enumerate(seeds)}

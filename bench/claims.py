@@ -99,11 +99,6 @@ def make_config(args):
     )
 
 
-def with_seed(cfg, seed: int):
-    """training.seed only: adapter.seed stays, since it is the features' expansion point."""
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": seed})})
-
-
 # --- features and the estimator -------------------------------------------------------------
 
 
@@ -489,12 +484,13 @@ def part_ensemble(cfg, ws, wanted_m) -> dict:
     from core.accounting import Accounting
     from core.evaluation import evaluate_zero_shot
     from core.scoring import with_mean
+    from core.validation import seeded
 
     ms, groups, rec = choose_ms(cfg, ws, wanted_m)
     plan, tasks_of = adapter_plan(cfg, groups)
     records = {}
     for seed in SEEDS:
-        scfg = with_seed(cfg, seed)
+        scfg = seeded(cfg, seed)
         for name in [n for m in ms for n in plan[seed][m]] + [plan[seed]["baseline"]]:
             records[name] = train(scfg, ws, name, tasks_of[name])["accounting"]
     metrics = score_on_test(cfg, ws, tasks_of)
