@@ -37,7 +37,7 @@ model: install
 # the committed estimates stay fresh and the Groups page's what-if works.
 workspaces/quick/config.yaml:
 	mkdir -p workspaces
-	if [ -d sample_data/workspaces/quick ]; then cp -r sample_data/workspaces/quick workspaces/quick; fi
+	if [ -d sample_data/workspaces/quick ]; then cp -rp sample_data/workspaces/quick workspaces/quick; fi
 
 demo: model workspaces/quick/config.yaml
 	$(BIN)/grouptune init --config sample_data/quick.yaml --workspace workspaces/quick
