@@ -130,7 +130,15 @@ class GroupingConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(
+        10, ge=1, description="Maximum epochs (the paper trains 10 and keeps the best)."
+    )
+    patience: int | None = Field(
+        2,
+        ge=1,
+        description="Stop after this many epochs without a better mean val NLL (early "
+        "stopping; the same rule for groups and baseline). None: run every epoch.",
+    )
     lr: float = Field(5e-4, gt=0)
     loss: Literal["choices", "vocab"] = Field(
         "choices",

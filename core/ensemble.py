@@ -371,7 +371,7 @@ def evaluate_ensemble(cfg, ws) -> dict:
 
 def evaluate_baseline(cfg, ws) -> dict:
     """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json."""
-    from core.evaluation import evaluate_model
+    from core.evaluation import correct_rows, summarize, task_logits
     from core.training import _read_json_file, select_tasks
 
     path = ws.adapter_dir("baseline")
@@ -381,8 +381,10 @@ def evaluate_baseline(cfg, ws) -> dict:
     tasks = select_tasks(cfg, record["tasks"])
     model, tokenizer = load_adapters(cfg, ws, {"baseline": "adapters/baseline"})
     meter = Meter(model_device(model)).start()
-    result = evaluate_model(model, tokenizer, tasks, cfg, split="test")
-    ws.write({"model": "baseline", "split": "test", "metrics": result}, "eval", "baseline.json")
+    scored = task_logits(model, tokenizer, tasks, cfg, split="test")
+    result = summarize(scored)
+    doc = {"model": "baseline", "split": "test", "metrics": result, "correct": correct_rows(scored)}
+    ws.write(doc, "eval", "baseline.json")
     encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
     entry = _inference_entry(model, tokenizer, encs, dict.fromkeys(encs, 1), meter, cfg)
     Accounting(ws).record("baseline_inference", entry)

@@ -9,18 +9,35 @@ from core.tasks import Task, load_tasks
 from core.workspace import Workspace
 
 
+def task_logits(model, tokenizer, tasks: list[Task], cfg: ExperimentConfig, split="test") -> dict:
+    """{task: ((n, C) choice logits, (n,) gold)} of one model on each task's split."""
+    out = {}
+    for task in tasks:
+        enc = encode_split(tokenizer, task, split, cfg.data.max_tokens)
+        desc = f"{split} {task.name}"
+        out[task.name] = (
+            choice_logits(model, tokenizer, enc, cfg.features.batch_size, desc),
+            enc.gold,
+        )
+    return out
+
+
+def summarize(scored: dict) -> dict:
+    """Per-task metrics (accuracy, f1, ece, nll, n) plus their unweighted mean, from task_logits."""
+    return with_mean({t: metrics_from_logits(lg, gold) for t, (lg, gold) in scored.items()})
+
+
+def correct_rows(scored: dict) -> dict[str, list[int]]:
+    """{task: 1/0 per row, in row order}: whether the top choice is gold (the paired samples
+    core.stats bootstraps the gain from)."""
+    return {t: (lg.argmax(axis=1) == gold).astype(int).tolist() for t, (lg, gold) in scored.items()}
+
+
 def evaluate_model(
     model, tokenizer, tasks: list[Task], cfg: ExperimentConfig, split="test"
 ) -> dict:
     """Per-task metrics (accuracy, f1, ece, nll, n) of one model, plus their unweighted mean."""
-    per_task = {}
-    for task in tasks:
-        enc = encode_split(tokenizer, task, split, cfg.data.max_tokens)
-        logits = choice_logits(
-            model, tokenizer, enc, cfg.features.batch_size, desc=f"{split} {task.name}"
-        )
-        per_task[task.name] = metrics_from_logits(logits, enc.gold)
-    return with_mean(per_task)
+    return summarize(task_logits(model, tokenizer, tasks, cfg, split))
 
 
 def evaluate_zero_shot(cfg: ExperimentConfig, ws: Workspace, force: bool = False) -> dict:
@@ -43,7 +60,9 @@ def evaluate_zero_shot(cfg: ExperimentConfig, ws: Workspace, force: bool = False
 
     model, tokenizer = load_model(cfg.model)
     prefix.attach(model, cfg, ws)
-    result = evaluate_model(model, tokenizer, tasks, cfg)
+    scored = task_logits(model, tokenizer, tasks, cfg)
+    result = summarize(scored)
     record = {"model": "zero_shot", "split": "test", "metrics": result, "fingerprint": fingerprint}
+    record["correct"] = correct_rows(scored)
     ws.write(record, "eval", "zero_shot.json")
     return result

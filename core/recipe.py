@@ -1,9 +1,10 @@
 """The training recipe's schedule, torch-free: one source of truth for the trainer
 (core.training) and for the estimator that replays it on the linearised model (core.replay).
 
-Batches are task-homogeneous and shuffled across tasks with an order that depends only on
-(training.seed, epoch); the lr warms up linearly over the first WARMUP_FRACTION of an epoch's
-steps and then stays constant; gradients are clipped to a global norm of GRAD_CLIP; the
+Each adapter trains until `training.patience` epochs pass without a better val epoch (or
+`training.epochs`, the maximum), and keeps its best epoch. Batches are task-homogeneous and
+shuffled across tasks with an order that depends only on (training.seed, epoch); the lr warms
+up linearly over the first WARMUP_FRACTION of an epoch's steps and then stays constant; gradients are clipped to a global norm of GRAD_CLIP; the
 optimizer is AdamW with torch's defaults (ADAM_BETAS, ADAM_EPS).
 """
 
@@ -51,6 +52,23 @@ def training_fingerprint(tcfg) -> dict:
     freshness check reads the same): every training setting but epochs (a run may be extended
     and continues exactly), and the selection rule."""
     return tcfg.model_dump(exclude={"epochs"}) | {"selection": SELECTION}
+
+
+def epochs_since_best(history: list[dict]) -> int:
+    """Epochs run since the best one (SELECTION) in `history`: per epoch {"nll", "accuracy"}."""
+    best, since = None, 0
+    for val in history:
+        if is_better(val, best):
+            best, since = val, 0
+        else:
+            since += 1
+    return since
+
+
+def should_stop(history: list[dict], patience: int | None) -> bool:
+    """Early stopping: `patience` epochs in a row without a new best. The trainer and the
+    estimator's replay both stop on this, so the estimate is of the run that really happens."""
+    return bool(patience) and bool(history) and epochs_since_best(history) >= patience
 
 
 def is_better(val: dict, best: dict | None) -> bool:

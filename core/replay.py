@@ -17,7 +17,7 @@ real run has a closed-form twin on the stored features:
     clipped to norm GRAD_CLIP, then AdamW at lr_at(step) with torch's update rule.
 
 The replay visits the same batches in the same order as `core.training.fit` (same seed, same
-epochs, same lr curve), scores every task's val rows with the linearised model after each epoch
+epochs, same lr curve, same early stopping), scores every task's val rows with the linearised model after each epoch
 (`core.estimator.predict`), and keeps the epoch the trainer would keep (core.recipe.is_better).
 What it predicts is therefore the fine-tune itself, step by step, with no free step size and no
 trust region. Under a JL sketch (k < D) the same loop runs in sketch coordinates, but Adam's
@@ -32,7 +32,15 @@ from scipy.special import expit, softmax
 
 from core.errors import GroupTuneError
 from core.estimator import FitResult, one_blas_thread, predict
-from core.recipe import ADAM_BETAS, ADAM_EPS, GRAD_CLIP, epoch_plan, is_better, lr_at
+from core.recipe import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    GRAD_CLIP,
+    epoch_plan,
+    is_better,
+    lr_at,
+    should_stop,
+)
 
 
 class AdamW:
@@ -90,14 +98,17 @@ def _replay(features: list, tcfg) -> FitResult:
     steps_per_epoch = len(epoch_plan(sizes, tcfg, 0))
     w = np.zeros(int(features[0].k))
     opt, step, seen = AdamW(len(w), tcfg.weight_decay), 0, 0
-    best, best_w = None, w
+    best, best_w, history = None, w, []
     for epoch in range(tcfg.epochs):
+        if should_stop(history, tcfg.patience):
+            break
         for t, rows in epoch_plan(sizes, tcfg, epoch):
             rows = np.sort(rows)  # a mean ignores the order; sorted memmap reads are sequential
             grad = batch_gradient(features[t], rows, w)
             w = opt.step(w, clipped(grad), lr_at(step, tcfg, steps_per_epoch))
             step, seen = step + 1, seen + len(rows)
         val = _val_summary(features, w)
+        history.append(val)
         if is_better(val, best):
             best, best_w = val, w
     return FitResult(
@@ -108,7 +119,7 @@ def _replay(features: list, tcfg) -> FitResult:
         n_rows=sum(len(r) for r in sizes),
         iterations=step,
         n_solves=1,
-        flops=_flops(features, seen, step, tcfg.epochs),
+        flops=_flops(features, seen, step, len(history)),
     )
 
 

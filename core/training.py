@@ -11,7 +11,8 @@ init and only B trains (LoRA-FA), so the fine-tune stays in the estimator's mode
 AdamW (paged AdamW from bitsandbytes on CUDA with a quantized base), linear warmup over the
 first 10% of an epoch's steps then a constant lr, gradient norm clipped at 1 (core.recipe);
 validation on every task after each epoch; the epoch with the lowest mean val NLL (ties:
-higher mean val accuracy) is kept (core.recipe.SELECTION).
+higher mean val accuracy) is kept (core.recipe.SELECTION); training stops early after
+training.patience epochs without a new best (core.recipe.should_stop), at most training.epochs.
 
 Folder ws.adapter_dir(name):
   adapter_config.json, adapter_model.safetensors   the best epoch (PeftModel.from_pretrained)
@@ -53,7 +54,14 @@ from core.flops import (
 from core.io import read_json, write_json
 from core.progress import log_metrics, track
 from core.prompts import Encoded, encode_split
-from core.recipe import GRAD_CLIP, epoch_plan, is_better, lr_at, training_fingerprint
+from core.recipe import (
+    GRAD_CLIP,
+    epoch_plan,
+    is_better,
+    lr_at,
+    should_stop,
+    training_fingerprint,
+)
 from core.scoring import model_device
 from core.tasks import Task, load_tasks
 
@@ -169,6 +177,8 @@ def fit(run: Run, state: TrainState) -> TrainState:
     with _tracker(tcfg.epochs * steps, f"train {run.name}", run.progress) as bar:
         bar.update(state.step)
         for epoch in range(state.epoch, tcfg.epochs):
+            if should_stop(_val_history(state), tcfg.patience):
+                break  # early stopping (also when resuming a run that had already stopped)
             for i, (t, rows) in enumerate(epoch_plan(run.train, tcfg, epoch)):
                 if i < state.batch_in_epoch:
                     continue  # done before the mid-epoch checkpoint we resumed from
@@ -222,6 +232,10 @@ def _validate(run: Run, state: TrainState, epoch: int) -> bool:
     record = {"kind": "val", "epoch": epoch + 1, "step": state.step, "val": per_task}
     _log(run, state, record | {"mean_accuracy": acc, "mean_nll": nll, "best": new_best})
     return new_best
+
+
+def _val_history(state: TrainState) -> list[dict]:
+    return [{"nll": h["mean_nll"], "accuracy": h["mean_accuracy"]} for h in state.history]
 
 
 def _trainable(model) -> list[torch.nn.Parameter]:
@@ -608,6 +622,9 @@ def _finish(run: Run, state: TrainState, rates: dict, ws) -> dict:
         "tasks": [t.name for t in run.tasks],
         "epochs": cfg.training.epochs,
         "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "stopped_early": len(state.history) < cfg.training.epochs,
+        "steps": state.step,
         "val_metrics": state.best_val,
         "history": state.history,
         "accounting": accounting,

@@ -110,7 +110,7 @@ with st.form("ds_form"):
     form["m"] = cols[3].number_input(
         "Groups m (0 = recommend)", 0, 100, (c.grouping.m or 0) if c else 0
     )
-    form["epochs"] = cols[4].number_input("Epochs", 1, 100, c.training.epochs if c else 2)
+    form["epochs"] = cols[4].number_input("Max epochs", 1, 100, c.training.epochs if c else 10)
     form["tasks"] = selected
     here = st.form_submit_button("Save", type="primary", disabled=cfg is None)
     new = st.form_submit_button("Save as a new experiment")

@@ -22,7 +22,14 @@ jobs = status.read_jobs(ws)
 adapters = status.adapters_frame(ws, cfg, _common.tasks(ws), jobs)
 c1, c2, c3 = st.columns(3)
 c1.metric("Adapters up to date", f"{int((adapters['state'] == 'fresh').sum())} / {len(adapters)}")
-c2.metric("Epochs", cfg.training.epochs)
+patience = cfg.training.patience
+c2.metric(
+    "Epochs (max)",
+    cfg.training.epochs,
+    help=f"early stopping after {patience} epochs without a better val loss"
+    if patience
+    else "no early stopping",
+)
 c3.metric("Learning rate", f"{cfg.training.lr:g}")
 st.dataframe(adapters, hide_index=True, key="tr_adapters")
 if len(adapters) == 1:

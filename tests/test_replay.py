@@ -58,7 +58,10 @@ def torch_reference(features, tcfg) -> tuple[np.ndarray, np.ndarray]:
     w = torch.nn.Parameter(torch.zeros(features[0].k, dtype=torch.float64))
     opt = torch.optim.AdamW([w], lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     steps, step, best, best_w = len(epoch_plan(X, tcfg, 0)), 0, None, w.detach().clone()
+    since = 0  # epochs without a new best: early stopping after tcfg.patience of them
     for epoch in range(tcfg.epochs):
+        if tcfg.patience and since >= tcfg.patience:
+            break
         for t, rows in epoch_plan(X, tcfg, epoch):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tcfg, steps)
@@ -74,7 +77,9 @@ def torch_reference(features, tcfg) -> tuple[np.ndarray, np.ndarray]:
             "nll": float(np.mean([s["loss"] for s in scores])),
         }
         if is_better(val, best):
-            best, best_w = val, w.detach().clone()
+            best, best_w, since = val, w.detach().clone(), 0
+        else:
+            since += 1
     return best_w.numpy(), w.detach().numpy()
 
 
@@ -101,6 +106,20 @@ def test_replay_keeps_the_epoch_the_trainer_keeps():
     assert not np.allclose(best, last)
     np.testing.assert_allclose(fit.w, best, rtol=1e-6, atol=1e-9)  # a large lr: rounding grows
     assert fit.norm == pytest.approx(np.linalg.norm(fit.w))
+
+
+def test_replay_stops_early_where_the_trainer_would():
+    """patience 1: the first epoch that is not better ends the replay, as it ends training."""
+    rng = np.random.default_rng(0)
+    feats = [linear_task(rng, 6, 16, 20)]
+    steps = len(epoch_plan([tf.train_h for tf in feats], TrainingConfig(batch_size=4), 0))
+    full = replay(feats, TrainingConfig(epochs=6, lr=0.5, batch_size=4, patience=None))
+    tcfg = TrainingConfig(epochs=6, lr=0.5, batch_size=4, patience=1)
+    early = replay(feats, tcfg)
+    assert full.iterations == 6 * steps
+    assert steps <= early.iterations < full.iterations and early.iterations % steps == 0
+    best, _ = torch_reference(feats, tcfg)
+    np.testing.assert_allclose(early.w, best, rtol=1e-6, atol=1e-9)
 
 
 def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):

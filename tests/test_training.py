@@ -115,6 +115,29 @@ def test_loss_goes_down_lora_and_qlora(root, quantization):
     assert {"adapter_config.json", "adapter_model.safetensors", "checkpoint"} <= files
 
 
+def test_early_stopping_ends_the_run_where_the_full_run_stops_improving(root):
+    """patience 1 stops at the first epoch without a better mean val NLL: its history is the
+    full run's up to that epoch, and it keeps the same best epoch and weights."""
+    from core.recipe import should_stop
+
+    def run(patience, where):
+        cfg = make_cfg(root, training={"epochs": 6, "lr": 0.05, "patience": patience})
+        ws = Workspace(root / where).ensure()
+        return train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False), ws
+
+    full, _ = run(None, "no-stop")
+    early, ws = run(1, "early-stop")
+    vals = [{"nll": h["mean_nll"], "accuracy": h["mean_accuracy"]} for h in full["history"]]
+    stop = next(e for e in range(1, 7) if should_stop(vals[:e], 1) or e == 6)
+    assert stop < 6, "the test needs a run that stops improving (a large lr)"
+    assert early["history"] == full["history"][:stop] and early["epochs_run"] == stop
+    assert early["stopped_early"] and not full["stopped_early"]
+    assert early["best_epoch"] == full["best_epoch"] and early["steps"] < full["steps"]
+    assert early["val_metrics"] == full["val_metrics"]
+    steps = [json.loads(r) for r in (ws.adapter_dir("baseline") / "metrics.jsonl").open()]
+    assert max(r["epoch"] for r in steps) == stop
+
+
 def test_epoch_plan_is_task_homogeneous_seeded_and_capped(root):
     train = [
         Encoded("a", "train", [[1]] * 10, np.zeros(10, dtype=np.int64), [5, 6]),
