@@ -21,6 +21,7 @@ STAGES = (
     "baseline_training",
     "ensemble_inference",
     "baseline_inference",
+    "boosting",  # boosting rounds (core.boosting): their fits and the scoring passes they need
     "prefix_cache",  # frozen lower layers computed once and shared by every stage (core.prefix)
 )
 _SUMMED = ("flops", "wall_seconds", "tokens", "examples", "train_flops", "val_flops")

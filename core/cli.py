@@ -235,6 +235,32 @@ def train_cmd(
     _emit(result, as_json)
 
 
+@app.command("boost")
+def boost_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    round_: int | None = typer.Option(
+        None, "--round", min=0, help="Make this round only (after the earlier ones)."
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Boosting rounds on the trained group adapters (ensemble.boosting of them)."""
+    from core import boosting
+
+    cfg, ws = _context(config, workspace)
+    _configure(cfg)
+    if round_ is None:
+        result = boosting.boost(cfg, ws)
+    else:
+        result = [boosting.boost_round(cfg, ws, round_)]
+    human = "\n".join(
+        f"{b['name']}: {b['method']} on {b['tasks']}, step {b['step']:.3f}, train error "
+        f"{b['train_error_before']:.3f} -> {b['train_error_after']:.3f}"
+        for b in result
+    )
+    _emit(result, as_json, human or "no boosting rounds (ensemble.boosting is 0)")
+
+
 @app.command("report")
 def report_cmd(
     workspace: Path | None = WorkspaceOpt,

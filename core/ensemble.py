@@ -28,7 +28,7 @@ from core.errors import GroupTuneError, StaleError
 from core.flops import Accounting, Meter, count_flops, padded_tokens, stage_entry
 from core.io import read_npy, write_npy
 from core.prompts import Encoded, encode_split
-from core.scoring import choice_logits, metrics_from_logits, model_device, with_mean
+from core.scoring import choice_logits, model_device
 
 MANIFEST = "ensemble.json"
 VERSION = 1
@@ -131,11 +131,25 @@ def load_manifest(ws) -> dict:
     return validate_manifest(manifest, ws)
 
 
+def weights_digest(folder: Path) -> str:
+    """Short sha256 of an adapter's weights file: what its logits (and anything fitted on them)
+    depend on."""
+    return hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def create_manifest(cfg, ws, groups: list[list[str]]) -> dict:
-    """Write the "own"-weights manifest for group adapters group-<i> trained on `groups`."""
+    """Write the "own"-weights manifest for group adapters group-<i> trained on `groups`.
+
+    An existing manifest for the same groups and the same adapter weights is kept as it is, with
+    its fitted weights and boosting rounds (rerunning `grouptune run` redoes none of them)."""
     from core.models import model_fingerprint
 
     manifest = make_manifest(model_fingerprint(cfg.model), cfg.model.quantization, groups)
+    manifest["digests"] = {a: weights_digest(ws.path(r)) for a, r in manifest["adapters"].items()}
+    old = ws.read(MANIFEST) if ws.path(MANIFEST).exists() else None
+    same = ("base_model", "adapters", "groups", "digests")
+    if old and all(old.get(k) == manifest[k] for k in same):
+        return old
     save_manifest(ws, manifest)
     return manifest
 
@@ -256,8 +270,16 @@ def load_adapters(cfg, ws, adapters: dict[str, str], groups: list[list[str]] | N
                 f"{path / 'adapter_model.safetensors'}: cannot load adapter {name!r} ({err})"
             ) from None
     model.eval()
+    model.grouptune_folders = {name: str(path) for name, path in paths.items()}
     prefix.attach(model, cfg, ws)
     return model, tokenizer
+
+
+def add_adapter(model, ws, name: str, rel: str) -> None:
+    """Load one more finished adapter into a model from `load_adapters`."""
+    model.load_adapter(str(ws.path(rel)), adapter_name=name)
+    model.grouptune_folders[name] = str(ws.path(rel))
+    model.eval()
 
 
 def adapter_logits(model, tokenizer, enc: Encoded, adapter: str, cfg) -> np.ndarray:
@@ -267,18 +289,38 @@ def adapter_logits(model, tokenizer, enc: Encoded, adapter: str, cfg) -> np.ndar
     return choice_logits(model, tokenizer, enc, cfg.features.batch_size, desc=desc)
 
 
-def _cached_val_logits(ws, model, tokenizer, enc: Encoded, adapter: str, folder: Path, cfg):
-    """(n, C) val logits of one adapter on one task, cached on disk under eval/cache/, keyed by
-    the adapter's weights file and the encoded rows (a retrained adapter is never reused)."""
+def cached_logits(ws, model, tokenizer, enc: Encoded, adapter: str | None, cfg, tally=None):
+    """(n, C) choice logits of `enc` with only `adapter` active (None: the base model, every
+    adapter off), cached under eval/cache/ by the adapter's weights and the encoded rows (a
+    retrained adapter is never reused). `tally`, a list, gets the padded tokens of each pass
+    that ran (what the FLOPs of a stage count)."""
     h = hashlib.sha256()
-    h.update((folder / "adapter_model.safetensors").read_bytes())
+    if adapter is None:
+        from core.models import model_fingerprint
+
+        h.update(repr(sorted(model_fingerprint(cfg.model).items())).encode())
+    else:
+        h.update(_adapter_file(model, adapter).read_bytes())
     h.update(repr((enc.input_ids, enc.choice_ids, enc.gold.tolist())).encode())
-    path = ws.path("eval", "cache", adapter, f"{enc.task}-{enc.split}-{h.hexdigest()[:16]}.npy")
+    name = adapter or "base"
+    path = ws.path("eval", "cache", name, f"{enc.task}-{enc.split}-{h.hexdigest()[:16]}.npy")
     if path.exists():
         return read_npy(path)
-    logits = adapter_logits(model, tokenizer, enc, adapter, cfg)
+    if adapter is None:
+        with model.disable_adapter():
+            logits = choice_logits(
+                model, tokenizer, enc, cfg.features.batch_size, f"{enc.task} base"
+            )
+    else:
+        logits = adapter_logits(model, tokenizer, enc, adapter, cfg)
+    if tally is not None:
+        tally.append(padded_tokens(enc.lengths, cfg.features.batch_size))
     write_npy(path, logits)
     return logits
+
+
+def _adapter_file(model, adapter: str) -> Path:
+    return Path(model.grouptune_folders[adapter]) / "adapter_model.safetensors"
 
 
 def fit_all_weights(ws, model, tokenizer, tasks, manifest: dict, cfg) -> tuple[dict, dict]:
@@ -287,10 +329,7 @@ def fit_all_weights(ws, model, tokenizer, tasks, manifest: dict, cfg) -> tuple[d
     weights, info = {}, {}
     for task in tasks:
         enc = encode_split(tokenizer, task, "val", cfg.data.max_tokens)
-        logits = {
-            a: _cached_val_logits(ws, model, tokenizer, enc, a, ws.path(rel), cfg)
-            for a, rel in manifest["adapters"].items()
-        }
+        logits = {a: cached_logits(ws, model, tokenizer, enc, a, cfg) for a in manifest["adapters"]}
         weights[task.name], info[task.name] = fit_weights(logits, enc.gold, own[task.name])
     return weights, info
 
@@ -321,12 +360,64 @@ def _inference_entry(model, tokenizer, encs: dict[str, Encoded], active: dict, m
     )
 
 
-def evaluate_ensemble(cfg, ws) -> dict:
-    """Test metrics per task (+ mean) of the ensemble; writes eval/ensemble.json.
+def all_adapters(manifest: dict) -> dict[str, str]:
+    """Every adapter the manifest names: the group adapters, then the boosting rounds'."""
+    boosts = {b["name"]: b["adapter"] for b in manifest.get("boosting", [])}
+    return {**manifest["adapters"], **boosts}
 
-    With ensemble.weights = "fit", weights are fitted on val first (saved in the manifest), and
-    the file holds both results under "by_weights"; "metrics" is the configured kind.
+
+def ensure_weights(cfg, ws, model, tokenizer, tasks, manifest: dict) -> dict:
+    """The manifest with ensemble.weights' kind of weights, fitted (on cached val logits) and
+    saved if it holds the other kind. Boosting rounds made on other weights are dropped."""
+    kind = cfg.ensemble.weights
+    if manifest["weights_kind"] == kind:
+        return manifest
+    new = {k: v for k, v in manifest.items() if k not in ("fit", "boosting")}
+    if kind == "fit":
+        new["weights"], new["fit"] = fit_all_weights(ws, model, tokenizer, tasks, manifest, cfg)
+    else:
+        new["weights"] = own_weights(manifest["groups"])
+    new["weights_kind"] = kind
+    save_manifest(ws, new)
+    return new
+
+
+def active_rounds(manifest: dict, cfg) -> list[dict]:
+    """The boosting rounds the configured ensemble uses: the first ensemble.boosting rounds
+    made on the manifest's weights."""
+    made = [
+        b for b in manifest.get("boosting", []) if b["weights_kind"] == manifest["weights_kind"]
+    ]
+    return made[: cfg.ensemble.boosting]
+
+
+def compose(logits_of, task: str, weights: dict, rounds: list[dict]) -> np.ndarray:
+    """The ensemble's (n, C) choice logits for `task`: Σ_k α_k L_k + Σ_r η_r (L_r − L_0), the
+    weighted group adapters plus each boosting round that covers the task, added as its change
+    to the base model's logits L_0. logits_of(adapter name, or None for the base) -> (n, C)."""
+    z = mixed_logits({a: logits_of(a) for a in weights[task]}, weights[task])
+    for b in rounds:
+        if task in b["tasks"] and b["step"] > 0:
+            z = z + b["step"] * (logits_of(b["name"]).astype(np.float64) - logits_of(None))
+    return z
+
+
+def forwards(task: str, weights: dict, rounds: list[dict]) -> int:
+    """Forward passes per example of `task` at inference: one per adapter with nonzero weight,
+    one per boosting round that covers it, and one of the base model for those rounds."""
+    boosts = sum(1 for b in rounds if task in b["tasks"] and b["step"] > 0)
+    return sum(1 for v in weights[task].values() if v > 0) + boosts + (1 if boosts else 0)
+
+
+def evaluate_ensemble(cfg, ws) -> dict:
+    """Test metrics per task (+ mean) of the configured ensemble; writes eval/ensemble.json.
+
+    The ensemble is ensemble.weights' weights (fitted on val first when "fit") plus the
+    boosting rounds made on them (core.boosting). The file also holds, under "by_weights", the
+    group adapters alone with "own" routing and with the manifest's weights, each with its
+    forwards per example, and per-row correctness for the paired bootstrap (core.stats).
     """
+    from core.evaluation import correct_rows, summarize
     from core.models import model_fingerprint
     from core.training import select_tasks
 
@@ -337,33 +428,42 @@ def evaluate_ensemble(cfg, ws) -> dict:
             "retrain the group adapters or restore the config they were made with"
         )
     tasks = select_tasks(cfg, [t for g in manifest["groups"] for t in g])
-    model, tokenizer = load_adapters(cfg, ws, manifest["adapters"], manifest["groups"])
+    model, tokenizer = load_adapters(cfg, ws, all_adapters(manifest), manifest["groups"])
     meter = Meter(model_device(model)).start()
-    kind = cfg.ensemble.weights
-    weights = {"own": own_weights(manifest["groups"])}
-    manifest = {k: v for k, v in manifest.items() if k != "fit"}
-    if kind == "fit":
-        weights["fit"], manifest["fit"] = fit_all_weights(
-            ws, model, tokenizer, tasks, manifest, cfg
-        )
-    save_manifest(ws, {**manifest, "weights": weights[kind], "weights_kind": kind})
+    manifest = ensure_weights(cfg, ws, model, tokenizer, tasks, manifest)
+    kind, rounds = manifest["weights_kind"], active_rounds(manifest, cfg)
+    variants = {
+        "own": (own_weights(manifest["groups"]), []),
+        kind: (manifest["weights"], []),
+        "ensemble": (manifest["weights"], rounds),
+    }
     encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
-    memo: dict[tuple[str, str], np.ndarray] = {}
-    by_weights = {}
-    for wk, w in weights.items():
-        per_task = {}
+    scored, fwd = {}, {}
+    for label, (weights, rs) in variants.items():
+        scored[label] = {}
         for name, enc in encs.items():
-            for a in w[name]:
-                if (name, a) not in memo:
-                    memo[(name, a)] = adapter_logits(model, tokenizer, enc, a, cfg)
-            per_task[name] = metrics_from_logits(
-                mixed_logits({a: memo[(name, a)] for a in w[name]}, w[name]), enc.gold
+            z = compose(
+                lambda a, enc=enc: cached_logits(ws, model, tokenizer, enc, a, cfg),
+                name,
+                weights,
+                rs,
             )
-        by_weights[wk] = with_mean(per_task)
-    result = by_weights[kind]
-    doc = {"model": "ensemble", "split": "test", "metrics": result, "weights_kind": kind}
-    ws.write({**doc, "by_weights": by_weights}, "eval", "ensemble.json")
-    active = {t: sum(1 for v in weights[kind][t].values() if v > 0) for t in encs}
+            scored[label][name] = (z, enc.gold)
+        fwd[label] = float(np.mean([forwards(t, weights, rs) for t in encs]))
+    result = summarize(scored["ensemble"])
+    doc = {
+        "model": "ensemble",
+        "split": "test",
+        "metrics": result,
+        "weights_kind": kind,
+        "boosting": rounds,
+        "correct": correct_rows(scored["ensemble"]),
+        "by_weights": {k: summarize(scored[k]) for k in ("own", kind)},
+        "by_weights_correct": {k: correct_rows(scored[k]) for k in ("own", kind)},
+        "forwards_per_example": fwd,
+    }
+    ws.write(doc, "eval", "ensemble.json")
+    active = {t: forwards(t, manifest["weights"], rounds) for t in encs}
     entry = _inference_entry(model, tokenizer, encs, active, meter, cfg)
     Accounting(ws).record("ensemble_inference", entry)
     return result

@@ -2,7 +2,8 @@
 
 Each step reads its inputs from the workspace, writes its outputs there atomically, and skips
 work whose outputs are fresh, so any step can be re-run or resumed at any time:
-  gradients -> affinity -> group -> train (group-<i>, baseline) -> evaluate -> report
+  gradients -> affinity -> group -> train (group-<i>, baseline) -> boost (round r) -> evaluate
+  -> report
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from core.errors import GroupTuneError
 from core.workspace import Workspace
 
-STAGES = ("gradients", "affinity", "group", "train", "evaluate", "report")
+STAGES = ("gradients", "affinity", "group", "train", "boost", "evaluate", "report")
 
 
 # --- estimation ------------------------------------------------------------------------------
@@ -287,9 +288,14 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     trains.append(
         _submit(ws, "train:baseline", ["train", "--adapter", "baseline"], backend=backend)
     )
-    ev = _submit(ws, "evaluate", ["evaluate"], [*trains, zero], backend)
+    # boosting rounds: each on the ensemble of the group adapters and the rounds before it
+    boosts, after = [], trains[:-1]
+    for r in range(cfg.ensemble.boosting):
+        after = [_submit(ws, f"boost:{r}", ["boost", "--round", str(r)], after, backend)]
+        boosts += after
+    ev = _submit(ws, "evaluate", ["evaluate"], [*trains, *boosts, zero], backend)
     rep = _submit(ws, "report", ["report"], [ev], backend)
-    _wait_ok(ws, [*trains, zero, ev, rep], backend)
+    _wait_ok(ws, [*trains, *boosts, zero, ev, rep], backend)
     timings["total"] = time.monotonic() - start
     timings["training_and_evaluation"] = timings["total"] - timings["estimation"]
     report = ws.read("report.json")

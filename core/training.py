@@ -25,6 +25,8 @@ Folder ws.adapter_dir(name):
                    fingerprint of the run). Replaced as a whole folder, so it is never half-written.
 A rerun resumes from checkpoint/ and ends with exactly the adapter and metrics an uninterrupted
 run gives; a checkpoint made with another base model, adapter, recipe or data is refused.
+Within an epoch a checkpoint is saved every `checkpoint_seconds` (env GROUPTUNE_CHECKPOINT_S,
+else 600; 0 saves after every step, as the kill-and-resume tests of workers do).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from core.scoring import model_device
 from core.tasks import Task, load_tasks
 
 CHECKPOINT = "checkpoint"
+CHECKPOINT_SECONDS = 600.0  # between mid-epoch checkpoints, unless GROUPTUNE_CHECKPOINT_S is set
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 
 
@@ -103,7 +106,10 @@ class Run:
     val_padded_tokens: int
     fingerprint: dict
     progress: bool = True
-    checkpoint_seconds: float = 600.0
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    # boosting (core.boosting): per split, per task, (n, C) logits added to the answer words'
+    # logits, so the adapter learns what improves on the ensemble those offsets stand for
+    offsets: dict[str, list[np.ndarray]] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -157,13 +163,24 @@ def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch
 # --- the loop -------------------------------------------------------------------------------
 
 
-def answer_loss(model, batch: dict, targets: torch.Tensor, choices=None) -> torch.Tensor:
+def answer_loss(model, batch: dict, targets: torch.Tensor, choices=None, offset=None):
     """Mean cross-entropy of the gold answer at the answer position: over the task's answer
-    words (`choices`: their token ids; targets index them) or over the full vocabulary."""
+    words (`choices`: their token ids; targets index them) or over the full vocabulary.
+    `offset` (B, C), with choices: added to the answer words' logits first (boosting)."""
     logits = model(**batch, logits_to_keep=1).logits[:, -1].float()  # (B, vocab)
     if choices is not None:
         logits = logits[:, choices]
+    if offset is not None:
+        logits = logits + offset
     return F.cross_entropy(logits, targets)
+
+
+def _offset(run: Run, split: str, task_index: int, rows) -> torch.Tensor | None:
+    if run.offsets is None:
+        return None
+    rows = np.asarray(rows)
+    offset = torch.as_tensor(run.offsets[split][task_index][rows], dtype=torch.float32)
+    return offset.to(model_device(run.model))
 
 
 def fit(run: Run, state: TrainState) -> TrainState:
@@ -188,7 +205,7 @@ def fit(run: Run, state: TrainState) -> TrainState:
                     group["lr"] = lr
                 # -- forward/backward
                 batch, targets, choices = make_batch(run, t, rows)
-                loss = answer_loss(model, batch, targets, choices)
+                loss = answer_loss(model, batch, targets, choices, _offset(run, "train", t, rows))
                 loss.backward()
                 # -- step
                 grad_norm = torch.nn.utils.clip_grad_norm_(_trainable(model), GRAD_CLIP)
@@ -219,9 +236,13 @@ def fit(run: Run, state: TrainState) -> TrainState:
 
 def _validate(run: Run, state: TrainState, epoch: int) -> bool:
     """Val metrics of every task; update the best epoch. True if this epoch is the new best."""
-    from core.evaluation import evaluate_model
+    from core.evaluation import summarize, task_logits
 
-    val = evaluate_model(run.model, run.tokenizer, run.tasks, run.cfg, split="val")
+    scored = task_logits(run.model, run.tokenizer, run.tasks, run.cfg, split="val")
+    if run.offsets is not None:
+        off = dict(zip([t.name for t in run.tasks], run.offsets["val"], strict=True))
+        scored = {t: (lg + off[t], gold) for t, (lg, gold) in scored.items()}
+    val = summarize(scored)
     state.val_passes += 1
     acc, nll = val["mean"]["accuracy"], val["mean"]["nll"]
     new_best = is_better(val["mean"], state.best_val["mean"] if state.best_val else None)
@@ -485,18 +506,27 @@ def train_adapter(
     progress: bool = True,
     *,
     restart: bool = False,
-    checkpoint_seconds: float = 600.0,
+    checkpoint_seconds: float | None = None,
+    offsets: dict[str, list[np.ndarray]] | None = None,
 ) -> dict:
     """Train (or resume, or return the finished) adapter `name` on the union of `task_names`.
 
     Returns the grouptune.json record: tasks, best_epoch, val_metrics (per task + mean),
     history, accounting, path. `restart=True` deletes an existing folder and starts over.
+    `checkpoint_seconds`: between mid-epoch checkpoints (None: `checkpoint_interval()`).
     """
+    if checkpoint_seconds is None:
+        checkpoint_seconds = checkpoint_interval()
     out = ws.adapter_dir(name)
     if restart:
         shutil.rmtree(out, ignore_errors=True)
     run = _setup(cfg, ws, name, task_names)
     run.progress, run.checkpoint_seconds = progress, checkpoint_seconds
+    if offsets is not None:  # what the adapter learns depends on them: part of its identity
+        if cfg.training.loss != "choices":
+            raise GroupTuneError("training with logit offsets needs training.loss 'choices'")
+        run.offsets = offsets
+        run.fingerprint["data"]["offsets"] = _digest(offsets)
     done = _finished(out, run, restart)
     if done is not None:
         return done
@@ -521,6 +551,31 @@ def train_adapter(
     except OOM_ERRORS as err:
         raise _oom_error(run, err) from None
     return _finish(run, state, rates, ws)
+
+
+def checkpoint_interval() -> float:
+    """Seconds between mid-epoch checkpoints: env GROUPTUNE_CHECKPOINT_S (the way to set it
+    for a `grouptune train` worker), else CHECKPOINT_SECONDS."""
+    raw = os.environ.get("GROUPTUNE_CHECKPOINT_S")
+    if raw is None or not raw.strip():
+        return CHECKPOINT_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise GroupTuneError(f"GROUPTUNE_CHECKPOINT_S={raw!r}: expected seconds >= 0")
+    return seconds
+
+
+def _digest(offsets: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in sorted(offsets):
+        for a in offsets[split]:
+            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def find_twin(ws, run: Run) -> Path | None:

@@ -141,7 +141,12 @@ def trained(tmp_path_factory):
     """Two group adapters and the baseline on tiny Llama, a few steps each."""
     root = tmp_path_factory.mktemp("ensemble")
     make_tasks(root)
-    cfg = make_cfg(root, "tiny-llama", training={"epochs": 1, "max_steps_per_epoch": 3})
+    cfg = make_cfg(
+        root,
+        "tiny-llama",
+        training={"epochs": 1, "max_steps_per_epoch": 3},
+        ensemble={"weights": "own", "boosting": 0},
+    )
     ws = Workspace(root / "ws").ensure()
     manifest = train_groups(cfg, ws, GROUPS, progress=False)
     train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
@@ -187,10 +192,10 @@ def test_fitted_weights_are_saved_and_not_worse_on_val(trained):
     doc = ws.read("eval", "ensemble.json")
     assert doc["weights_kind"] == "fit" and set(doc["by_weights"]) == {"own", "fit"}
     assert doc["metrics"] == result == doc["by_weights"]["fit"]
-    cached = sorted(p.name for p in ws.path("eval", "cache").rglob("*.npy"))
+    cached = sorted(p.name for p in ws.path("eval", "cache").rglob("*-val-*.npy"))
     assert len(cached) == 4  # 2 adapters x 2 tasks of val logits
     evaluate_ensemble(fit_cfg, ws)
-    assert sorted(p.name for p in ws.path("eval", "cache").rglob("*.npy")) == cached
+    assert sorted(p.name for p in ws.path("eval", "cache").rglob("*-val-*.npy")) == cached
     evaluate_ensemble(cfg, ws)  # back to own weights
     assert load_manifest(ws)["weights_kind"] == "own" and "fit" not in load_manifest(ws)
 
