@@ -94,7 +94,9 @@ def make_config(args):
             "data": cfg.data.model_copy(update={**caps, "max_tokens": args.max_tokens}),
             "adapter": cfg.adapter.model_copy(update={"top_layers": args.top_layers}),
             "model": cfg.model.model_copy(update={"dtype": args.dtype, "threads": args.threads}),
-            "training": cfg.training.model_copy(update={"epochs": args.epochs}),
+            "training": cfg.training.model_copy(
+                update={"epochs": args.epochs or cfg.training.epochs}
+            ),
         }
     )
 
@@ -413,146 +415,22 @@ def approx_summary(rows: list[dict]) -> dict:
 # --- d. ensemble vs one adapter -------------------------------------------------------------
 
 
-def choose_ms(cfg, ws, wanted: list[int] | None) -> tuple[list[int], dict, dict]:
-    """m values (default: the recommended m and 2, or 3 when 2 is recommended) and the sweep's
-    partition for each; pipeline.sweep only, so groupings/chosen.json is left as it is."""
+def choose_ms(cfg, ws) -> tuple[int, dict, dict]:
+    """The recommended m, the sweep's partition for every m, and the recommendation; through
+    pipeline.sweep only, so groupings/chosen.json is left as it is."""
     from core.grouping import recommend_m
     from core.pipeline import sweep
 
     entries = [e for e in sweep(cfg, ws) if e["method"] == cfg.grouping.method]
     rec, _, reason = recommend_m(entries)
-    n = len(cfg.task_names)
-    ms = wanted or [rec, 2 if rec != 2 else 3]
-    ms = list(dict.fromkeys(m for m in ms if 1 <= m <= n))
-    by_m = {e["m"]: e for e in entries}
-    return ms, {m: by_m[m]["groups"] for m in ms}, {"m": rec, "reason": reason}
+    return rec, {e["m"]: e["groups"] for e in entries}, {"m": rec, "reason": reason}
 
 
-def train(cfg, ws, name: str, tasks: list[str]) -> dict:
-    """train_adapter, restarting an adapter that holds another task set (a changed grouping)."""
-    from core.errors import StaleError
-    from core.training import train_adapter
+def part_ensemble(cfg, ws, args, save) -> dict:
+    """Part d (bench/claims_ensemble.py): `save(d)` is called with the partial result."""
+    from claims_ensemble import part_ensemble as run
 
-    say(f"d. train {name} on {len(tasks)} task(s)")
-    try:
-        return train_adapter(cfg, ws, name, list(tasks), progress=False)
-    except StaleError as err:
-        say(f"{name}: {err}; training it again")
-        return train_adapter(cfg, ws, name, list(tasks), progress=False, restart=True)
-
-
-def adapter_plan(cfg, groups: dict) -> dict:
-    """{seed: {"baseline": name, m: [names]}} and {name: tasks}."""
-    plan, tasks = {}, {}
-    for seed in SEEDS:
-        plan[seed] = {"baseline": f"claims-s{seed}-baseline"}
-        tasks[plan[seed]["baseline"]] = list(cfg.task_names)
-        for m, gs in groups.items():
-            plan[seed][m] = [f"claims-s{seed}-m{m}-g{i}" for i in range(len(gs))]
-            tasks.update(zip(plan[seed][m], map(list, gs), strict=True))
-    return plan, tasks
-
-
-def score_on_test(cfg, ws, tasks_of: dict) -> dict:
-    """Test metrics of each adapter on its tasks; cached in <ws>/claims/test_metrics.json by the
-    adapter's weights, the model loaded once for whatever is missing."""
-    from core.ensemble import adapter_logits, load_adapters
-    from core.prompts import encode_split
-    from core.scoring import metrics_from_logits
-    from core.training import select_tasks
-
-    cache = ws.read("claims", "test_metrics.json") or {}
-    digest = {a: file_digest(ws.adapter_dir(a) / "adapter_model.safetensors") for a in tasks_of}
-    todo = [a for a in tasks_of if cache.get(a, {}).get("weights") != digest[a]]
-    if todo:
-        say(f"d. test scoring of {len(todo)} adapter(s)")
-        rel = {a: os.path.relpath(ws.adapter_dir(a), ws.root) for a in todo}
-        model, tok = load_adapters(cfg, ws, rel)
-        for a in todo:
-            per = {}
-            for task in select_tasks(cfg, tasks_of[a]):
-                enc = encode_split(tok, task, "test", cfg.data.max_tokens)
-                per[task.name] = metrics_from_logits(
-                    adapter_logits(model, tok, enc, a, cfg), enc.gold
-                )
-            cache[a] = {"weights": digest[a], "metrics": per}
-            ws.write(cache, "claims", "test_metrics.json")
-    return {a: cache[a]["metrics"] for a in tasks_of}
-
-
-def part_ensemble(cfg, ws, wanted_m) -> dict:
-    from core.accounting import Accounting
-    from core.evaluation import evaluate_zero_shot
-    from core.scoring import with_mean
-    from core.validation import seeded
-
-    ms, groups, rec = choose_ms(cfg, ws, wanted_m)
-    plan, tasks_of = adapter_plan(cfg, groups)
-    records = {}
-    for seed in SEEDS:
-        scfg = seeded(cfg, seed)
-        for name in [n for m in ms for n in plan[seed][m]] + [plan[seed]["baseline"]]:
-            records[name] = train(scfg, ws, name, tasks_of[name])["accounting"]
-    metrics = score_on_test(cfg, ws, tasks_of)
-    say("d. zero-shot test scoring (cached when fresh)")
-    zero = evaluate_zero_shot(cfg, ws)
-    feats = Accounting(ws).read()["gradients"]
-    runs = []
-    for seed in SEEDS:
-        base_name = plan[seed]["baseline"]
-        baseline = with_mean(metrics[base_name])
-        for m in ms:
-            ens = with_mean({t: metrics[a][t] for a in plan[seed][m] for t in tasks_of[a]})
-            runs.append(
-                ensemble_run(
-                    seed, m, plan[seed][m], ens, baseline, records, records[base_name], feats
-                )
-            )
-    return {
-        "recommended": rec,
-        "m_values": ms,
-        "groups": {str(m): g for m, g in groups.items()},
-        "seeds": list(SEEDS),
-        "runs": runs,
-        "zero_shot": zero,
-        "summary": ensemble_summary(runs, ms, zero),
-        "note": "training.seed varies (shuffle order, dropout); adapter.seed is fixed "
-        "because the features' expansion point (the seeded A) depends on it",
-    }
-
-
-def ensemble_run(seed, m, names, ens, baseline, records, base_rec, feats) -> dict:
-    group_flops = sum(records[n]["flops"] for n in names)
-    group_wall = sum(records[n]["wall_seconds"] for n in names)
-    return {
-        "seed": seed,
-        "m": m,
-        "adapters": names,
-        "ensemble": ens,
-        "baseline": baseline,
-        "gain_points": 100 * (ens["mean"]["accuracy"] - baseline["mean"]["accuracy"]),
-        "group_training": {"flops": group_flops, "wall_seconds": group_wall},
-        "baseline_training": {k: base_rec[k] for k in ("flops", "wall_seconds")},
-        "flops_ratio": ratio(feats["flops"] + group_flops, base_rec["flops"]),
-        "flops_ratio_training_only": ratio(group_flops, base_rec["flops"]),
-        "wall_ratio": ratio(feats["wall_seconds"] + group_wall, base_rec["wall_seconds"]),
-    }
-
-
-def ensemble_summary(runs: list[dict], ms: list[int], zero: dict) -> dict:
-    out = {}
-    for m in ms:
-        mine = [r for r in runs if r["m"] == m]
-        out[str(m)] = {
-            "ensemble_accuracy": float(np.mean([r["ensemble"]["mean"]["accuracy"] for r in mine])),
-            "baseline_accuracy": float(np.mean([r["baseline"]["mean"]["accuracy"] for r in mine])),
-            "gain_points": float(np.mean([r["gain_points"] for r in mine])),
-            "gain_points_per_seed": [r["gain_points"] for r in mine],
-            "flops_ratio": float(np.mean([r["flops_ratio"] for r in mine])),
-            "wall_ratio": float(np.mean([r["wall_ratio"] for r in mine])),
-        }
-    out["zero_shot_accuracy"] = zero["mean"]["accuracy"]
-    return out
+    return run(cfg, ws, choose_ms, args.seeds, args.seeds[: args.extra_seeds], save)
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -561,8 +439,6 @@ def ensemble_summary(runs: list[dict], ms: list[int], zero: dict) -> dict:
 def verdicts(res: dict) -> list[dict]:
     """claim | paper | GroupTune | holds? rows."""
     a, b, c, d = (res["parts"][k] for k in ("estimation", "speedup", "approximation", "ensemble"))
-    rec = str(d["recommended"]["m"]) if str(d["recommended"]["m"]) in d["summary"] else None
-    ens = d["summary"][rec or str(d["m_values"][0])]
     speed = b["variants"][0]
     loss_err = a["summary"]["mean_loss_rel_error"] if a["loss_comparable"] else None
     rse = c["summary"]["full"]["paper_rse_mean"]
@@ -587,24 +463,45 @@ def verdicts(res: dict) -> list[dict]:
             "criterion": "wall ratio at K >= 105x",
             "holds": (speed["wall_ratio"] or 0) >= PAPER_VALUES["speedup"],
         },
+        *ensemble_rows(d),
+    ]
+    agreement = agreement_row()
+    return rows if agreement is None else [rows[0], agreement, *rows[1:]]
+
+
+def ensemble_rows(d: dict) -> list[dict]:
+    """The ensemble's two verdicts: its gain with the interval, and its training FLOPs."""
+    if not d.get("seeds"):
+        na = {"paper": PAPER["ensemble"], "grouptune": "not run yet", "holds": None}
+        return [
+            {"claim": "ensemble accuracy", "criterion": "", **na},
+            {"claim": "ensemble cost", "criterion": "", **na, "paper": PAPER["flops"]},
+        ]
+    lo, hi = d["gain_ci"]
+    rec = d["recommended"]["m"]
+    boosting = d["recipe"]["ensemble"]["boosting"]
+    partial = "" if d["complete"] else "; partial run"
+    return [
         {
             "claim": "ensemble accuracy",
             "paper": PAPER["ensemble"],
-            "grouptune": f"{ens['gain_points']:+.1f} points (m = {rec or d['m_values'][0]}, "
-            f"mean of seeds {d['seeds']})",
-            "criterion": "gain > 0 (recommended m)",
-            "holds": ens["gain_points"] > 0,
+            "grouptune": f"{d['mean_gain']:+.1f} points, 95% CI [{lo:+.1f}, {hi:+.1f}] (m = "
+            f"{rec}, fitted weights + {boosting} boosting round(s), {len(d['seeds'])} paired "
+            f"seeds{partial})",
+            "criterion": "gain >= +3 points, CI excludes 0",
+            "holds": d["mean_gain"] >= 3 and lo > 0,
         },
         {
             "claim": "ensemble cost",
             "paper": PAPER["flops"],
-            "grouptune": f"{_x(ens['flops_ratio'])} FLOPs (features + group adapters / baseline)",
-            "criterion": "<= 1.09x",
-            "holds": ens["flops_ratio"] <= PAPER_VALUES["flops"],
+            "grouptune": f"{_x(d['flops_ratio_paper'])} training FLOPs, the paper's counting "
+            f"(train-side features + group and boosting adapters / baseline); "
+            f"{_x(d['flops_ratio_full'])} in full (every feature, prefix cache, estimator, "
+            "weights)",
+            "criterion": "<= 1.10x (paper's counting)",
+            "holds": d["flops_ratio_paper"] <= 1.10,
         },
     ]
-    agreement = agreement_row()
-    return rows if agreement is None else [rows[0], agreement, *rows[1:]]
 
 
 def approximation_row(c: dict, rse: float) -> dict:
@@ -665,13 +562,19 @@ def caveats(res: dict) -> list[str]:
         f"Speed-up: only K = {b['finetune']['subsets']} subsets are fine-tuned, while the "
         "features stage is paid once for every task; the ratio grows with K (see the "
         "extrapolated row), and the paper scores far more subsets than it could fine-tune.",
-        "Speed-up: the estimator's own FLOPs are not counted (accounting.json records 0 for it).",
         "Approximation: measured in float32 compute on the adapters trained in the config's "
         "dtype; the paper's metric divides by h², so rows with h near 0 dominate its mean "
         "(the median and the error of the change Δh are given beside it).",
-        "Ensemble: two training seeds only; with these row counts one example moves a task's "
-        "accuracy by 1/rows.",
+        "Ensemble: with these row counts one example moves a task's accuracy by 1/rows; "
+        "the interval is what tells a gain from noise.",
     ]
+    now = res["settings"]["config"]
+    kept = [n for n, p in res.get("provenance", {}).items() if p.get("settings") != now]
+    if kept:
+        out.append(
+            f"Parts {kept} were measured with other settings (kept from an earlier run; "
+            "`provenance` in the JSON has them, e.g. an older training recipe)."
+        )
     return out
 
 
@@ -852,26 +755,58 @@ def md_approximation(c: dict) -> list[str]:
     return lines + [""]
 
 
+def _gain(g: dict) -> str:
+    lo, hi = g["gain_ci"]
+    return f"{g['mean_gain']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
 def md_ensemble(d: dict) -> list[str]:
+    covered = ", ".join(f"s{c['seed']} m{c['m']}" for c in d["covered"]) or "nothing yet"
     lines = [
         "## d. Ensemble vs one QLoRA adapter (test accuracy)",
         "",
         f"Recommended m: {d['recommended']['m']} ({d['recommended']['reason']}). "
         f"Groups: {json.dumps(d['groups'])}. {d['note']}. Zero-shot mean accuracy "
-        f"{d['zero_shot']['mean']['accuracy']:.3f}.",
+        f"{d['zero_shot']['mean']['accuracy']:.3f}. Recipe: {json.dumps(d['recipe'])}.",
+        "",
+        f"Covered ({'complete' if d['complete'] else 'partial'}): {covered}. Gains are in "
+        "accuracy points with 95% paired-bootstrap intervals over seeds and test rows "
+        "(core.stats); own = routing to the group's adapter, fit = fitted weights, ensemble = "
+        "fitted weights + boosting.",
         "",
     ]
     lines += table(
         [
-            "seed",
             "m",
+            "seeds",
             "ensemble acc",
             "baseline acc",
-            "gain (points)",
-            "FLOPs ratio",
-            "FLOPs ratio (training only)",
-            "wall ratio",
+            "gain",
+            "own gain",
+            "fit gain",
+            "forwards/example",
+            "FLOPs (paper)",
+            "FLOPs (full)",
         ],
+        [
+            [
+                m,
+                len(g["seeds"]),
+                fmt(g["ensemble_accuracy"]),
+                fmt(g["baseline_accuracy"]),
+                _gain(g["ensemble"]),
+                _gain(g["own"]),
+                _gain(g["fit"]) if "fit" in g else "n/a",
+                f"{g['forwards_per_example']:.2f}",
+                _x(g["flops_ratio_paper"]),
+                _x(g["flops_ratio_full"]),
+            ]
+            for m, g in d["by_m"].items()
+        ],
+    )
+    lines += ["", "Per run (steps: optimizer steps and epochs run under early stopping):", ""]
+    lines += table(
+        ["seed", "m", "ensemble acc", "baseline acc", "gain", "boosting", "baseline epochs/steps"],
         [
             [
                 r["seed"],
@@ -879,24 +814,23 @@ def md_ensemble(d: dict) -> list[str]:
                 fmt(r["ensemble"]["mean"]["accuracy"]),
                 fmt(r["baseline"]["mean"]["accuracy"]),
                 f"{r['gain_points']:+.1f}",
-                _x(r["flops_ratio"]),
-                _x(r["flops_ratio_training_only"]),
-                _x(r["wall_ratio"]),
+                "; ".join(f"{b['tasks']} step {b['step']:.2f}" for b in r["boosting"]) or "none",
+                f"{r['baseline_record']['epochs_run']}/{r['baseline_record']['steps']}",
             ]
             for r in d["runs"]
         ],
     )
-    tasks = [t for t in d["zero_shot"] if t != "mean"]
-    head = ["task", "zero-shot"] + [f"s{r['seed']} m{r['m']} ens" for r in d["runs"]]
-    head += [f"s{s} baseline" for s in d["seeds"]]
-    base = {r["seed"]: r["baseline"] for r in d["runs"]}
-    rows = [
-        [t, fmt(d["zero_shot"][t]["accuracy"])]
-        + [fmt(r["ensemble"][t]["accuracy"]) for r in d["runs"]]
-        + [fmt(base[s][t]["accuracy"]) for s in d["seeds"]]
-        for t in tasks + ["mean"]
-    ]
-    return lines + [""] + table(head, rows) + [""]
+    rec = d["by_m"].get(str(d["recommended"]["m"]))
+    if rec:
+        lines += ["", f"Per task at m = {d['recommended']['m']} (wins/losses/ties over seeds):", ""]
+        lines += table(
+            ["task", "gain (points)", "wins", "losses", "ties"],
+            [
+                [t, f"{v['points']:+.1f}", v["wins"], v["losses"], v["ties"]]
+                for t, v in rec["ensemble"]["per_task"].items()
+            ],
+        )
+    return lines + [""]
 
 
 OTHER = {
@@ -1111,45 +1045,84 @@ def describe(cfg, args) -> str:
     )
 
 
+PART_NAMES = {"a": "estimation", "b": "speedup", "c": "approximation", "d": "ensemble"}
+
+
+def settings(cfg, args, ws) -> dict:
+    keys = ("model", "adapter", "data", "features", "estimator", "training", "grouping", "ensemble")
+    return {
+        "description": describe(cfg, args),
+        "workspace": str(ws.root),
+        "subsets_requested": args.subsets,
+        "config": {k: getattr(cfg, k).model_dump(mode="json") for k in keys},
+        "tasks": cfg.task_names,
+    }
+
+
+def git_head() -> str | None:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
+    return out.stdout.decode().strip() or None
+
+
 def run_all(args, cfg, ws) -> dict:
+    """Run the parts asked for (--parts); the others are kept from the existing JSON, each
+    with the provenance (settings, commit) it was measured with."""
     from machine import machine_info
 
     started, seconds = time.time(), {}
-    seconds["features"] = estimation_stage(cfg, ws)
-    (a, subsets), seconds["a"] = timed(lambda: part_estimation(cfg, ws, args.subsets))
-    say(f"a. mean loss rel. error {a['summary']['mean_loss_rel_error']:.1%}")
-    b, seconds["b"] = timed(lambda: part_speedup(cfg, ws, subsets))
-    c, seconds["c"] = timed(lambda: part_approximation(cfg, ws, subsets, a))
-    d, seconds["d"] = timed(lambda: part_ensemble(cfg, ws, args.m))
+    old = read_json(args.out) if set(args.parts) != set(PART_NAMES) else None
     res = {
         "command": " ".join([".venv/bin/python", "bench/claims.py", *sys.argv[1:]]),
         "machine": machine_info(),
-        "settings": {
-            "description": describe(cfg, args),
-            "workspace": str(ws.root),
-            "subsets_requested": args.subsets,
-            "config": {
-                k: getattr(cfg, k).model_dump(mode="json")
-                for k in (
-                    "model",
-                    "adapter",
-                    "data",
-                    "features",
-                    "estimator",
-                    "training",
-                    "grouping",
-                )
-            },
-            "tasks": cfg.task_names,
-        },
+        "settings": settings(cfg, args, ws),
         "paper": PAPER,
         "paper_values": PAPER_VALUES,
-        "parts": {"estimation": a, "speedup": b, "approximation": c, "ensemble": d},
-        "seconds_this_run": seconds,
-        "wall_seconds": round(time.time() - started, 1),
+        "parts": {},
+        "provenance": {},
     }
+    here = {"settings": res["settings"]["config"], "commit": git_head(), "date": time.ctime()}
+    for key, name in PART_NAMES.items():
+        if key not in args.parts:
+            res["parts"][name] = old["parts"][name]
+            res["provenance"][name] = old.get("provenance", {}).get(name) or {
+                "settings": old["settings"]["config"],
+                "note": "kept from a run made before provenance was recorded",
+            }
+        else:
+            res["provenance"][name] = here
+    seconds["features"] = estimation_stage(cfg, ws)
+    if {"a", "b", "c"} & set(args.parts):
+        (a, subsets), seconds["a"] = timed(lambda: part_estimation(cfg, ws, args.subsets))
+        say(f"a. mean loss rel. error {a['summary']['mean_loss_rel_error']:.1%}")
+        b, seconds["b"] = timed(lambda: part_speedup(cfg, ws, subsets))
+        c, seconds["c"] = timed(lambda: part_approximation(cfg, ws, subsets, a))
+        res["parts"].update(estimation=a, speedup=b, approximation=c)
+    if "d" in args.parts:
+
+        def save(d):  # a partial part d, written with what it covers
+            res["parts"]["ensemble"] = d
+            write_result(args, {**res, "wall_seconds": round(time.time() - started, 1)})
+
+        d, seconds["d"] = timed(lambda: part_ensemble(cfg, ws, args, save))
+        res["parts"]["ensemble"] = d
+    res["seconds_this_run"] = seconds
+    res["wall_seconds"] = round(time.time() - started, 1)
     res["verdicts"] = verdicts(res)
     return res
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_result(args, res: dict) -> None:
+    """claims.json, atomically (a partial result survives an interrupted run)."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, args.out)
 
 
 def parse_args():
@@ -1163,17 +1136,27 @@ def parse_args():
     )
     p.add_argument("--subsets", type=int, default=8, help="K estimated subsets fine-tuned")
     p.add_argument(
-        "--m",
+        "--seeds",
         type=int,
         nargs="+",
-        default=None,
-        help="group counts (default: the recommended m and 2, or 3)",
+        default=[0, 1, 2, 3, 4],
+        help="paired training seeds of the recommended m",
+    )
+    p.add_argument(
+        "--extra-seeds", type=int, default=3, help="the first N seeds also run m = 2, 3 and n"
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=sorted(PART_NAMES),
+        default=sorted(PART_NAMES),
+        help="parts to run; the others are kept from --out",
     )
     p.add_argument("--max-train", type=int, default=100)
     p.add_argument("--max-val", type=int, default=50)
     p.add_argument("--max-test", type=int, default=150)
     p.add_argument("--max-tokens", type=int, default=80)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None, help="max epochs (default: the config's)")
     p.add_argument("--top-layers", type=int, default=8)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
@@ -1205,9 +1188,7 @@ def main() -> None:
         cfg = make_config(args)
         ws = Workspace(args.workspace).ensure()
         ws.save_config(cfg)
-        res = run_all(args, cfg, ws)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+        write_result(args, run_all(args, cfg, ws))
     res = json.loads(args.out.read_text())
     res["verdicts"] = verdicts(res)  # from the parts, so --report-only follows this code
     res["out_name"] = os.path.relpath(args.out, ROOT) if ROOT in args.out.parents else args.out.name

@@ -21,6 +21,7 @@ STAGES = (
     "baseline_training",
     "ensemble_inference",
     "baseline_inference",
+    "ensemble_weights",  # the val passes that fit the ensemble's weights (core.ensemble)
     "boosting",  # boosting rounds (core.boosting): their fits and the scoring passes they need
     "prefix_cache",  # frozen lower layers computed once and shared by every stage (core.prefix)
 )

@@ -23,6 +23,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from core.stats import percentile_interval
+
 MIN_POINTS = 3
 
 
@@ -123,7 +125,4 @@ def bootstrap_interval(
         v = measure(sample)
         if v is not None:
             values.append(v)
-    if not values:
-        return None
-    tail = 100 * (1 - level) / 2
-    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+    return percentile_interval(values, level) if values else None

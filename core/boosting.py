@@ -162,21 +162,10 @@ class _Context:
 
     def forward_flops(self) -> int:
         """FLOPs of the scoring passes this round ran (cached ones cost nothing again)."""
-        if not self.tally:
-            return 0
-        from core import prefix
-        from core.flops import count_flops
-        from core.scoring import model_device
+        from core.ensemble import scoring_flops
 
         enc = next(iter(self.enc["val"].values()))
-        batch = prefix.model_inputs(
-            self.model,
-            enc,
-            range(min(8, len(enc))),
-            self.tok.pad_token_id,
-            model_device(self.model),
-        )
-        return int(count_flops(self.model, batch, backward=False).per_token * sum(self.tally))
+        return scoring_flops(self.model, self.tok, enc, sum(self.tally))
 
 
 def _p_gold(z: np.ndarray, gold: np.ndarray) -> np.ndarray:

@@ -324,14 +324,34 @@ def _adapter_file(model, adapter: str) -> Path:
 
 
 def fit_all_weights(ws, model, tokenizer, tasks, manifest: dict, cfg) -> tuple[dict, dict]:
-    """Per task, `fit_weights` on cached val logits of every adapter. Returns (weights, info)."""
+    """Per task, `fit_weights` on cached val logits of every adapter. Returns (weights, info);
+    the val passes it ran are counted in accounting.json's "ensemble_weights" stage."""
     own = own_weights(manifest["groups"])
-    weights, info = {}, {}
+    weights, info, tally = {}, {}, []
+    meter = Meter(model_device(model)).start()
     for task in tasks:
         enc = encode_split(tokenizer, task, "val", cfg.data.max_tokens)
-        logits = {a: cached_logits(ws, model, tokenizer, enc, a, cfg) for a in manifest["adapters"]}
+        logits = {
+            a: cached_logits(ws, model, tokenizer, enc, a, cfg, tally) for a in manifest["adapters"]
+        }
         weights[task.name], info[task.name] = fit_weights(logits, enc.gold, own[task.name])
+    flops = scoring_flops(model, tokenizer, enc, sum(tally))
+    entry = stage_entry(
+        flops, meter.elapsed(), meter.peak_memory()["peak_memory_bytes"], 0, "val passes"
+    )
+    Accounting(ws).record("ensemble_weights", entry)
     return weights, info
+
+
+def scoring_flops(model, tokenizer, enc: Encoded, padded: int) -> int:
+    """FLOPs of scoring `padded` token positions with `model` (a forward, measured on a batch
+    of `enc`): what the logit passes of a stage cost."""
+    if not padded:
+        return 0
+    batch = prefix.model_inputs(
+        model, enc, range(min(8, len(enc))), tokenizer.pad_token_id, model_device(model)
+    )
+    return int(count_flops(model, batch, backward=False).per_token * padded)
 
 
 def _inference_entry(model, tokenizer, encs: dict[str, Encoded], active: dict, meter, cfg) -> dict:

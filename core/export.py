@@ -7,7 +7,8 @@ that was not measured is None and shown as "—".
 
 `export_report(ws)` writes, atomically, under <ws>/exports/:
   report.html   self-contained (plotly's JavaScript inline: opens offline, no server)
-  <table>.csv   accuracy, f1, ece (task x model), costs, groups, affinity
+  <table>.csv   accuracy, f1, ece (task x model), costs, groups, affinity, and when the
+                report has them gain (per task), weights (own vs fit), boosting
   grouptune-<name>.zip   the CSVs and the HTML together
 and returns {"html": path, "zip": path, "csv": {table: path}}.
 """
@@ -233,21 +234,116 @@ def cost_table(report: dict, metrics: bool = True) -> pd.DataFrame:
     return table if metrics else table[COST_COLUMNS]
 
 
+def gain_text(gain: dict | None) -> str | None:
+    """report.json's "gain" in words: "+1.3 points [-0.8, +3.4], 1 seed, 600 paired test rows"."""
+    if not gain:
+        return None
+    low, high = gain["ci"]
+    seeds = "1 seed" if gain["seeds"] == 1 else f"{gain['seeds']} seeds"
+    each = "" if gain["seeds"] == 1 else " each"
+    return (
+        f"{gain['points']:+.1f} points [{low:+.1f}, {high:+.1f}], {seeds}, "
+        f"{gain['rows']} paired test rows{each}"
+    )
+
+
+def gain_verdict(gain: dict | None) -> str | None:
+    """Whether the interval tells the gain from noise."""
+    if not gain:
+        return None
+    low, high = gain["ci"]
+    level = f"{100 * gain.get('level', 0.95):.0f}%"
+    if low > 0:
+        return f"The {level} interval is above 0: the ensemble is better beyond this noise."
+    if high < 0:
+        return f"The {level} interval is below 0: the single adapter is better beyond this noise."
+    return f"The {level} interval includes 0: this difference cannot be told from noise."
+
+
 def headline(report: dict) -> dict:
-    """The numbers a stakeholder asks first: mean accuracies, their difference, cost ratios."""
+    """The numbers a stakeholder asks first: mean accuracies, their difference (with its
+    interval when per-row results were evaluated), cost ratios."""
     acc = report.get("accuracy") or {}
     mean = {m: (acc.get(m) or {}).get("mean") for m in MODELS}
     delta = None
     if mean["ensemble"] is not None and mean["baseline"] is not None:
         delta = mean["ensemble"] - mean["baseline"]
     ratio = report.get("flops_ratio") or {}
+    gain = report.get("gain")
     return {
         "mean_accuracy": mean,
         "ensemble_minus_baseline": delta,
+        "gain": gain,
+        "gain_text": gain_text(gain),
+        "gain_verdict": gain_verdict(gain),
         "training_flops_ratio": ratio.get("training_ensemble_over_baseline"),
         "inference_flops_ratio": ratio.get("inference"),
         "groups": report.get("groups"),
     }
+
+
+WEIGHT_LABELS = {"own": "Ensemble, own weights", "fit": "Ensemble, fitted weights"}
+
+
+def weights_table(report: dict) -> pd.DataFrame:
+    """Mean accuracy and adapter forwards per example of the ensemble under each weights kind
+    ("own": each task's group adapter; "fit": fitted mixtures), beside the single adapter."""
+    by = report.get("by_weights") or {}
+    forwards = report.get("inference_forwards_per_example") or {}
+    baseline = ((report.get("accuracy") or {}).get("baseline") or {}).get("mean")
+    rows = [
+        {
+            "model": label,
+            "mean accuracy": by.get(kind),
+            "forwards / example": forwards.get(kind),
+        }
+        for kind, label in WEIGHT_LABELS.items()
+        if kind in by or kind in forwards
+    ]
+    if report.get("boosting"):  # the report's ensemble is then the weights plus the rounds
+        ensemble = ((report.get("accuracy") or {}).get("ensemble") or {}).get("mean")
+        rows.append(
+            {
+                "model": "Ensemble with boosting",
+                "mean accuracy": ensemble,
+                "forwards / example": forwards.get("ensemble"),
+            }
+        )
+    rows.append(
+        {
+            "model": MODEL_LABELS["baseline"],
+            "mean accuracy": baseline,
+            "forwards / example": forwards.get("baseline", 1),
+        }
+    )
+    return pd.DataFrame(rows).set_index("model")
+
+
+def boosting_table(report: dict) -> pd.DataFrame:
+    """One row per boosting adapter (ensemble.json "boosting"); empty when there are none."""
+    rows = [
+        {
+            "adapter": b["name"],
+            "tasks": ", ".join(b.get("tasks") or []),
+            "group": b.get("group"),
+            "method": b.get("method"),
+            "step": b.get("step"),
+            "train error before": b.get("train_error_before"),
+            "train error after": b.get("train_error_after"),
+        }
+        for b in report.get("boosting") or []
+    ]
+    columns = ["adapter", "tasks", "group", "method", "step"]
+    columns += ["train error before", "train error after"]
+    return pd.DataFrame(rows, columns=columns).set_index("adapter")
+
+
+def gain_table(report: dict) -> pd.DataFrame:
+    """Per task: the gain in points over the baseline and its wins/losses/ties over seeds."""
+    per_task = (report.get("gain") or {}).get("per_task") or {}
+    columns = ["points", "wins", "losses", "ties"]
+    frame = pd.DataFrame.from_dict(per_task, orient="index", columns=columns)
+    return frame.rename_axis("task")
 
 
 def comparable(a: Workspace, b: Workspace) -> bool:
@@ -328,6 +424,12 @@ def export_tables(ws: Workspace) -> dict[str, pd.DataFrame]:
     report = load_report(ws) or {}
     tables = {m: metric_table(report, m) for m in METRIC_LABELS}
     tables["costs"] = cost_table(report)
+    if report.get("gain"):
+        tables["gain"] = gain_table(report)
+    if report.get("by_weights") or report.get("inference_forwards_per_example"):
+        tables["weights"] = weights_table(report)
+    if report.get("boosting"):
+        tables["boosting"] = boosting_table(report)
     chosen = ws.read("groupings", "chosen.json")
     if chosen:
         tables["groups"] = groups_frame(chosen["groups"], chosen.get("predicted") or {})
@@ -387,6 +489,11 @@ def build_html(ws: Workspace) -> str:
         + ", ".join(f"{MODEL_LABELS[m]} <b>{_fmt(mean[m])}</b>" for m in MODELS)
         + f". Groups: {html.escape(str(head['groups']))}.</p>"
     )
+    if head["gain_text"]:
+        parts.append(
+            f"<p>Ensemble − single adapter (95% paired bootstrap interval): "
+            f"<b>{html.escape(head['gain_text'])}</b>. {html.escape(head['gain_verdict'])}</p>"
+        )
     if report.get("missing"):
         items = "".join(f"<li>{html.escape(m)}</li>" for m in report["missing"])
         parts.append(f"<p class=note>Not measured yet:</p><ul class=note>{items}</ul>")

@@ -338,7 +338,8 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
     `tasks`: Task objects or task names (default: all of the config's). The model is loaded
     once, and only when some task needs work. `on_batch(task, split, rows)` is called after each
     stored batch. Returns {task: {"status_before", "rows_computed", "seconds"}} plus, for tasks
-    computed, "flops", "tokens" (padded) and "flops_method".
+    computed, "flops" (and its "train_flops" and "val_flops" parts), "tokens" (padded) and
+    "flops_method".
     """
     from core.progress import track
     from core.store import store_status
@@ -379,6 +380,8 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
                 rows_computed=sum(p[0] for p in parts),
                 seconds=round(seconds, 3),
                 flops=int(sum(p[1] for p in parts)),
+                train_flops=int(parts[0][1]),  # the paper counts Step 1 on training rows only
+                val_flops=int(parts[1][1]),
                 tokens=sum(p[2] for p in parts),
                 flops_method="+".join(sorted({p[3] for p in parts if p[0]})) or "none",
             )

@@ -91,9 +91,12 @@ def _uncounted_share(layer: nn.Module) -> tuple[float, float]:
     key = (type(layer), weight.device, dtype)
     if key not in _PROBED:
         expected = 2 * 2 * layer.in_features * layer.out_features
-        # callers may be inside inference_mode (scoring): the probe needs a backward graph
+        # callers may be inside inference_mode (scoring): the probe needs a backward graph.
+        # Its own generator: the probe runs once per process, so a draw from the global RNG
+        # would shift the dropout masks of a resumed training run against an uninterrupted one
+        gen = torch.Generator(device=weight.device).manual_seed(0)
         with torch.inference_mode(False), torch.enable_grad():
-            x = torch.randn(2, layer.in_features, device=weight.device, dtype=dtype)
+            x = torch.randn(2, layer.in_features, device=weight.device, dtype=dtype, generator=gen)
             x.requires_grad_(True)
             with _counter() as fwd:
                 y = layer(x)

@@ -31,6 +31,8 @@ def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
                 "wall_seconds": r["seconds"],
                 "examples": r["rows_computed"],
                 "flops": r.get("flops", 0),
+                "train_flops": r.get("train_flops", 0),
+                "val_flops": r.get("val_flops", 0),
                 "tokens": r.get("tokens", 0),
                 "method": r.get("flops_method", "none"),
                 "peak_memory_bytes": meter.peak_memory()["peak_memory_bytes"],

@@ -3,6 +3,18 @@
 `build_report(ws)` only reads the workspace (eval/*.json, ensemble.json, accounting.json) and
 writes report.json:
   tasks, groups, weights_kind,
+  by_weights: {"own": mean accuracy, "fit": mean accuracy} of the ensemble per weights kind
+              (eval/ensemble.json "by_weights"; null when not there),
+  inference_forwards_per_example: eval/ensemble.json's "forwards_per_example" ({"own": x,
+              "fit": y, "ensemble": z (with boosting)}: adapter forwards per test example)
+              plus "baseline": 1; null when eval/ensemble.json does not say,
+  gain: the ensemble's mean accuracy gain over the baseline in points with its 95% paired
+        bootstrap interval, core.stats.paired_gain's dict: {points, ci: [low, high], level,
+        seeds: 1, rows, replicates, per_task: {task: {points, wins, losses, ties}}}; null (and
+        named in "missing") when either file lacks "correct" (per-row results) or the two
+        were scored on different tasks or rows,
+  boosting: ensemble.json's "boosting" list ({name, adapter, tasks, group, step, method,
+            train_error_before, train_error_after} each); [] when it has none,
   accuracy / f1 / ece: {"zero_shot" | "baseline" | "ensemble": {task: v, "mean": v} or null},
   flops: {gradients, estimation, group_training, baseline_training,
           ensemble_inference_per_example, baseline_inference_per_example},
@@ -13,11 +25,14 @@ writes report.json:
   wall_seconds, peak_memory_bytes: per stage,
   missing: ["<what>: <which step to run>", ...]
 Anything not produced yet is null and named in "missing"; nothing is guessed.
+`seeds_gain(workspaces)` is the "gain" of several training seeds' workspaces of one experiment.
 """
 
 from __future__ import annotations
 
 from core.accounting import Accounting
+from core.errors import GroupTuneError
+from core.stats import paired_gain, paired_sample
 
 MODELS = ("zero_shot", "baseline", "ensemble")
 METRICS = ("accuracy", "f1", "ece")
@@ -36,6 +51,8 @@ HINTS = {
     "baseline_training": "baseline training cost: run `grouptune train`",
     "ensemble_inference": "ensemble inference cost: run `grouptune evaluate`",
     "baseline_inference": "baseline inference cost: run `grouptune evaluate`",
+    "gain": "gain interval: eval/ensemble.json or eval/baseline.json has no per-row results "
+    "(made by an older version): run `grouptune evaluate`",
 }
 
 
@@ -68,6 +85,49 @@ def _tasks(manifest: dict | None, evals: dict) -> list[str]:
     return []
 
 
+def eval_sample(ensemble: dict, baseline: dict) -> dict:
+    """One seed's paired sample {task: (ensemble 0/1 per row, baseline 0/1 per row)} from the
+    eval/ensemble.json and eval/baseline.json documents (their "correct")."""
+    if "correct" not in ensemble or "correct" not in baseline:
+        raise GroupTuneError(HINTS["gain"])
+    return paired_sample(ensemble["correct"], baseline["correct"])
+
+
+def seeds_gain(workspaces) -> dict:
+    """The report's "gain" over several workspaces, one per training seed of one experiment
+    (same tasks and test rows): seeds and test rows are resampled together (core.stats)."""
+    samples = []
+    for ws in workspaces:
+        ens, base = ws.read("eval", "ensemble.json"), ws.read("eval", "baseline.json")
+        try:
+            if ens is None or base is None:
+                raise GroupTuneError("not evaluated: run `grouptune evaluate`")
+            samples.append(eval_sample(ens, base))
+        except GroupTuneError as err:
+            raise GroupTuneError(f"{ws.root}: {err}") from None
+    return paired_gain(samples)
+
+
+def _gain(evals: dict) -> tuple[dict | None, str | None]:
+    """(report "gain", why it is null for "missing", or None)."""
+    if evals["ensemble"] is None or evals["baseline"] is None:
+        return None, None  # already named in "missing"
+    try:
+        return paired_gain([eval_sample(evals["ensemble"], evals["baseline"])]), None
+    except GroupTuneError as err:  # an older or mismatched evaluation: report the rest
+        return None, str(err)
+
+
+def _ensemble_extras(doc: dict | None) -> dict:
+    """by_weights and inference_forwards_per_example from eval/ensemble.json."""
+    by = (doc or {}).get("by_weights")
+    forwards = (doc or {}).get("forwards_per_example")
+    return {
+        "by_weights": {k: m["mean"]["accuracy"] for k, m in by.items()} if by else None,
+        "inference_forwards_per_example": {**forwards, "baseline": 1} if forwards else None,
+    }
+
+
 def build_report(ws) -> dict:
     """Assemble report.json from what the workspace holds; missing parts are null and listed."""
     evals = {m: ws.read("eval", f"{m}.json") for m in MODELS}
@@ -77,6 +137,8 @@ def build_report(ws) -> dict:
     if manifest is None:
         missing.append(HINTS["groups"])
     missing += [HINTS[s] for s in TRAINING_STAGES + INFERENCE_STAGES if s not in acct]
+    gain, why = _gain(evals)
+    missing += [why] if why else []
 
     flops = {s: _stage_value(acct, s, "flops") for s in TRAINING_STAGES}
     for s in INFERENCE_STAGES:
@@ -93,6 +155,9 @@ def build_report(ws) -> dict:
         "tasks": _tasks(manifest, evals),
         "groups": manifest["groups"] if manifest else None,
         "weights_kind": manifest.get("weights_kind") if manifest else None,
+        **_ensemble_extras(evals["ensemble"]),
+        "gain": gain,
+        "boosting": (manifest or {}).get("boosting") or [],
         **{metric: _metric_table(evals, metric) for metric in METRICS},
         "flops": flops,
         "flops_per_group": {name: p.get("flops") for name, p in parts.items()},

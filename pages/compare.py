@@ -42,6 +42,11 @@ cols[3].metric(
     f"{ratio:.2f}×" if ratio else "—",
     help="FLOPs of gradient features + estimation + group adapters, over the baseline's.",
 )
+if head["gain_text"]:
+    st.markdown(
+        f"**Ensemble − single adapter:** {head['gain_text']} (paired bootstrap over test rows "
+        "and training seeds). " + head["gain_verdict"]
+    )
 if report.get("missing"):
     st.warning("Not measured yet: " + "; ".join(report["missing"]))
 if status.report_state(ws)["state"] == "stale":
@@ -63,6 +68,28 @@ formats = {"training FLOPs": "compact", "inference FLOPs / example": "compact"}
 formats.update({"training wall s": "%.1f", "inference wall s": "%.1f", "peak memory GiB": "%.2f"})
 costs = {c: st.column_config.NumberColumn(format=f) for c, f in formats.items()}
 st.dataframe(export.cost_table(report, metrics=False), key="cmp_costs", column_config=costs)
+
+if report.get("by_weights"):
+    st.subheader("Ensemble weights")
+    st.caption(
+        f"The report's ensemble uses **{report.get('weights_kind')}** weights. Own: each task "
+        "runs its group's adapter (one forward); fitted: a mixture of adapters fitted on val, "
+        "one forward per adapter it uses."
+    )
+    st.dataframe(
+        export.weights_table(report),
+        key="cmp_weights",
+        column_config={"mean accuracy": st.column_config.NumberColumn(format="%.3f")},
+    )
+boosting = export.boosting_table(report)
+if not boosting.empty:
+    st.subheader("Boosting adapters")
+    st.caption(
+        "Adapters added after the groups, each fitted to the ensemble's residual on the group "
+        "with the highest training error (method features: no training, from the stored "
+        "gradients; train: trained) and added with weight `step`."
+    )
+    st.dataframe(boosting, key="cmp_boosting")
 
 st.subheader("Accuracy against compute")
 others = [Workspace(p) for p in status.list_workspaces() if Workspace(p).root != ws.root]

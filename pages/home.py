@@ -35,6 +35,8 @@ c3.metric(
 )
 counts = status.job_counts(jobs)
 c4.metric("Jobs running / queued", f"{counts['running']} / {counts['queued']}")
+if head.get("gain_text"):
+    st.caption(f"Ensemble − single adapter: {head['gain_text']}. {head['gain_verdict']}")
 
 st.subheader("Where it stands")
 for stage in status.stage_summary(rows):

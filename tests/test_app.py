@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, write_tiny_experiment
 from streamlit.testing.v1 import AppTest
 
-from core import status
+from core import export, status
 from core.export import cost_table, metric_table
 from core.workspace import Workspace
 
@@ -173,6 +173,7 @@ def test_home_shows_the_state_of_every_stage(real_ws, monkeypatch):
     assert metrics["Tasks"] == "3"
     assert metrics["Groups (m)"] == "2"
     assert metrics["Ensemble mean accuracy"] == f"{report['accuracy']['ensemble']['mean']:.3f}"
+    assert any(export.gain_text(report["gain"]) in c for c in texts(at, "caption"))
     rows = at.dataframe[0].value
     cfg = ws.load_config()
     from core.tasks import load_tasks
@@ -356,6 +357,12 @@ def test_compare_page_matches_report_and_exports(real_ws, monkeypatch):
     ]
     costs = at.dataframe[1].value
     pd.testing.assert_frame_equal(costs, cost_table(report, metrics=False), check_dtype=False)
+    head = export.headline(report)
+    shown, (low, high) = " ".join(texts(at, "markdown")), report["gain"]["ci"]
+    assert head["gain_text"] in shown and f"[{low:+.1f}, {high:+.1f}]" in shown
+    pd.testing.assert_frame_equal(at.dataframe[2].value, export.weights_table(report))
+    if report["boosting"]:
+        pd.testing.assert_frame_equal(at.dataframe[3].value, export.boosting_table(report))
     at.radio(key="cmp_metric").set_value("ece").run()
     pd.testing.assert_frame_equal(at.dataframe[0].value, metric_table(report, "ece"))
     at.button(key="cmp_export").click().run()

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_smoke(ws: Path, out: Path) -> float:
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "bench/claims.py", "--smoke", "--workspace", str(ws), "--out", str(out)],
+        [sys.executable, "bench/claims.py", "--smoke", "--workspace", str(ws), "--out", str(out)]
+        + ["--seeds", "0", "1", "--extra-seeds", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -76,26 +77,43 @@ def test_approximation_covers_every_subset_adapter(smoke):
 
 
 def test_ensemble_runs_match_adapters_and_test_metrics(smoke):
+    from core.stats import paired_gain, paired_sample
+
     ws, res, _ = smoke
     d = res["parts"]["ensemble"]
-    assert {r["seed"] for r in d["runs"]} == {0, 1}
-    assert len(d["runs"]) == 2 * len(d["m_values"]) and len(d["m_values"]) == 2
-    cached = read(ws / "claims" / "test_metrics.json")
-    feats = read(ws / "accounting.json")["gradients"]["flops"]
+    rec = d["recommended"]["m"]
+    assert d["seeds"] == [0, 1] and d["complete"] and d["covered"] == d["plan"]
+    assert {(r["seed"], r["m"]) for r in d["runs"]} == {(c["seed"], c["m"]) for c in d["plan"]}
+    assert [r["seed"] for r in d["runs"] if r["m"] != rec] == [0] * (len(d["m_values"]) - 1)
+    acct = read(ws / "accounting.json")["gradients"]
+    feats_train = sum(p["train_flops"] for p in acct["parts"].values())
     for run in d["runs"]:
-        base = grouptune(ws, f"claims-s{run['seed']}-baseline")
+        runs = ws / "runs"
+        base = grouptune(runs / f"s{run['seed']}-baseline", "baseline")
         assert base["config"]["training"]["seed"] == run["seed"]
-        assert run["baseline_training"]["flops"] == base["accounting"]["flops"]
-        groups = sum(grouptune(ws, a)["accounting"]["flops"] for a in run["adapters"])
-        assert run["flops_ratio"] == pytest.approx((feats + groups) / base["accounting"]["flops"])
-        own = [
-            cached[a]["metrics"][t]["accuracy"]
-            for a in run["adapters"]
-            for t in cached[a]["metrics"]
-        ]
-        assert run["ensemble"]["mean"]["accuracy"] == pytest.approx(sum(own) / len(own))
+        assert run["flops"]["baseline_training"] == base["accounting"]["flops"]
+        mine = runs / f"s{run['seed']}-m{run['m']}"
+        groups = [grouptune(mine, f"group-{i}") for i in range(len(run["groups"]))]
+        assert [g["tasks"] for g in groups] == run["groups"]
+        assert run["flops"]["group_training"] == sum(g["accounting"]["flops"] for g in groups)
+        paper = (feats_train + run["flops"]["group_training"] + run["flops"]["boosting"]) / base[
+            "accounting"
+        ]["flops"]
+        assert run["flops_ratio_paper"] == pytest.approx(paper)
+        assert run["flops_ratio_full"] > run["flops_ratio_paper"]
+        ens = read(mine / "eval" / "ensemble.json")
+        assert run["ensemble"] == ens["metrics"] and run["boosting"] == ens["boosting"]
         gain = 100 * (run["ensemble"]["mean"]["accuracy"] - run["baseline"]["mean"]["accuracy"])
         assert run["gain_points"] == pytest.approx(gain)
+    samples = [
+        paired_sample(
+            d["samples"][f"s{s}-m{rec}"]["ensemble"], d["samples"][f"s{s}-m{rec}"]["baseline"]
+        )
+        for s in d["seeds"]
+    ]
+    again = paired_gain(samples)
+    assert (d["mean_gain"], d["gain_ci"]) == (again["points"], again["ci"])
+    assert d["gain_ci"][0] <= d["mean_gain"] <= d["gain_ci"][1]
     assert not (ws / "groupings" / "chosen.json").exists()  # the product's choice is left alone
 
 

@@ -79,6 +79,50 @@ def test_cost_table_sums_the_right_stages(report):
     assert head["training_flops_ratio"] == report["flops_ratio"]["training_ensemble_over_baseline"]
 
 
+def test_gain_in_words():
+    gain = {"points": 1.3, "ci": [-0.84, 3.44], "level": 0.95, "seeds": 1, "rows": 600}
+    assert export.gain_text(gain) == "+1.3 points [-0.8, +3.4], 1 seed, 600 paired test rows"
+    assert "includes 0" in export.gain_verdict(gain)
+    five = {**gain, "ci": [0.2, 2.5], "seeds": 5, "rows": 150}
+    assert export.gain_text(five) == "+1.3 points [+0.2, +2.5], 5 seeds, 150 paired test rows each"
+    assert "above 0: the ensemble is better" in export.gain_verdict(five)
+    assert "below 0" in export.gain_verdict({**gain, "points": -2.0, "ci": [-3.0, -0.5]})
+    assert export.gain_text(None) is None and export.headline({})["gain_text"] is None
+    head = export.headline({"gain": five})
+    assert (head["gain_text"], head["gain_verdict"]) == (
+        export.gain_text(five),
+        export.gain_verdict(five),
+    )
+
+
+def test_weights_and_boosting_tables(report):
+    forwards = {"own": 1.0, "fit": 2.5, "ensemble": 3.5, "baseline": 1}
+    report = {
+        **report,
+        "by_weights": {"own": 0.6, "fit": 0.7},
+        "inference_forwards_per_example": forwards,
+    }
+    table = export.weights_table(report)
+    for kind, value in report["by_weights"].items():
+        row = table.loc[export.WEIGHT_LABELS[kind]]
+        assert row["mean accuracy"] == value and row["forwards / example"] == forwards[kind]
+    single = table.loc[export.MODEL_LABELS["baseline"]]
+    assert single["mean accuracy"] == report["accuracy"]["baseline"]["mean"]
+    assert single["forwards / example"] == 1
+    rounds = [
+        {"name": "boost-0", "adapter": "adapters/boost-0", "tasks": ["a", "b"], "group": 0,
+         "step": 0.4, "method": "features", "train_error_before": 0.31,
+         "train_error_after": 0.27},
+    ]  # fmt: skip
+    boosted = {**report, "boosting": rounds}
+    rows = export.boosting_table(boosted)
+    assert rows.loc["boost-0"].tolist() == ["a, b", 0, "features", 0.4, 0.31, 0.27]
+    with_boost = export.weights_table(boosted).loc["Ensemble with boosting"]
+    assert with_boost["mean accuracy"] == report["accuracy"]["ensemble"]["mean"]
+    assert with_boost["forwards / example"] == 3.5
+    assert export.boosting_table({}).empty
+
+
 def test_accuracy_against_flops_across_workspaces(real_ws, report):
     other = copy_workspace(real_ws, "export_m3")
     changed = json.loads((other / "report.json").read_text())
@@ -155,7 +199,13 @@ def test_export_report_writes_html_and_csvs(real_ws, report):
     assert accuracy.loc["mean", export.MODEL_LABELS["ensemble"]] == pytest.approx(
         report["accuracy"]["ensemble"]["mean"]
     )
-    assert set(paths["csv"]) == {"accuracy", "f1", "ece", "costs", "groups", "affinity"}
+    tables = {"accuracy", "f1", "ece", "costs", "groups", "affinity", "gain", "weights"}
+    assert set(paths["csv"]) == tables | ({"boosting"} if report["boosting"] else set())
+    assert export.gain_text(report["gain"]) in page
+    gain = pd.read_csv(paths["csv"]["gain"], index_col="task")
+    assert gain["points"].to_dict() == pytest.approx(
+        {t: v["points"] for t, v in report["gain"]["per_task"].items()}
+    )
     with zipfile.ZipFile(paths["zip"]) as zf:
         assert sorted(zf.namelist()) == sorted(["report.html", *(f"{n}.csv" for n in paths["csv"])])
         inner = pd.read_csv(io.BytesIO(zf.read("accuracy.csv")), index_col="task")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core import flops
 from core.adapters import attach_adapter
 from core.config import AdapterConfig, ModelConfig
 from core.errors import GroupTuneError
@@ -84,6 +85,16 @@ def test_count_flops_has_no_side_effects():
     assert torch.equal(rng, torch.get_rng_state())
     assert all(p.grad is None for p in params)
     assert model.training
+
+
+def test_first_count_on_a_4bit_model_leaves_the_rng_alone(monkeypatch):
+    """The quantised layers' probe runs once per process: drawing its input from the global
+    RNG shifted a resumed run's dropout masks (tests/test_run.py kills and resumes one)."""
+    monkeypatch.setattr(flops, "_PROBED", {})  # as in a fresh process
+    model, batch = _adapted("tiny-llama", "4bit")
+    rng = torch.get_rng_state()
+    count_flops(model, batch, backward=True)
+    assert flops._PROBED and torch.equal(rng, torch.get_rng_state())
 
 
 def test_backward_needs_a_trainable_parameter():

@@ -99,3 +99,97 @@ def test_killed_training_worker_resumes_to_the_same_result(tmp_path):
     ]
     assert meta[0]["val_metrics"] == meta[1]["val_metrics"]
     assert meta[0]["best_epoch"] == meta[1]["best_epoch"]
+
+
+# --- the quick demo's path: QLoRA, frozen-prefix cache, dropout, killed after a mid-epoch save --
+
+QUICK_LIKE = {  # sample_data/quick.yaml on tiny-llama: 4-bit base, top layer only (prefix cache)
+    "model": {"name": "tiny-llama", "quantization": "4bit"},
+    "adapter": {"top_layers": 1, "dropout": 0.1},
+    "training": {"epochs": 3, "batch_size": 4, "patience": None, "loss": "choices"},
+}
+STEPS_PER_EPOCH = 12  # 3 tasks x 16 rows / batch_size 4
+
+
+def _run_artifacts(ws) -> dict:
+    """What must be bit-identical between a killed-and-resumed and an uninterrupted run."""
+    folder = ws / "adapters" / "baseline"
+    meta = json.loads((folder / "grouptune.json").read_text())
+    return {
+        "weights": (folder / "adapter_model.safetensors").read_bytes(),
+        "metrics": (folder / "metrics.jsonl").read_text(),
+        "meta": {k: meta[k] for k in ("val_metrics", "history", "best_epoch", "steps")},
+    }
+
+
+def _read_checkpoint(ws) -> dict | None:
+    path = ws / "adapters" / "baseline" / "checkpoint" / "state.json"
+    try:
+        return json.loads(path.read_text())["state"]
+    except (OSError, ValueError):  # not there yet, or swapped out right now
+        return None
+
+
+def _kill_when(ws, job, ready) -> dict:
+    """SIGKILL the job's worker once its checkpoint satisfies `ready`; wait until the store
+    marks it failed. Returns the checkpoint the resume will start from."""
+    store = open_store(ws)
+    deadline = time.monotonic() + 300
+    while not ready(_read_checkpoint(ws)):
+        assert time.monotonic() < deadline and store.get(job)["state"] == "running"
+        time.sleep(0.01)
+    os.kill(store.get(job)["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while store.get(job)["state"] == "running":
+        assert time.monotonic() < deadline, "the dead worker was never noticed"
+        time.sleep(0.1)
+    assert store.get(job)["state"] == "failed"
+    return _read_checkpoint(ws)
+
+
+@pytest.fixture(scope="module")
+def quick_like_reference(tmp_path_factory) -> dict:
+    """The uninterrupted run (default checkpoint interval: no mid-epoch checkpoints)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config, ws = write_tiny_experiment(root, **QUICK_LIKE), root / "ws"
+    job = _train_job(ws, config)
+    assert wait(ws, [job], timeout=600)[job]["state"] == "done"
+    return _run_artifacts(ws)
+
+
+def _after_epoch_1(state) -> bool:
+    return state is not None and state["epoch"] >= 1
+
+
+def _mid_epoch(state) -> bool:  # epoch 2 (or 3, on a machine so loaded the poll missed it)
+    return state is not None and state["epoch"] >= 1 and state["batch_in_epoch"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_s", "ready"),
+    [("600", _after_epoch_1), ("0", _mid_epoch)],
+    ids=["after-epoch-checkpoint", "after-mid-epoch-checkpoint"],
+)
+def test_killed_qlora_prefix_worker_resumes_bit_identical(
+    tmp_path, monkeypatch, quick_like_reference, checkpoint_s, ready
+):
+    """The quick demo's recipe, killed with SIGKILL after an end-of-epoch or a mid-epoch
+    checkpoint and resumed as a job: the same adapter bytes, metrics.jsonl and val record."""
+    monkeypatch.setenv("GROUPTUNE_CHECKPOINT_S", checkpoint_s)  # the worker inherits it
+    config, ws = write_tiny_experiment(tmp_path, **QUICK_LIKE), tmp_path / "ws"
+    job = _train_job(ws, config)
+    resumed_from = _kill_when(ws, job, ready)
+    assert resumed_from["epoch"] < 3 and resumed_from["step"] < 3 * STEPS_PER_EPOCH
+    if checkpoint_s == "0":  # the resume really starts inside an epoch
+        assert resumed_from["batch_in_epoch"] > 0
+    assert not (ws / "adapters" / "baseline" / "grouptune.json").exists()
+
+    resume(ws, job)
+    assert wait(ws, [job], timeout=600)[job]["state"] == "done"
+    log = Path(open_store(ws).get(job)["log_path"]).read_text()
+    assert f"resuming from its checkpoint (epoch {resumed_from['epoch']}" in log
+    assert "frozen-prefix cache off" not in log  # the cached path really ran
+    got, want = _run_artifacts(ws), quick_like_reference
+    assert got["meta"] == want["meta"]
+    assert got["metrics"] == want["metrics"]
+    assert got["weights"] == want["weights"]

@@ -193,6 +193,17 @@ def test_crash_mid_epoch_resumes_exactly(root, reference, monkeypatch):
     assert_same_run(artifacts(ws), reference[2])
 
 
+def test_checkpoint_interval_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("GROUPTUNE_CHECKPOINT_S", raising=False)
+    assert training.checkpoint_interval() == training.CHECKPOINT_SECONDS
+    monkeypatch.setenv("GROUPTUNE_CHECKPOINT_S", "0")  # after every step (worker tests)
+    assert training.checkpoint_interval() == 0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("GROUPTUNE_CHECKPOINT_S", bad)
+        with pytest.raises(GroupTuneError, match="GROUPTUNE_CHECKPOINT_S"):
+            training.checkpoint_interval()
+
+
 def test_out_of_memory_is_explained_and_checkpoint_survives(root, reference, monkeypatch):
     ws = Workspace(root / "oom").ensure()
     cfg = make_cfg(root)
