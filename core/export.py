@@ -276,7 +276,8 @@ def headline(report: dict) -> dict:
         "gain": gain,
         "gain_text": gain_text(gain),
         "gain_verdict": gain_verdict(gain),
-        "training_flops_ratio": ratio.get("training_ensemble_over_baseline"),
+        "training_flops_ratio": ratio.get("training_full"),
+        "training_flops_ratio_paper": ratio.get("training_paper"),
         "inference_flops_ratio": ratio.get("inference"),
         "groups": report.get("groups"),
     }

@@ -219,17 +219,26 @@ def test_evaluate_trained_and_report(trained):
             assert set(report[metric][model]) == {"alpha", "beta", "mean"}
     assert report["flops"]["group_training"] == sum(report["flops_per_group"].values())
     assert report["flops_ratio"]["inference"] == pytest.approx(1.0, rel=0.05)
-    assert report["flops_ratio"]["training_ensemble_over_baseline"] is None  # no Step 1-4 cost
+    assert report["flops_ratio"]["training_full"] is None  # no Step 1-4 cost yet
+    assert report["flops_ratio"]["training_paper"] is None
     assert any("grouptune gradients" in m for m in report["missing"])
     acct = Accounting(ws)
-    acct.record("gradients", stage_entry(10**6, 1.0, 1, 100, "test"))
+    for task, (train, val) in {"alpha": (600, 200), "beta": (300, 100)}.items():
+        entry = stage_entry(train + val, 1.0, 1, 100, "test", train_flops=train, val_flops=val)
+        acct.record("gradients", entry, part=task)
     acct.record("estimation", stage_entry(10**3, 0.1, 1, 0, "test"))
+    acct.record("boosting", stage_entry(5 * 10**4, 0.1, 1, 0, "test"), part="boost-0")
+    acct.record("prefix_cache", stage_entry(7, 0.1, 1, 0, "test"), part="alpha.train.abc")
+    acct.record("prefix_cache", stage_entry(10**9, 0.1, 1, 0, "test"), part="alpha.test.abc")
     report = build_report(ws)
-    flops = report["flops"]
-    expected = (flops["gradients"] + flops["estimation"] + flops["group_training"]) / flops[
-        "baseline_training"
-    ]
-    assert report["flops_ratio"]["training_ensemble_over_baseline"] == pytest.approx(expected)
+    flops, base = report["flops"], report["flops"]["baseline_training"]
+    weights = flops["ensemble_weights"]  # the val passes of the fitted-weights test above, or 0
+    paper = (900 + flops["group_training"] + 5 * 10**4) / base
+    full = (1200 + 7 + 10**3 + flops["group_training"] + weights + 5 * 10**4) / base
+    assert report["flops_ratio"]["training_paper"] == pytest.approx(paper)
+    assert report["flops_ratio"]["training_full"] == pytest.approx(
+        full
+    )  # test rows' cache left out
     assert report["missing"] == []
 
 

@@ -84,7 +84,7 @@ def test_a_mismatched_evaluation_is_named_not_fatal(real_ws):
     assert any("ensemble was scored on tasks" in m for m in report["missing"])
 
 
-def test_boosting_entries_are_copied_from_the_manifest(real_ws):
+def test_boosting_entries_are_those_evaluated_else_the_manifests(real_ws):
     ws = copy_workspace(real_ws, "report_boost")
     rounds = [
         {
@@ -98,8 +98,13 @@ def test_boosting_entries_are_copied_from_the_manifest(real_ws):
             "train_error_after": 0.27,
         },
     ]
+    edit(ws, "eval/ensemble.json", lambda d: d.update(boosting=rounds))
+    assert build_report(Workspace(ws))["boosting"] == rounds  # what the evaluation used
+    edit(ws, "eval/ensemble.json", lambda d: d.pop("boosting"))
+    edit(ws, "ensemble.json", lambda d: d.update(boosting=rounds[:0]))
+    assert build_report(Workspace(ws))["boosting"] == []
     edit(ws, "ensemble.json", lambda d: d.update(boosting=rounds))
-    assert build_report(Workspace(ws))["boosting"] == rounds
+    assert build_report(Workspace(ws))["boosting"] == rounds  # made, not evaluated yet
 
 
 def test_several_seeds_give_the_same_gain_format(real_ws):
