@@ -45,6 +45,17 @@ def method(cfg) -> str:
     return m
 
 
+def missing_rounds(cfg, manifest: dict | None) -> list[int]:
+    """The configured rounds (ensemble.boosting) a manifest does not hold yet: rounds count
+    only when made on the weights the config asks for. Torch-free: the dashboard asks it."""
+    if manifest is None or manifest.get("weights_kind") != cfg.ensemble.weights:
+        return list(range(cfg.ensemble.boosting))
+    made = [
+        b for b in manifest.get("boosting", []) if b["weights_kind"] == manifest["weights_kind"]
+    ]
+    return list(range(len(made), cfg.ensemble.boosting))
+
+
 def boost(cfg, ws, progress: bool = True) -> list[dict]:
     """Every configured round not made yet (ensemble.boosting of them); the manifest's rounds."""
     for r in range(cfg.ensemble.boosting):

@@ -70,9 +70,11 @@ def init_cmd(
 ):
     """Create (or update) an experiment workspace from a config, checking every task loads."""
     from core.tasks import answer_word_overlaps, load_tasks
+    from core.tokens import check_answer_words
 
     cfg, ws = _context(config, workspace)
     tasks = load_tasks(cfg)
+    check_answer_words(cfg, tasks)  # here, not first inside a gradients job
     overlaps = answer_word_overlaps(tasks)
     result = {
         "workspace": str(ws.root),

@@ -440,86 +440,28 @@ def resolve_model(name: str, revision: str | None = None, *, progress: bool = Tr
 
 # --- the built-in tiny models --------------------------------------------------------------------
 
-# Words that become single tokens in the built-in tokenizer (also capitalised, and with a leading
-# space). Answer words of the sample tasks and tests are included so prompts behave like SmolLM2's.
-_WORDS = """
-the of and to in is was it for on that with as are be this by at from or an not but have has had
-they you he she we his her its their our your my me him them us who what which when where why how
-all any some no yes one two three four five six seven eight nine ten first last new old good bad
-great best better worse worst very more most less much many few other such only also just than
-then so if about into over after before out up down off again can could will would should may
-might must do does did done make made get got go going went come came take took see saw know
-think say said like love hate want need use used work works find give tell feel seem try call
-time year day way man woman people thing things world life hand part place case week company
-system program question number point home water room mother area money story fact month lot
-right study book eye job word business issue side kind head house service friend father power
-hour game line end member law car city community name president team minute idea kid body
-information back parent face others level office door health person art war history party
-result change morning reason research girl guy moment air teacher force education food film
-movie movies review reviews product products phone price quality battery sound screen order
-restaurant place staff waiter waitress bread taste delicious service experience recommend
-never ever really well even still here there now today too because while through between
-positive negative neutral true false spam ham fresh rotten objective subjective entailment
-contradiction sentiment label answer text premise hypothesis subject email message sports
-politics science religion computer computers graphics hardware software space medicine
-electronics cars autos motorcycles baseball hockey guns crypto christian atheism mideast
-forsale misc windows mac trade earn acq crude grain interest ship rating rate topic news
-sale sales buy sell bought sold stock market oil shares profit loss net group
-""".split()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (byte-level BPE's alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1))
-    bs += list(range(0xAE, 0xFF + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
 
 def builtin_tokenizer():
     """The tiny models' tokenizer: byte-level BPE where each word of a fixed list is one token.
 
     Built in code, deterministic, no files or downloads. The vocabulary holds the 256 byte
-    symbols and every prefix of every listed word (with and without a leading space, also
-    capitalised); merges grow words left to right. A listed word is looked up whole
-    (`ignore_merges`), so it is always one token; unlisted text falls back to shorter pieces and
-    finally to single bytes, so every string round-trips exactly.
+    symbols and every prefix of every listed word (core.tokens.WORDS; with and without a
+    leading space, also capitalised); merges grow words left to right. A listed word is looked
+    up whole (`ignore_merges`), so it is always one token; unlisted text falls back to shorter
+    pieces and finally to single bytes, so every string round-trips exactly. The
+    `tokenizers` object itself is built by core.tokens, which the dashboard uses without torch.
     Special token: `<|endoftext|>` (bos, eos and pad).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    b2u = _bytes_to_unicode()
-    eos = "<|endoftext|>"
-    vocab: dict[str, int] = {eos: 0}
-    for b in range(256):
-        vocab[b2u[b]] = len(vocab)
-    words = list(dict.fromkeys(w for base in _WORDS for w in (base, base.capitalize())))
-    merges: list[tuple[str, str]] = []
-    for forms in ([" " + w for w in words], words):  # space-prefixed forms rank first
-        for w in forms:
-            chars = "".join(b2u[b] for b in w.encode("utf-8"))
-            cur = chars[0]
-            for ch in chars[1:]:
-                new = cur + ch
-                if new not in vocab:
-                    vocab[new] = len(vocab)
-                    merges.append((cur, ch))
-                cur = new
-    # ignore_merges: a pre-token (word) that is itself in the vocabulary becomes one token
-    # directly; otherwise merges of other words could split e.g. "positive" at "it".
-    bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=True)
-    tk = Tokenizer(bpe)
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
+    from core.tokens import EOS, build_builtin_tokenizer
+
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=eos, eos_token=eos, pad_token=eos, model_max_length=2048
+        tokenizer_object=build_builtin_tokenizer(),
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_max_length=2048,
     )
     tok.padding_side = "right"
     return tok

@@ -119,6 +119,8 @@ def job_targets(job: dict) -> list[tuple[str, str]]:
         return [("evaluation", i) for i in items]
     if command == "group":
         return [("grouping", "chosen")]
+    if command == "boost":
+        return [("boosting", f"boost-{r}") for r in _option(argv, "--round")] or [("boosting", "*")]
     if command in ("affinity", "report"):
         return [(command, command)]
     if command == "run":
@@ -371,6 +373,25 @@ def adapter_state(
     return _row("training", name, "fresh", f"best epoch {record.get('best_epoch')}")
 
 
+def boosting_states(ws: Workspace, cfg: ExperimentConfig) -> list[dict]:
+    """One row per configured boosting round: fresh when the manifest holds it, made on the
+    weights the config asks for (core.boosting.missing_rounds, the engine's own rule)."""
+    from core.boosting import boost_name, missing_rounds
+
+    manifest = ws.read("ensemble.json") if ws.path("ensemble.json").exists() else None
+    todo = missing_rounds(cfg, manifest)
+    detail = "" if manifest else "after the group adapters"
+    return [
+        _row("boosting", boost_name(r), "missing" if r in todo else "fresh", detail)
+        for r in range(cfg.ensemble.boosting)
+    ]
+
+
+def boosting_todo(ws: Workspace, cfg: ExperimentConfig) -> bool:
+    """Whether some configured boosting round is not made yet."""
+    return any(r["state"] != "fresh" for r in boosting_states(ws, cfg))
+
+
 def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> list[dict]:
     """zero_shot: fresh when eval/zero_shot.json's fingerprint has today's tasks (contents) and
     token budget; baseline and ensemble: when evaluated after their adapters were trained."""
@@ -421,6 +442,7 @@ def experiment_status(ws: Workspace, cfg: ExperimentConfig, tasks, jobs=None) ->
     rows.append(grouping_state(ws, aff["state"]))
     for name, group in expected_adapters(ws, cfg).items():
         rows.append(adapter_state(ws, cfg, name, group, hashes))
+    rows += boosting_states(ws, cfg)
     rows += evaluation_states(ws, cfg, hashes)
     rows.append(report_state(ws))
     latest = latest_jobs(jobs or [])
@@ -443,6 +465,7 @@ STAGES = {
     "affinity": "Task affinity matrix",
     "grouping": "Task groups",
     "training": "Adapters (one per group + baseline)",
+    "boosting": "Ensemble weights and boosting rounds",
     "evaluation": "Test evaluation",
     "report": "Comparison report",
 }
@@ -482,6 +505,7 @@ def next_step(rows: list[dict]) -> dict | None:
             "affinity": [["affinity"]],
             "grouping": [["group"]],
             "training": [["train", "--adapter", a] for a in items],
+            "boosting": [["boost"]],  # one job: each round builds on the one before
             "evaluation": [["evaluate"]],
             "report": [["report"]],
         }[stage]
@@ -490,6 +514,7 @@ def next_step(rows: list[dict]) -> dict | None:
             "affinity": "Estimate the task affinity matrix",
             "grouping": "Choose the task groups",
             "training": f"Train {len(items)} adapter(s)",
+            "boosting": f"Fit the ensemble weights and {len(items)} boosting round(s)",
             "evaluation": "Evaluate zero-shot, baseline and ensemble on the test splits",
             "report": "Write the comparison report",
         }
@@ -505,7 +530,7 @@ def next_step(rows: list[dict]) -> dict | None:
 
 
 # --- datasets ------------------------------------------------------------------------------------
-UPLOAD_TYPES = ("csv", "jsonl", "json", "tsv")
+UPLOAD_TYPES = ("csv", "jsonl", "json", "tsv", "parquet")
 
 
 def sample_task_names(root: Path = SAMPLE_TASKS) -> list[str]:
@@ -523,30 +548,69 @@ def uploaded_tasks(ws: Workspace) -> dict[str, Path]:
     return {p.stem: p for p in files if p.suffix.lstrip(".") in UPLOAD_TYPES}
 
 
-def save_upload(ws: Workspace, task_name: str, filename: str, data: bytes):
-    """Store an uploaded CSV/JSONL as <ws>/uploads/<task>.<ext> and load it as a task (checked
-    by core.tasks). Returns the Task; raises DataError (and keeps nothing) when it is invalid."""
+def upload_spec(path: Path) -> dict:
+    """The config entry of an uploaded file: its path and what the upload form said (columns,
+    split, template, labels, description), kept beside it as <task>.yaml."""
+    import yaml
+
+    from core.errors import DataError
+
+    side = Path(path).with_suffix(".yaml")
+    extra = {}
+    if side.is_file():
+        try:
+            extra = yaml.safe_load(side.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise DataError(f"not valid YAML: {err}", file=side) from None
+    return {**extra, "path": str(path)}
+
+
+def save_upload(
+    ws: Workspace,
+    task_name: str,
+    filename: str,
+    data: bytes,
+    *,
+    columns: dict | None = None,
+    split: str | None = None,
+    template: str | None = None,
+    labels: dict[str, str] | None = None,
+):
+    """Store an uploaded CSV/TSV/JSONL/Parquet file as <ws>/uploads/<task>.<ext>, with the
+    form's choices (columns, split, template, labels) in <task>.yaml beside it. The task is
+    built in memory first (checked by core.tasks): when it does not load, DataError is raised
+    and nothing in the workspace changes. Returns the Task."""
+    import yaml
+
     from core.config import TaskSpec
     from core.errors import DataError
-    from core.io import safe_name
-    from core.tasks import load_task_file
+    from core.io import safe_name, write_text
+    from core.tables import parse_table
+    from core.tasks import task_from_table
 
     name = safe_name(task_name.strip(), "task name")
     ext = Path(filename).suffix.lower().lstrip(".")
     if ext not in UPLOAD_TYPES:
         raise DataError(
-            f"unsupported file type .{ext}: upload a .csv or .jsonl file", file=filename
+            f"unsupported file type .{ext}: upload a .csv, .tsv, .jsonl or .parquet file",
+            file=filename,
         )
+    form = {"columns": columns, "split": split, "template": template, "labels": labels}
+    form = {k: v for k, v in form.items() if v is not None}
+    form["description"] = f"user data from {Path(filename).name}"
+    try:
+        spec = TaskSpec(name=name, **form)
+    except ValueError as err:  # pydantic's ValidationError: the form's fields, named
+        raise DataError(f"the upload form does not describe a task: {err}") from None
+    task = task_from_table(parse_table(data, filename, source=filename), spec)
     path = ws.path("uploads", f"{name}.{ext}")
-    for old in uploaded_tasks(ws).values():
+    write_bytes(path, data)
+    write_text(path.with_suffix(".yaml"), yaml.safe_dump(form, sort_keys=False, allow_unicode=True))
+    for old in uploaded_tasks(ws).values():  # an earlier upload of this task as another type
         if old.stem == name and old != path:
             old.unlink()
-    write_bytes(path, data)
-    try:
-        return load_task_file(path, TaskSpec(name=name))
-    except (GroupTuneError, ValueError):
-        path.unlink(missing_ok=True)
-        raise
+    task.source = str(path)
+    return task
 
 
 def load_one_task(name: str, cfg: ExperimentConfig | None, uploads: dict[str, Path]):
@@ -557,7 +621,7 @@ def load_one_task(name: str, cfg: ExperimentConfig | None, uploads: dict[str, Pa
 
     if cfg is not None and name in cfg.task_names and name not in uploads:
         return subsample(load_task(next(t for t in cfg.tasks if t.name == name), cfg), cfg)
-    spec = TaskSpec(name=name, path=str(uploads[name]) if name in uploads else None)
+    spec = TaskSpec(name=name, **(upload_spec(uploads[name]) if name in uploads else {}))
     base = parse_config({"tasks": [name], "data": {"root": str(SAMPLE_TASKS)}}, base_dir=ROOT)
     task = load_task(spec, base)
     return subsample(task, cfg) if cfg is not None else task
@@ -631,7 +695,7 @@ def build_config(form: dict, base: ExperimentConfig | None, uploads: dict[str, P
     specs = []
     for name in form["tasks"]:
         if name in uploads:
-            specs.append({"name": name, "path": str(uploads[name])})
+            specs.append({"name": name, **upload_spec(uploads[name])})
         elif name in old and (old[name].path or name not in samples):
             spec = old[name].model_dump(mode="json")
             path = spec["path"] or str(Path(base.data.root) / name)

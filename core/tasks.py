@@ -1,28 +1,35 @@
 """Tasks: labelled rows with a prompt template and one answer word per label.
 
 A task is loaded from a task folder (task.yaml + train/val/test.jsonl, the sample format), from a
-user's CSV or JSONL file (columns: text, optional text_pair, label), or from a `datasets` dataset
-(a folder made by `save_to_disk`, or `hf:<name>[:<config>]` when online). Rows are plain dicts
-{"text", "text_pair"?, "label"}. Tokenizer-dependent work lives in core.prompts.
+user's CSV, TSV, JSONL or Parquet file (core.tables reads it), or from a `datasets` dataset (a
+folder made by `save_to_disk`, or `hf:<name>[:<config>]` when online). Wherever a task is
+defined, `columns` says which of the data's columns are the text, text_pair and label (default:
+the columns so named; core.columns maps them, other columns are ignored with a note), and a
+one-file task may name a `split` column. Rows are plain dicts {"text", "text_pair"?, "label"}.
+Tokenizer-dependent work lives in core.prompts and core.tokens.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import io
 import json
+import logging
 import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
-from core.config import ExperimentConfig, TaskSpec
+from core.columns import map_rows, rare_label_notes, split_by_column, suggest_answer_words
+from core.config import ExperimentConfig, TaskColumns, TaskSpec
 from core.errors import DataError
 from core.io import safe_name
+from core.tables import Table, decode, parse_table, read_table
+
+log = logging.getLogger("grouptune.tasks")
 
 SPLITS = ("train", "val", "test")
 COLUMNS = {"text", "label"}
@@ -40,6 +47,7 @@ class Task:
     description: str = ""
     source: str = ""
     license: str = ""
+    notes: list[str] = field(default_factory=list)  # what loading it ignored or found odd
 
     @property
     def label_names(self) -> list[str]:
@@ -130,9 +138,13 @@ def _check_labels(labels, source) -> dict[str, str]:
     return out
 
 
-def check_rows(rows: list[dict], labels: dict[str, str], source, split: str = "") -> list[dict]:
-    """Validate rows: required columns, no extra ones, non-empty text, known labels."""
+def check_rows(
+    rows: list[dict], labels: dict[str, str], source, split: str = "", names: dict | None = None
+) -> list[dict]:
+    """Validate rows: required columns, no extra ones, non-empty text, known labels. `names`
+    (task field -> the file's column) makes errors name the user's own columns."""
     where = f"{source} [{split}]" if split else source
+    names = names or {}
     if not rows:
         raise DataError("no rows", file=where)
     clean = []
@@ -155,14 +167,18 @@ def check_rows(rows: list[dict], labels: dict[str, str], source, split: str = ""
             )
         text = row["text"]
         if not isinstance(text, str) or not text.strip():
-            raise DataError("empty or non-text value", file=where, row=i, field="text")
-        label = str(row["label"]).strip()
+            raise DataError(
+                "empty or non-text value", file=where, row=i, field=names.get("text", "text")
+            )
+        label = "" if row["label"] is None else str(row["label"]).strip()
         if label not in labels:
             raise DataError(
-                f"label {label!r} is not in the answer map {sorted(labels)}",
+                f"label {label!r} is not in the answer map {sorted(labels)}"
+                if label
+                else "empty label: fill it in, or delete the row",
                 file=where,
                 row=i,
-                field="label",
+                field=names.get("label", "label"),
             )
         out = {"text": text.strip(), "label": label}
         if row.get("text_pair") not in (None, ""):
@@ -171,57 +187,23 @@ def check_rows(rows: list[dict], labels: dict[str, str], source, split: str = ""
     return clean
 
 
-# --- readers ----------------------------------------------------------------------------------
+# --- readers (core.tables does the reading) ---------------------------------------------------
 def _read_bytes_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); save the file as UTF-8",
-            file=path,
-            row=line,
-        ) from None
+    return decode(Path(path).read_bytes(), path)
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    text = _read_bytes_text(path)
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON ({err.msg})", file=path, row=i) from None
-    if not rows:
-        raise DataError("file is empty", file=path)
-    return rows
+    return parse_table(Path(path).read_bytes(), "rows.jsonl", source=path).rows
 
 
 def read_csv(path: Path) -> list[dict]:
-    text = _read_bytes_text(path)
-    if not text.strip():
-        raise DataError("file is empty", file=path)
-    reader = csv.DictReader(io.StringIO(text))
-    rows = []
-    for i, row in enumerate(reader, start=1):
-        if None in row:  # more cells than header columns
-            raise DataError("more cells than columns in the header", file=path, row=i)
-        rows.append({k: v for k, v in row.items() if not (k == "text_pair" and v == "")})
-    if not rows:
-        raise DataError("no data rows under the header", file=path)
-    return rows
+    """Rows of a CSV (a .tsv: tab-separated), an empty text_pair cell left out."""
+    rows = read_table(path).rows
+    return [{k: v for k, v in r.items() if not (k == "text_pair" and v == "")} for r in rows]
 
 
 def read_rows(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return read_jsonl(path)
-    if suffix in (".csv", ".tsv"):
-        return read_csv(path)
-    raise DataError("unsupported file type: use .csv or .jsonl", file=path)
+    return read_table(path).rows
 
 
 def split_rows(
@@ -247,8 +229,28 @@ def split_rows(
 
 
 # --- loaders ----------------------------------------------------------------------------------
-def load_task_folder(folder: Path) -> Task:
-    """A task in the sample format: task.yaml + train/val/test.jsonl."""
+def _columns(value, source) -> TaskColumns | None:
+    """A task.yaml's `columns` entry, checked like the config's."""
+    if value is None or isinstance(value, TaskColumns):
+        return value
+    try:
+        return TaskColumns.model_validate(value)
+    except ValidationError as err:
+        why = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'columns'}: {e['msg']}" for e in err.errors()
+        )
+        raise DataError(f"invalid column mapping ({why})", file=source, field="columns") from None
+
+
+def _log_notes(task: Task, where) -> Task:
+    for note in task.notes:
+        log.warning("%s (task %s): %s", where, task.name, note)
+    return task
+
+
+def load_task_folder(folder: Path, columns: TaskColumns | None = None) -> Task:
+    """A task in the sample format: task.yaml + train/val/test.jsonl. `columns` (or task.yaml's
+    own `columns` entry) maps the split files' columns."""
     meta_path = folder / "task.yaml"
     if not meta_path.is_file():
         raise DataError("task folder has no task.yaml", file=folder)
@@ -262,42 +264,62 @@ def load_task_folder(folder: Path) -> Task:
     name = safe_name(str(meta["name"]), "task name")
     _check_template(meta["template"], meta_path)
     labels = _check_labels(meta["labels"], meta_path)
-    splits = {}
+    columns = columns or _columns(meta.get("columns"), meta_path)
+    splits, notes = {}, []
     for split in SPLITS:
         path = folder / f"{split}.jsonl"
         if not path.is_file():
             raise DataError(f"missing {split} split", file=path)
-        splits[split] = check_rows(read_jsonl(path), labels, path)
-    return Task(
-        name=name,
-        template=meta["template"],
-        labels=labels,
-        splits=splits,
-        description=str(meta.get("description", "")),
-        source=str(meta.get("source", "")),
-        license=str(meta.get("license", "")),
+        mapped = map_rows(read_table(path), columns)
+        splits[split] = check_rows(mapped.rows, labels, path, names=mapped.names)
+        notes += [f"{split}.jsonl: {n}" for n in mapped.notes]
+    return _log_notes(
+        Task(
+            name=name,
+            template=meta["template"],
+            labels=labels,
+            splits=splits,
+            description=str(meta.get("description", "")),
+            source=str(meta.get("source", "")),
+            license=str(meta.get("license", "")),
+            notes=notes + rare_label_notes(splits["train"], labels),
+        ),
+        folder,
     )
 
 
-def load_task_file(path: Path, spec: TaskSpec, seed: int = 0) -> Task:
-    """A user's CSV/JSONL with columns text, optional text_pair, label; split 60/15/25."""
-    raw = read_rows(path)
-    labels = spec.labels or {
-        lab: f" {lab}" for lab in sorted({str(r.get("label", "")).strip() for r in raw})
-    }
-    labels = _check_labels(labels, path)
-    rows = check_rows(raw, labels, path)
+def task_from_table(table: Table, spec: TaskSpec, seed: int = 0) -> Task:
+    """A task from one table: columns mapped, labels (given, or suggested from the data)
+    checked, rows split by the split column or 60/15/25 (stratified, seeded)."""
+    source = table.source
+    mapped = map_rows(table, spec.columns, spec.split)
+    labels = spec.labels or suggest_answer_words(
+        sorted({r["label"] for r in mapped.rows}), table, mapped.names["label"]
+    )
+    labels = _check_labels(labels, source)
+    rows = check_rows(mapped.rows, labels, source, names=mapped.names)
     has_pair = any("text_pair" in r for r in rows)
     template = spec.template or (DEFAULT_PAIR_TEMPLATE if has_pair else DEFAULT_TEMPLATE)
-    _check_template(template, path)
+    _check_template(template, source)
+    if mapped.split_of is None:
+        splits = split_rows(rows, seed=seed)
+    else:
+        splits = split_by_column(rows, mapped.split_of, source, spec.split)
     return Task(
         name=spec.name,
         template=template,
         labels=labels,
-        splits=split_rows(rows, seed=seed),
-        description=spec.description or f"user data from {path.name}",
-        source=str(path),
+        splits=splits,
+        description=spec.description or f"user data from {Path(source).name}",
+        source=source,
+        notes=mapped.notes + rare_label_notes(splits["train"], labels),
     )
+
+
+def load_task_file(path: Path, spec: TaskSpec, seed: int = 0) -> Task:
+    """A user's CSV/TSV/JSONL/Parquet file: columns per `spec.columns` (default text, optional
+    text_pair, label), split by `spec.split`'s column or 60/15/25."""
+    return _log_notes(task_from_table(read_table(path), spec, seed=seed), path)
 
 
 def load_hf_dataset(ref: str, spec: TaskSpec, seed: int = 0) -> Task:
@@ -316,34 +338,39 @@ def load_hf_dataset(ref: str, spec: TaskSpec, seed: int = 0) -> Task:
         ds = datasets.load_from_disk(ref)
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
+    cols = spec.columns or TaskColumns()
     label_names = None
     first = next(iter(ds.values()))
-    feature = first.features.get("label")
+    feature = first.features.get(cols.label)
     if isinstance(feature, datasets.ClassLabel):
         label_names = feature.names
 
-    def rows_of(d) -> list[dict]:
-        out = []
-        for r in d:
-            row = {k: r[k] for k in ("text", "text_pair", "label") if k in r}
-            if label_names is not None and isinstance(row.get("label"), int):
-                row["label"] = label_names[row["label"]]
-            out.append(row)
-        return out
+    def mapped_rows(d, split: str):
+        keep = [c for c in (cols.text, cols.text_pair, cols.label) if c in d.column_names]
+        rows = []
+        for r in d.select_columns(keep):
+            if label_names is not None and isinstance(r.get(cols.label), int):
+                r[cols.label] = label_names[r[cols.label]]
+            rows.append(r)
+        return map_rows(Table(list(d.column_names), rows, f"{ref} [{split}]"), cols)
 
-    all_rows = {s: rows_of(d) for s, d in ds.items()}
-    seen = sorted({str(r.get("label")) for rs in all_rows.values() for r in rs})
+    all_mapped = {s: mapped_rows(d, s) for s, d in ds.items()}
+    all_rows = {s: m.rows for s, m in all_mapped.items()}
+    names = next(iter(all_mapped.values())).names
+    seen = sorted({r["label"] for rs in all_rows.values() for r in rs})
     labels = _check_labels(spec.labels or {lab: f" {lab}" for lab in seen}, ref)
     split_names = {"validation": "val", "dev": "val"}
     named = {split_names.get(k, k): v for k, v in all_rows.items()}
     if all(s in named for s in SPLITS):
-        splits = {s: check_rows(named[s], labels, ref, s) for s in SPLITS}
+        splits = {s: check_rows(named[s], labels, ref, s, names=names) for s in SPLITS}
     else:
-        rows = check_rows([r for rs in all_rows.values() for r in rs], labels, ref)
+        rows = check_rows([r for rs in all_rows.values() for r in rs], labels, ref, names=names)
         splits = split_rows(rows, seed=seed)
     template = spec.template or DEFAULT_TEMPLATE
     _check_template(template, ref)
-    return Task(name=spec.name, template=template, labels=labels, splits=splits, source=ref)
+    notes = list(dict.fromkeys(n for m in all_mapped.values() for n in m.notes))
+    notes += rare_label_notes(splits["train"], labels)
+    return _log_notes(Task(spec.name, template, labels, splits, source=ref, notes=notes), ref)
 
 
 def load_task(spec: TaskSpec, cfg: ExperimentConfig) -> Task:
@@ -353,11 +380,17 @@ def load_task(spec: TaskSpec, cfg: ExperimentConfig) -> Task:
     if spec.path is None and spec.name in presets.PAPER_TASKS:
         return presets.load_paper_task(spec.name)
     ref = spec.path or str(Path(cfg.data.root) / spec.name)
-    if ref.startswith("hf:"):
+    path = cfg.resolve(ref) if not ref.startswith("hf:") else None
+    if spec.split is not None and (path is None or path.is_dir()):
+        raise DataError(
+            f"task {spec.name!r}: a split column is for one-file tasks; {ref} has its own "
+            "splits (remove `split`)",
+            field="split",
+        )
+    if path is None:
         return load_hf_dataset(ref, spec, seed=cfg.data.seed)
-    path = cfg.resolve(ref)
     if path.is_dir() and (path / "task.yaml").is_file():
-        task = load_task_folder(path)
+        task = load_task_folder(path, spec.columns)
     elif path.is_dir() and any(
         (path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")
     ):

@@ -19,12 +19,13 @@ ws, cfg = _common.require_config()
 report = export.load_report(ws)
 if report is None:
     evaluated = ws.path("eval").is_dir() and any(ws.path("eval").glob("*.json"))
-    argvs = [["report"]] if evaluated else [["evaluate"], ["report"]]
+    boost = [["boost"]] if status.boosting_todo(ws, cfg) else []  # rounds not made yet
+    argvs = [["report"]] if evaluated else [*boost, ["evaluate"], ["report"]]
     st.info("No comparison yet. It needs trained adapters (Training page), then:")
     _common.show_cli(argvs, ws)
     if st.button("Evaluate and report" if not evaluated else "Write the report", key="cmp_run"):
         _common.submit(ws, argvs, chain=True)
-    _common.live_jobs(ws, stages=("evaluation", "report"))
+    _common.live_jobs(ws, stages=("boosting", "evaluation", "report"))
     st.stop()
 
 head = export.headline(report)

@@ -8,7 +8,7 @@ from core import status
 from core.errors import GroupTuneError
 from core.export import label_balance_figure, word_length_figure
 from core.workspace import Workspace
-from pages import _common
+from pages import _common, _upload
 
 MODELS = ["smollm2-135m", "tiny-llama", "tiny-gpt2"]
 
@@ -29,27 +29,8 @@ default = cfg.task_names if cfg else []
 key = f"ds_tasks:{ws.root if ws else ''}"
 selected = st.multiselect("Tasks in the experiment", options, default=default, key=key)
 
-with st.expander("Upload your own task (CSV or JSONL)", icon=":material/upload:"):
-    st.caption(
-        "Columns: `text`, optional `text_pair`, `label`. Rows are split 60/15/25 into train, "
-        "val and test; each label's answer word is the label itself with a leading space. "
-        f"Files up to {st.get_option('server.maxUploadSize')} MB (server.maxUploadSize in "
-        ".streamlit/config.toml)."
-    )
-    name = st.text_input("Task name (letters, digits, - and _)", key="ds_up_name")
-    file = st.file_uploader("Data file", type=list(status.UPLOAD_TYPES), key="ds_up_file")
-    if ws is None:
-        st.info("Save the experiment first (bottom of the page); uploads are kept inside it.")
-    elif st.button("Add task", disabled=not (name and file), key="ds_up_add"):
-        try:
-            task = status.save_upload(ws, name, file.name, file.getvalue())
-            rows = sum(len(task.rows(s)) for s in task.splits)
-            st.session_state["ds_added"] = f"Added {task.name}: {rows} rows. Pick it above."
-            st.rerun()
-        except GroupTuneError as err:
-            st.error(str(err))
-    if "ds_added" in st.session_state:
-        st.success(st.session_state.pop("ds_added"))
+with st.expander("Upload your own task (CSV, TSV, JSONL or Parquet)", icon=":material/upload:"):
+    _upload.upload_form(ws, cfg.model.name if cfg else MODELS[0])
 
 
 @st.cache_data(ttl=300, max_entries=64, show_spinner=False)
@@ -79,6 +60,8 @@ if loaded:
     right.plotly_chart(word_length_figure(status.word_lengths(task), pick), key="ds_lengths")
     right.caption("Whitespace-separated words: a tokenizer-free proxy (tokens are usually more).")
     st.dataframe(status.preview_rows(task), hide_index=True, key="ds_rows")
+    for note in task.notes:
+        st.warning(f"Note ({pick}): {note}")
     st.caption("The first training row as the model sees it, then the answer words:")
     st.code(task.render(task.rows("train")[0]), language="text")
     st.markdown(" · ".join(f"`{lab}` → `{w!r}`" for lab, w in task.labels.items()))

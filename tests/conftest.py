@@ -118,3 +118,26 @@ def write_tiny_experiment(root: Path, **overrides) -> Path:
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# --- a user's own files, as people already have them (issue 17) ------------------------------
+def write_tweets_csv(path: Path, n: int = 32) -> Path:
+    """A CSV with columns id,tweet,author,date: the text is `tweet`, the label `author`."""
+    lines = ["id,tweet,author,date"]
+    for i in range(n):
+        author, mood = ("ann", "great") if i % 2 else ("bob", "awful")
+        lines.append(
+            f'{1000 + i},"The food was {mood}, tweet {i}",{author},2024-03-{i % 28 + 1:02d}'
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_sentences_jsonl(path: Path, n: int = 32) -> Path:
+    """A JSONL of {"sentence": ..., "gold": 0 or 1}: integer labels under another name."""
+    rows = [
+        {"sentence": f"The movie was {'good' if i % 2 else 'bad'} scene {i}.", "gold": i % 2}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

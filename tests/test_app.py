@@ -227,21 +227,94 @@ def test_datasets_page_shows_the_tasks_and_saves_a_new_experiment(real_ws, monke
     assert [t.name for t in load_tasks(saved)] == saved.task_names  # paths resolve
 
 
-def test_datasets_upload_is_checked_and_kept_in_the_workspace(real_ws, monkeypatch):
-    ws = copy_workspace(real_ws, "uploads")
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_datasets_upload_is_checked_and_kept_in_the_workspace(config_only, monkeypatch):
+    ws = copy_workspace(config_only, "uploads")
     at = open_page(ws, "datasets", monkeypatch)
     at.text_input[0].set_value("mine").run()
+    before = _files(ws)
     bad = b"text,label\nfine,a\n ,b\n"
     at.file_uploader[0].set_value(("mine.csv", bad, "text/csv")).run()
-    at.button(key="ds_up_add").click().run()
     assert "mine.csv, row 2, field 'text': empty or non-text value" in texts(at, "error")[0]
-    assert not (ws / "uploads" / "mine.csv").exists()
+    assert at.button(key="ds_up_add").disabled  # shown before anything is saved
+    quote = b'text,label\nfine,a\n"never closed,b\nok,a\n'
+    at.file_uploader[0].set_value(("mine.csv", quote, "text/csv")).run()
+    assert 'mine.csv, row 2: a quote (") opened on line 3 is never closed' in texts(at, "error")[0]
+    assert _files(ws) == before  # a failed upload leaves the experiment exactly as it was
     good = "text,label\n" + "".join(f"row {i} fine,{'ab'[i % 2]}\n" for i in range(20))
     at.file_uploader[0].set_value(("mine.csv", good.encode(), "text/csv")).run()
     at.button(key="ds_up_add").click().run()
     assert "Added mine: 20 rows" in texts(at, "success")[0]
     assert (ws / "uploads" / "mine.csv").read_text() == good
     assert "mine" in at.multiselect[0].options
+
+
+def test_datasets_upload_maps_a_users_csv_and_jsonl(config_only, monkeypatch, tmp_path):
+    """Issue 17's done-when, through the page: a CSV of id,tweet,author,date and a JSONL of
+    {sentence, gold} become tasks (columns picked from a preview, answer words set, one prompt
+    and its token count shown), are saved into the experiment, and run through gradients and
+    affinity on the tiny model."""
+    import yaml
+    from conftest import write_sentences_jsonl, write_tweets_csv
+
+    from core.tokens import count_tokens
+
+    ws = copy_workspace(config_only, "byod")
+    at = open_page(ws, "datasets", monkeypatch)
+    csv_bytes = write_tweets_csv(tmp_path / "tweets.csv").read_bytes()
+    at.text_input[0].set_value("tweets").run()
+    at.file_uploader[0].set_value(("tweets.csv", csv_bytes, "text/csv")).run()
+    preview = at.dataframe[0].value
+    assert preview.columns.tolist() == ["id", "tweet", "author", "date"]
+    picked = {k: at.selectbox(key=f"ds_up_{k}").value for k in ("text", "pair", "label", "split")}
+    assert picked == {"text": "tweet", "pair": None, "label": "author", "split": None}
+    counts = at.dataframe[1].value
+    assert dict(zip(counts["label"], counts["rows"], strict=True)) == {"ann": 16, "bob": 16}
+    assert any("ignored column(s) 'id', 'date'" in w for w in texts(at, "warning"))
+    at.text_area(key="ds_up_template:False").set_value("Tweet: {text}\nAuthor:")
+    at.text_input(key="ds_up_word:author:ann").set_value(" one")
+    at.text_input(key="ds_up_word:author:bob").set_value(" two").run()
+    prompt = at.code[0].value
+    assert prompt.startswith("Tweet: The food was") and prompt.endswith("\nAuthor:")
+    n = count_tokens("tiny-llama", prompt)
+    assert f"as tiny-llama sees it ({n} tokens)" in " ".join(texts(at, "caption"))
+    assert not [w for w in texts(at, "warning") if "tokens for tiny-llama" in w]
+    entry = yaml.safe_load(at.code[1].value)[0]  # the CLI twin: the same task in a config
+    assert entry["columns"] == {"text": "tweet", "text_pair": None, "label": "author"}
+    assert not (ws / "uploads").exists()  # nothing saved before Add
+    at.button(key="ds_up_add").click().run()
+    assert "Added tweets: 32 rows" in texts(at, "success")[0]
+
+    jsonl = write_sentences_jsonl(tmp_path / "sentences.jsonl").read_bytes()
+    at.text_input[0].set_value("sentences").run()
+    at.file_uploader[0].set_value(("sentences.jsonl", jsonl, "application/json")).run()
+    assert at.selectbox(key="ds_up_text").value == "sentence"
+    assert at.selectbox(key="ds_up_label").value == "gold"
+    words = {k: at.text_input(key=f"ds_up_word:gold:{k}").value for k in ("0", "1")}
+    assert words == {"0": "0", "1": "1"}  # ' 0' is two tokens for this tokenizer, '0' one
+    at.text_input(key="ds_up_word:gold:0").set_value(" negative")
+    at.text_input(key="ds_up_word:gold:1").set_value(" positive").run()
+    at.button(key="ds_up_add").click().run()
+    assert "Added sentences: 32 rows" in texts(at, "success")[0]
+
+    at.multiselect[0].set_value(["tweets", "sentences", "topics"]).run()
+    at.button(key="FormSubmitter:ds_form-Save").click().run()
+    assert not at.exception and not at.error, texts(at, "error")
+    from core.tasks import load_tasks
+
+    cfg = Workspace(ws).load_config()
+    tweets, sentences, _ = load_tasks(cfg)
+    assert tweets.labels == {"ann": " one", "bob": " two"} and tweets.template.startswith("Tweet:")
+    assert sentences.labels == {"0": " negative", "1": " positive"}
+    cli("init", "--config", ws / "config.yaml", "--workspace", ws)
+    grads = cli("gradients", "--workspace", ws)
+    assert {t: r["rows_computed"] for t, r in grads.items()} == {
+        "tweets": 24, "sentences": 24, "topics": 24,
+    }  # fmt: skip
+    assert cli("affinity", "--workspace", ws)["tasks"] == ["tweets", "sentences", "topics"]
 
 
 def test_gradients_page_matches_the_store(real_ws, monkeypatch, no_jobs_start):

@@ -102,3 +102,26 @@ def test_offset_features_put_the_ensemble_in_place_of_the_base(root):
     same = offset_features(tf, logits["train"], logits["val"])
     np.testing.assert_allclose(same.train_h, tf.train_h, atol=2e-4)
     np.testing.assert_allclose(same.val_z, tf.val_z, atol=2e-4)
+
+
+def test_the_dashboard_sees_missing_and_made_rounds_by_the_engines_rule(root, tmp_path):
+    import shutil
+
+    from core import status
+
+    cfg, ws = grouped(root, "features")
+    boosting.boost_round(cfg, ws, 0)
+    rows = [r for r in status.experiment_status(ws, cfg, []) if r["stage"] == "boosting"]
+    assert [(r["item"], r["state"]) for r in rows] == [("boost-0", "fresh")]
+    assert not status.boosting_todo(ws, cfg)
+
+    copy = Workspace(tmp_path / "copy")
+    shutil.copytree(ws.root, copy.root)
+    manifest = load_manifest(copy)
+    copy.write({k: v for k, v in manifest.items() if k != "boosting"}, "ensemble.json")
+    assert boosting.missing_rounds(cfg, load_manifest(copy)) == [0]
+    assert status.boosting_todo(copy, cfg)
+    two = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"boosting": 2})})
+    assert boosting.missing_rounds(two, manifest) == [1]  # round 0 is made, round 1 is not
+    own = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"weights": "own"})})
+    assert boosting.missing_rounds(own, manifest) == [0]  # made on other weights: not counted

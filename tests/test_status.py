@@ -286,6 +286,41 @@ def test_upload_is_validated_and_stored(tmp_path):
         status.save_upload(ws, "../escape", "x.csv", b"text,label\n")
 
 
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_upload_with_a_column_mapping_and_a_failed_reupload(tmp_path):
+    from conftest import write_tweets_csv
+
+    ws = Workspace(tmp_path / "ws")
+    data = write_tweets_csv(tmp_path / "tweets.csv").read_bytes()
+    form = {
+        "columns": {"text": "tweet", "text_pair": None, "label": "author"},
+        "template": "Tweet: {text}\nAuthor:",
+        "labels": {"ann": " one", "bob": " two"},
+    }
+    task = status.save_upload(ws, "tweets", "my tweets.csv", data, **form)
+    assert task.source == str(ws.path("uploads", "tweets.csv"))
+    spec = status.upload_spec(ws.path("uploads", "tweets.csv"))
+    assert spec == {**form, "description": "user data from my tweets.csv", "path": task.source}
+    again = status.load_one_task("tweets", None, status.uploaded_tasks(ws))
+    assert again.content_hash() == task.content_hash()  # the stored upload is the draft
+    form_cfg = {"name": "x", "tasks": ["tweets"], "model": "tiny-llama", "quantization": "none"}
+    form_cfg |= {"max_tokens": 48, "k": 8, "subsets": 2, "subset_size": 2, "epochs": 1}
+    cfg = status.build_config(form_cfg, None, status.uploaded_tasks(ws))
+    assert cfg.tasks[0].columns.text == "tweet" and cfg.tasks[0].labels == form["labels"]
+    before = _files(ws.root)
+    bad = data.replace(b'"The food was awful, tweet 4"', b'"The food was awful, tweet 4')
+    with pytest.raises(
+        DataError, match=r"my tweets.csv, row 5: a quote .* is closed on line 7 .* never closed"
+    ):
+        status.save_upload(ws, "tweets", "my tweets.csv", bad, **form)
+    with pytest.raises(DataError, match=r"field 'author': empty label"):
+        status.save_upload(ws, "tweets", "t.jsonl", b'{"tweet": "a", "author": ""}\n', **form)
+    assert _files(ws.root) == before  # a failed upload changes nothing
+
+
 def test_build_config_validates_and_makes_paths_absolute(real_ws, tmp_path):
     base = Workspace(real_ws).load_config()
     form = {

@@ -96,7 +96,6 @@ def test_split_rows_is_seeded_and_stratified():
     [
         ("", "file is empty"),
         ('{"text": "hi"}\n', "missing column(s) ['label']"),
-        ('{"text": "hi", "label": "positive", "extra": 1}\n', "unexpected column(s) ['extra']"),
         ('{"text": "hi", "label": "meh"}\n', "label 'meh' is not in the answer map"),
         ('{"text": "  ", "label": "positive"}\n', "empty or non-text value"),
         ('{"text": "ok", "label": "positive"}\n{not json\n', "row 2: invalid JSON"),

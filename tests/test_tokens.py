@@ -1,0 +1,70 @@
+"""core.tokens: torch-free token counts that agree with the tokenizer the model uses, and the
+answer-word check `grouptune init` runs (every answer word one token, else task and word named)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import sentiment_rows
+
+from core import models, tokens
+from core.config import ModelConfig, parse_config
+from core.errors import DataError
+from core.tasks import Task
+
+TEXTS = [" positive", " 0", "0", " maybe", "Review: café ünï 🙂\nSentiment:", "<|endoftext|> hi"]
+
+
+def test_registry_and_cache_agree_with_core_models():
+    assert set(tokens.BUILTIN_MODELS) == {n for n, s in models.MODELS.items() if s.builtin}
+    assert tokens.models_dir() == models.model_dir("x").parent
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "smollm2-135m"])
+def test_counts_match_the_models_tokenizer(name):
+    tok = tokens.local_tokenizer(name)
+    if tok is None:
+        pytest.skip(f"{name} is not provisioned here")
+    real = models.load_tokenizer(ModelConfig(name=name))
+    for text in TEXTS:
+        assert tokens.encode(tok, text) == real.encode(text, add_special_tokens=False), text
+
+
+def test_builtin_tokenizer_is_one_object_for_both():
+    assert models.builtin_tokenizer().get_vocab() == tokens.build_builtin_tokenizer().get_vocab()
+
+
+def _task(name, labels):
+    return Task(name=name, template="Review: {text}\nSentiment:", labels=labels,
+                splits={"train": sentiment_rows(4)})  # fmt: skip
+
+
+def test_check_names_every_task_and_word_that_is_not_one_token():
+    cfg = parse_config({"tasks": ["a"], "model": {"name": "tiny-llama", "quantization": "none"}})
+    good = _task("good", {"negative": " negative", "positive": " positive"})
+    tokens.check_answer_words(cfg, [good])  # no error
+    bad = _task("nli", {"yes": " yes", "maybe": " maybe", "zero": " 0"})
+    with pytest.raises(DataError) as err:
+        tokens.check_answer_words(cfg, [good, bad])
+    msg = str(err.value)
+    assert "2 answer word(s) are not one token for model tiny-llama" in msg
+    assert "task nli, label 'maybe': answer word ' maybe' is 2 tokens" in msg
+    assert "task nli, label 'zero': answer word ' 0' is 2 tokens" in msg
+    assert err.value.field == "labels"
+
+
+def test_two_words_of_one_token_are_named():
+    tok = tokens.local_tokenizer("tiny-llama")
+    same = _task("same", {"a": " positive", "b": "<|endoftext|>"})
+    assert tokens.answer_word_problems(tok, same) == []
+    twin = _task("twin", {"a": "positive", "b": "positive"})  # core.tasks refuses this earlier
+    assert tokens.answer_word_problems(tok, twin) == [
+        "task twin: answer words 'positive' and 'positive' are the same token"
+    ]
+
+
+def test_a_model_not_here_is_not_checked(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("GROUPTUNE_CACHE", str(tmp_path / "empty"))
+    cfg = parse_config({"tasks": ["a"], "model": {"name": "smollm2-135m"}})
+    tokens.check_answer_words(cfg, [_task("t", {"a": " not one token", "b": " b"})])
+    assert "answer words not checked: model smollm2-135m is not on this machine" in caplog.text
+    assert tokens.count_tokens("smollm2-135m", "hello") is None
