@@ -58,7 +58,7 @@ def built_workspace(tmp_path_factory) -> Path:
         ws = root / "ws"
         cli("init", "--config", config, "--workspace", ws)
         cli("evaluate", "--workspace", ws, "--zero-shot")
-        for step in (["gradients"], ["affinity"], ["group", "--m", "2"], ["train"]):
+        for step in (["gradients"], ["affinity"], ["group", "--m", "2"], ["train"], ["boost"]):
             cli(*step, "--workspace", ws)
         cli("evaluate", "--workspace", ws)
         cli("report", "--workspace", ws)

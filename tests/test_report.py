@@ -59,7 +59,7 @@ def test_weights_forwards_and_boosting_come_from_the_files(real_ws):
 
 def test_an_older_workspace_reports_the_rest_and_names_the_step(real_ws):
     ws = copy_workspace(real_ws, "report_old")
-    new_keys = ("correct", "by_weights", "by_weights_correct", "forwards_per_example")
+    new_keys = ("correct", "by_weights", "by_weights_correct", "forwards_per_example", "boosting")
 
     def older(doc):
         for key in new_keys:

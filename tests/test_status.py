@@ -58,6 +58,7 @@ def test_a_finished_workspace_is_fresh_everywhere(real_ws):
         ("training", "group-0"),
         ("training", "group-1"),
         ("training", "baseline"),
+        ("boosting", "boost-0"),
         ("evaluation", "zero_shot"),
         ("evaluation", "baseline"),
         ("evaluation", "ensemble"),
