@@ -749,7 +749,27 @@ def model_fingerprint(model_cfg: ModelConfig) -> dict:
         fp["weights"] = _folder_signature(local)
     else:
         fp["path"] = f"hub:{model_cfg.name}"
+        commit = hub_commit(model_cfg.name, model_cfg.revision)
+        fp["weights"] = f"commit:{commit}" if commit else None
     return fp
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a Hub model resolves to, from the local Hub cache (refs/<revision>, which
+    every online load updates); no network. A 40-hex revision is its own commit. So a store or
+    adapter made from one commit reads stale once the repository has moved on upstream."""
+    import re
+
+    rev = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / rev
+    try:
+        return ref.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def _folder_signature(folder: Path) -> str:

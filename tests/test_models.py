@@ -325,3 +325,45 @@ def test_side_by_side_jobs_share_the_cores(monkeypatch):
         assert configure_cpu(2) == 2  # one job: the config decides
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_new_hub_commit_makes_the_gradient_store_stale(tmp_path, monkeypatch):
+    """A Hub model is fingerprinted by the commit its name resolves to in the local Hub cache:
+    when an online load moves refs/main, stores made from the old commit are not reused."""
+    from huggingface_hub import constants
+
+    from core.config import parse_config
+    from core.store import FeatureStore, folder_status, store_key
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    refs = tmp_path / "hub" / "models--someone--tiny-lm" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)
+    import numpy as np
+    from conftest import sentiment_rows, write_task
+
+    from core.tasks import load_tasks
+
+    splits = {
+        "train": sentiment_rows(8),
+        "val": sentiment_rows(4, 50),
+        "test": sentiment_rows(4, 90),
+    }
+    write_task(tmp_path / "tasks", "t", splits, {"negative": " no", "positive": " yes"})
+    data = {"model": {"name": "someone/tiny-lm"}, "tasks": ["t"], "data": {"root": "tasks"}}
+    cfg = parse_config(data, base_dir=tmp_path)
+    task = load_tasks(cfg)[0]
+    before = model_fingerprint(cfg.model)
+    assert before["weights"] == "commit:" + "a" * 40
+
+    key = store_key(cfg, task)
+    folder = tmp_path / "features" / "t"
+    rows, gold = {"train": 2, "val": 2}, {"train": np.zeros(2, int), "val": np.zeros(2, int)}
+    FeatureStore.open(folder, key, {"D": 4, "dims": [4]}, rows, 2, 4, gold)
+    assert not folder_status(folder, key).startswith("stale")
+
+    (refs / "main").write_text("b" * 40)  # the repository moved on upstream
+    assert model_fingerprint(cfg.model)["weights"] == "commit:" + "b" * 40
+    assert folder_status(folder, store_key(cfg, task)).startswith("stale")
+    pinned = cfg.model.model_copy(update={"revision": "a" * 40})  # model.revision pins it
+    assert model_fingerprint(pinned)["weights"] == before["weights"]
