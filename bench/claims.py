@@ -766,7 +766,8 @@ def md_ensemble(d: dict) -> list[str]:
         "## d. Ensemble vs one QLoRA adapter (test accuracy)",
         "",
         f"Recommended m: {d['recommended']['m']} ({d['recommended']['reason']}). "
-        f"Groups: {json.dumps(d['groups'])}. {d['note']}. Zero-shot mean accuracy "
+        f"Groups: {json.dumps({m: d['groups'][str(m)] for m in d['m_values']})}. {d['note']}. "
+        "Zero-shot mean accuracy "
         f"{d['zero_shot']['mean']['accuracy']:.3f}. Recipe: {json.dumps(d['recipe'])}.",
         "",
         f"Covered ({'complete' if d['complete'] else 'partial'}): {covered}. Gains are in "
