@@ -68,7 +68,14 @@ def boost(cfg, ws, progress: bool = True) -> list[dict]:
 def boost_round(cfg, ws, r: int, progress: bool = True) -> dict:
     """Make boosting round r on the current ensemble (module docstring); returns its entry. A
     round already in the manifest, made on the same weights, is returned as it is."""
-    from core.ensemble import all_adapters, ensure_weights, load_adapters, load_manifest
+    from core.ensemble import (
+        add_adapter,
+        all_adapters,
+        ensure_weights,
+        load_adapters,
+        load_manifest,
+        save_manifest,
+    )
     from core.training import select_tasks
 
     manifest = load_manifest(ws)
@@ -89,8 +96,6 @@ def boost_round(cfg, ws, r: int, progress: bool = True) -> dict:
     group = manifest["groups"][g]
     name, how = boost_name(r), method(cfg)
     fit_flops = (_fit_features if how == "features" else _fit_train)(ctx, name, group)
-    from core.ensemble import add_adapter
-
     add_adapter(model, ws, name, f"adapters/{name}")
     entry = ctx.choose_step(name, group) | {
         "name": name,
@@ -103,8 +108,6 @@ def boost_round(cfg, ws, r: int, progress: bool = True) -> dict:
     }
     entry["flops"] = int(fit_flops + ctx.forward_flops())
     manifest = {**manifest, "boosting": made + [entry]}
-    from core.ensemble import save_manifest
-
     save_manifest(ws, manifest)
     _record(ws, name, entry, time.monotonic() - start)
     return entry
