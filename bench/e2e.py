@@ -88,6 +88,24 @@ def run(config: Path, ws: Path) -> dict:
     }
 
 
+def keep_earlier(rerun: set[str]) -> dict:
+    """Runs of the last result file that this invocation does not redo, with their command
+    and machine, so that rerunning one path does not erase the other's measurement."""
+    path = ROOT / "bench" / "results" / "e2e.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    runs = {k: v for k, v in old.get("runs", {}).items() if k not in rerun}
+    if not runs:
+        return old.get("earlier", {})
+    return {
+        "command": old.get("command"),
+        "machine": old.get("machine"),
+        "runs": runs,
+        **({"speedup": old["speedup"]} if "speedup" in old else {}),
+    }
+
+
 def main() -> None:
     from machine import machine_info
 
@@ -111,6 +129,9 @@ def main() -> None:
         "machine": machine_info(),
         "runs": results,
     }
+    kept = keep_earlier(set(results))
+    if kept:
+        out["earlier"] = kept
     if {"fast", "plain"} <= set(results):
         f, p = results["fast"], results["plain"]
         out["speedup"] = {
