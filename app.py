@@ -11,7 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import status
+from core.views.jobs import job_counts, read_jobs
+from core.views.workspaces import list_workspaces, load_config
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent
@@ -33,7 +34,7 @@ def _pick_workspace() -> None:
 
 
 def sidebar() -> None:
-    options = status.list_workspaces()
+    options = list_workspaces()
     st.session_state.setdefault("workspace", options[0] if options else "")
     current = st.session_state["workspace"]
     if current and current not in options:
@@ -55,7 +56,7 @@ def sidebar() -> None:
         return
     ws = Workspace(current)
     st.sidebar.caption(f"`{ws.root}`")
-    cfg, err = status.load_config(ws)
+    cfg, err = load_config(ws)
     if cfg is not None:
         st.sidebar.markdown(
             f"**Model** `{cfg.model.name}`  \n**Quantisation** `{cfg.model.quantization}`  \n"
@@ -63,7 +64,7 @@ def sidebar() -> None:
         )
     else:
         st.sidebar.warning(err)
-    counts = status.job_counts(status.read_jobs(ws))
+    counts = job_counts(read_jobs(ws))
     st.sidebar.markdown("**Background jobs**")
     c1, c2, c3 = st.sidebar.columns(3)
     c1.metric("Running", counts["running"])

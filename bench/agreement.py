@@ -2,19 +2,19 @@
 
 Given a config, it computes the features, draws N subsets so that every task appears about
 equally often, fine-tunes each subset for real with every training seed (the product's own
-`core.training.train_adapter`, adapter `subset-<hash>-s<seed>`), and scores several estimator
-variants on the same fine-tunes (core.agreement): within-task correlation of predicted vs real
+`core.train.trainer.train_adapter`, adapter `subset-<hash>-s<seed>`), and scores several estimator
+variants on the same fine-tunes (core.validate.agreement): within-task correlation of predicted vs real
 val loss and accuracy, same-task pairwise order agreement, error of the predicted loss drop,
 the paper's relative error, and the estimated-vs-real affinity correlation. The noise ceiling
 is the same figures between two real seeds. Real fine-tunes are the expensive part: each is
 saved in the workspace and reused on rerun (and by every variant), so the bench resumes.
 
 Variants (all on the same stored, unprojected features; sketches are applied on the fly):
-  replay            the recipe replayed with AdamW on the linearised model (core.replay), the
+  replay            the recipe replayed with AdamW on the linearised model (core.estimate.replay), the
                     seed of the fine-tune it predicts
   replay-cross      the same, with the OTHER seed's batch order (how much comes from the order)
   replay-cs<k>      the replay on CountSketch(k) features (Adam through a sketch)
-  argmin@<c>        the paper's fit (core.estimator, trust region ‖w‖ ≤ c) on the same features
+  argmin@<c>        the paper's fit (core.estimate.estimator, trust region ‖w‖ ≤ c) on the same features
   argmin-cs400@<c>  the previous default: CountSketch k = 400, ‖w‖ ≤ c
 
     .venv/bin/python bench/agreement.py [--config sample_data/full.yaml] [--subsets 16]
@@ -99,8 +99,8 @@ def kept_epoch(ws, name: str) -> dict:
 def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
     """One row per (seed, subset, task): the kept epoch's val loss and accuracy. A subset is
     fine-tuned (or resumed) unless its adapter folder already holds a finished run."""
-    from core.training import train_adapter
-    from core.validation import adapter_name, seeded
+    from core.train.trainer import train_adapter
+    from core.validate.subsets import adapter_name, seeded
 
     rows, total, done = [], len(subsets) * len(seeds), 0
     for seed in seeds:
@@ -149,8 +149,8 @@ def sketched(tf, proj):
 
 
 def predict_variant(kind: str, feats: dict, subsets, tcfg, param=None) -> pd.DataFrame:
-    from core.estimator import fit_update, predict
-    from core.replay import replay
+    from core.estimate.estimator import fit_update, predict
+    from core.estimate.replay import replay
 
     rows = []
     for tasks in subsets:
@@ -173,8 +173,8 @@ def predict_variant(kind: str, feats: dict, subsets, tcfg, param=None) -> pd.Dat
 
 def variants(cfg, feats, subsets, seeds, args) -> dict:
     """{name: {seed: predictions}} for every variant (replay is seed-specific)."""
-    from core.projection import make_projector
-    from core.validation import seeded
+    from core.gradients.projection import make_projector
+    from core.validate.subsets import seeded
 
     out = {}
     tc = {s: seeded(cfg, s).training for s in seeds}
@@ -207,8 +207,8 @@ def variants(cfg, feats, subsets, seeds, args) -> dict:
 def real_affinity_corr(pred: pd.DataFrame, real: pd.DataFrame, names) -> float | None:
     """Correlation of the affinity matrices built from predicted and from real losses, over
     the task pairs that share a subset (Grad-TAG's check)."""
-    from core.affinity import affinity_matrix, cooccurrence
-    from core.agreement import MIN_POINTS
+    from core.estimate.affinity import affinity_matrix, cooccurrence
+    from core.validate.agreement import MIN_POINTS
 
     p = pred.rename(columns={"predicted_loss": "loss"})
     r = real[["subset", "task", "loss"]]
@@ -221,10 +221,10 @@ def real_affinity_corr(pred: pd.DataFrame, real: pd.DataFrame, names) -> float |
 
 
 def intervals(df: pd.DataFrame, pred: str = "predicted") -> dict:
-    """95% bootstrap intervals over subsets (core.agreement.bootstrap_interval) of the order
+    """95% bootstrap intervals over subsets (core.validate.agreement.bootstrap_interval) of the order
     agreement and the within-task loss correlation; `df` may pool seeds (subset names carry
     the seed, so pairs never mix seeds)."""
-    from core.agreement import bootstrap_interval, order_agreement, within_task_corr
+    from core.validate.agreement import bootstrap_interval, order_agreement, within_task_corr
 
     pl = f"{pred}_loss"
     return {
@@ -244,7 +244,7 @@ def _pooled(frames: dict) -> pd.DataFrame:
 
 
 def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
-    from core.agreement import agreement, per_task
+    from core.validate.agreement import agreement, per_task
 
     def joined(pred, seed):
         r = real[real["seed"] == seed][["subset", "task", "loss", "accuracy"]]
@@ -277,7 +277,7 @@ def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
 def noise_ceiling(real: pd.DataFrame, seeds, base: pd.DataFrame) -> dict | None:
     """The noise ceiling: the same measures with seed a's real fine-tunes as the prediction of
     seed b's."""
-    from core.agreement import agreement
+    from core.validate.agreement import agreement
 
     if len(seeds) < 2:
         return None
@@ -331,9 +331,9 @@ def parse_args():
 
 def main() -> None:
     from bench.machine import machine_info
-    from core.affinity import sample_subsets
+    from core.estimate.affinity import sample_subsets
+    from core.gradients.store import load_features
     from core.pipeline import gradients
-    from core.store import load_features
     from core.workspace import Workspace
 
     args = parse_args()
@@ -394,66 +394,3 @@ def _f(v) -> str:
 
 if __name__ == "__main__":
     main()
-
-
-# --- RESULTS.md section (bench/claims.py calls it) ------------------------------------------
-
-HEAD = ["variant", "order agreement", "within-task corr. loss", "within-task corr. acc."]
-HEAD += ["loss-drop error", "paper rel. error", "affinity corr."]
-
-
-def _row(name: str, m: dict, affinity, cis: dict | None = None) -> list[str]:
-    keys = ["order_agreement", "within_task_corr_loss", "within_task_corr_accuracy"]
-    keys += ["drop_rel_error", "paper_rel_error"]
-    pct = {"order_agreement", "drop_rel_error", "paper_rel_error"}
-    cells = []
-    for k in keys:
-        v = m.get(k)
-        cell = "-" if v is None else (f"{v:.1%}" if k in pct else f"{v:.2f}")
-        ci = (cis or {}).get(f"{k}_ci")
-        if v is not None and ci:
-            cell += f" [{ci[0]:.0%}, {ci[1]:.0%}]" if k in pct else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-        cells.append(cell)
-    return [name, *cells, "-" if affinity is None else f"{affinity:.2f}"]
-
-
-def markdown_lines() -> list[str]:
-    """RESULTS.md's section on within-task agreement, from bench/results/agreement-*.json."""
-    found = sorted((ROOT / "bench" / "results").glob("agreement-*.json"))
-    if not found:
-        return []
-    lines = [
-        "## a. Does the estimate track real fine-tuning within each task? (bench/agreement.py)",
-        "",
-        "The affinity matrix z-scores each task's score across its subsets, so what grouping "
-        "needs is the WITHIN-task agreement: pairs of subsets that share a task, ordered alike "
-        "by the estimate and by real fine-tunes (50% = chance), and the correlation with each "
-        "task's mean removed. The noise ceiling is the same between two real training seeds. "
-        "Every variant is scored on the same real fine-tunes (mean over the seeds; the replay "
-        "predicts each seed's own batch order). Brackets: 95% bootstrap intervals over the "
-        "sampled subsets (both seeds pooled).",
-        "",
-    ]
-    for path in found:
-        r = json.loads(path.read_text())
-        d, t = r["config"]["data"], r["config"]["training"]
-        lines += [
-            f"### `{path.name}`: {len(r['config']['tasks'])} tasks, {d['max_train']} train / "
-            f"{d['max_val']} val rows, {len(r['subsets'])} subsets x seeds {r['seeds']}",
-            "",
-            f"Recipe: {t['epochs']} epochs, lr {t['lr']}, batch {t['batch_size']}, loss "
-            f"{t['loss']}, A frozen: {t['freeze_a']}, LoRA dropout "
-            f"{r['config']['adapter']['dropout']}. Command: `{r['command']}`; real fine-tunes "
-            f"{r['real_fine_tune_seconds']:.0f} s, features {r['features_seconds']:.0f} s "
-            f"({r['created']}).",
-            "",
-        ]
-        ceiling = r["noise_ceiling"] or {}
-        rows = [_row("(noise ceiling: seed vs seed)", ceiling, None, ceiling)]
-        rows += [
-            _row(name, v["mean_over_seeds"], v["affinity_corr"], v)
-            for name, v in r["variants"].items()
-        ]
-        lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    return lines

@@ -13,7 +13,7 @@ fine-tunes made with A frozen at the features' init). For the first --subsets su
                    ‖h_pred − h_real‖ / ‖h_real − h0‖
 
 h is the gold answer's log-odds among the answer words (the features' target), computed from a
-real no-grad forward pass (core.scoring.choice_logits) with B set to Δ.
+real no-grad forward pass (core.models.scoring.choice_logits) with B set to Δ.
 
     .venv/bin/python bench/approx_paper.py [--tag claims] [--subsets 4]
 Writes bench/results/approx_paper.json.
@@ -42,7 +42,7 @@ EPS = 1e-6
 
 
 def h_of(z: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Log-odds of the gold answer among the answer words, clamped as core.features does."""
+    """Log-odds of the gold answer among the answer words, clamped as core.gradients.extract does."""
     logp = z[np.arange(len(z)), gold] - logsumexp(z, axis=1)
     logp = np.clip(logp, np.log(EPS), np.log1p(-EPS))
     return logp - np.log(-np.expm1(logp))
@@ -60,9 +60,9 @@ class Model:
     """The base model with a fresh seeded adapter whose B can be set to any flat vector."""
 
     def __init__(self, cfg, ws):
-        from core import prefix
-        from core.adapters import attach_adapter, lora_b_parameters
-        from core.models import load_model
+        from core.models import prefix
+        from core.models.adapters import attach_adapter, lora_b_parameters
+        from core.models.loading import load_model
 
         model, self.tok = load_model(cfg.model)
         self.peft = attach_adapter(model, cfg.adapter)
@@ -85,8 +85,8 @@ class Model:
                 at += p.numel()
 
     def h(self, task, split: str) -> np.ndarray:
-        from core.prompts import encode_split
-        from core.scoring import choice_logits
+        from core.data.prompts import encode_split
+        from core.models.scoring import choice_logits
 
         enc = encode_split(self.tok, task, split, self.cfg.data.max_tokens)
         z = choice_logits(self.peft, self.tok, enc, self.cfg.features.batch_size, desc=None)
@@ -97,7 +97,7 @@ def b_vector(model: Model, ws, name: str) -> np.ndarray:
     """The real fine-tuned B of adapter `name`, flattened in lora_b_parameters order."""
     from safetensors.numpy import load_file
 
-    from core.adapters import lora_b_parameters
+    from core.models.adapters import lora_b_parameters
 
     weights = load_file(str(ws.adapter_dir(name) / "adapter_model.safetensors"))
     names = [n.replace(".default", "") for n, _ in lora_b_parameters(model.peft)]
@@ -105,7 +105,7 @@ def b_vector(model: Model, ws, name: str) -> np.ndarray:
 
 
 def subset_errors(model: Model, ws, tasks, feats, tcfg, name: str) -> dict:
-    from core.replay import replay
+    from core.estimate.replay import replay
 
     fit = replay([feats[t] for t in tasks], tcfg)
     direction = fit.w / np.linalg.norm(fit.w)
@@ -148,7 +148,7 @@ _TASKS: dict = {}
 
 def model_task(model: Model, name: str):
     if not _TASKS:
-        from core.tasks import load_tasks
+        from core.data.sources import load_tasks
 
         _TASKS.update({t.name: t for t in load_tasks(model.cfg)})
     return _TASKS[name]
@@ -157,8 +157,8 @@ def model_task(model: Model, name: str):
 def main() -> None:
     from bench.machine import machine_info
     from core.config import load_config
-    from core.store import load_features
-    from core.validation import adapter_name
+    from core.gradients.store import load_features
+    from core.validate.subsets import adapter_name
     from core.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

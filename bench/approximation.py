@@ -7,7 +7,7 @@ layers) and real sample rows (yelp, snli, newsgroups), for each quantization set
    UNPROJECTED gradient g = ∂h/∂B (k = D) for both targets ("choices" and "vocab"), plus the
    unprojected logit gradients G_c = ∂z_c/∂B and Glse = ∂lse/∂B.
 2. Updates of several sizes:
-   a. a short REAL fine-tune (core.training.train_adapter, the quick recipe) with its A and B
+   a. a short REAL fine-tune (core.train.trainer.train_adapter, the quick recipe) with its A and B
       scaled: A = A0 + s(A_ft − A0), B = s·B_ft ("finetune"); and its B part alone, A = A0
       ("finetune[B only]"), which separates the second-order A·B term from curvature in B;
    b. the estimator's own update: fit_update(max_norm) on the stored projected train features
@@ -33,471 +33,38 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from machine import machine_info  # noqa: E402 (bench/ is on the path of a bench script)
-
-os.environ.setdefault("GROUPTUNE_PROGRESS", "0")
-
 import numpy as np  # noqa: E402
-
-TASKS = ["yelp", "snli", "newsgroups"]
-TARGETS = ("choices", "vocab")
-FT_SCALES = (0.25, 0.5, 1.0, 2.0)
-EST_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-FT_NAME = "finetune"
-THRESHOLDS = (0.05, 0.10)
-
-METRICS = {
-    "change_rel_err": "‖h_real − h_pred‖ / ‖h_real − h0‖ over all val rows (the relative error "
-    "of the predicted CHANGE of h; the stricter metric, the one FIELD_NOTES trap 3 measured)",
-    "paper_rse_mean": "mean over rows of (h_real − h_pred)² / h_real² (the paper's 'relative "
-    "squared error averaged over examples'; dominated by rows with h_real near 0)",
-    "paper_rse_median": "median over rows of (h_real − h_pred)² / h_real²",
-    "corr": "Pearson correlation of the predicted change h_pred − h0 with the real change "
-    "h_real − h0 over rows",
-    "real_change_rms": "root mean square of h_real − h0",
-    "pred_change_rms": "root mean square of h_pred − h0",
-    "per_task_change_rel_err": "change_rel_err over each task's val rows",
-}
-PREDICTIONS = {
-    "lin_h": "h0 + g·Δ_B: first-order Taylor expansion of h itself, unprojected g (k = D)",
-    "lin_logits": "h computed exactly from linearised logits z + G·Δ_B and lse + Glse·Δ_B "
-    "(unprojected): the form the estimator uses on val rows (core.estimator module doc)",
-    "lin_h_proj": "estimator updates only: h0 + (Πᵀg)·(s·w), projected features (equals lin_h "
-    "up to float rounding, since <Πᵀg, w> = <g, Πw>)",
-}
-
-
-# --- configuration --------------------------------------------------------------------------
-
-
-def make_config(args, quantization: str, target: str):
-    """The quick config's model/adapter/training settings on the bench's tasks and row caps."""
-    from core.config import parse_config
-
-    return parse_config(
-        {
-            "name": f"bench-approx-{quantization}-{target}",
-            "model": {
-                "name": "smollm2-135m",
-                "quantization": quantization,
-                "device": "cpu",
-                "threads": args.threads,
-            },
-            "adapter": {"r": 4, "alpha": 32, "dropout": 0.1, "top_layers": 8},
-            "data": {
-                "root": "tasks",
-                "max_train": args.rows,
-                "max_val": args.rows,
-                "max_test": 8,
-                "max_tokens": args.max_tokens,
-            },
-            "tasks": TASKS,
-            "features": {"target": target, "projection": "countsketch", "k": 400},
-            "training": {"epochs": args.epochs, "lr": 5e-4, "batch_size": 8},
-        },
-        base_dir=ROOT / "sample_data",
-    )
-
-
-def workspace(args, quantization: str, target: str):
-    """The bench's workspace of one setting and target (the fine-tune lives in "choices")."""
-    from core.workspace import Workspace
-
-    return Workspace(Path(args.workspaces) / f"bench-approx-{quantization}-{target}").ensure()
-
-
-def say(msg: str) -> None:
-    """Progress line with a timestamp."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --- expansion-point features ---------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """One left-padded val batch of one task and its features at the expansion point."""
-
-    task: str
-    rows: np.ndarray  # row indices in the task's val split (and its feature store)
-    inputs: dict
-    choice_ids: list[int]
-    gold: np.ndarray
-    h0: dict = field(default_factory=dict)  # target -> (b,)
-    g: dict = field(default_factory=dict)  # target -> (b, D) float32
-    z: np.ndarray | None = None  # (b, C)
-    lse: np.ndarray | None = None  # (b,)
-    G: np.ndarray | None = None  # (b, C, D)
-    Glse: np.ndarray | None = None  # (b, D)
-    cached: dict | None = None  # inputs of the first adapted layer (see LowerLayerCache)
-
-
-def val_batches(cfg, tok, batch_size: int) -> list[Batch]:
-    """Every task's val rows in length-sorted batches."""
-    from core.prompts import encode_split, pad_batch
-    from core.tasks import load_tasks
-
-    out = []
-    for task in load_tasks(cfg):
-        enc = encode_split(tok, task, "val", cfg.data.max_tokens)
-        order = np.argsort(enc.lengths, kind="stable")
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            inputs = pad_batch([enc.input_ids[i] for i in idx], tok.pad_token_id)
-            out.append(Batch(task.name, idx, inputs, enc.choice_ids, enc.gold[idx]))
-    return out
-
-
-def expansion_features(peft_model, batches: list[Batch]) -> None:
-    """Fill h0 and unprojected g per target (split "train" on val rows) and z, lse, G, Glse
-    (split "val", target "vocab") of every batch, at the expansion point."""
-    from core.features import batch_features
-
-    for b in batches:
-        for target in TARGETS:
-            f = batch_features(peft_model, b.inputs, b.choice_ids, b.gold, target, "train")
-            b.h0[target], b.g[target] = f["h"].numpy().astype(np.float64), f["g"].numpy()
-        f = batch_features(peft_model, b.inputs, b.choice_ids, b.gold, "vocab", "val")
-        b.z, b.lse = f["z"].numpy().astype(np.float64), f["lse"].numpy().astype(np.float64)
-        b.G, b.Glse = f["G"].numpy(), f["Glse"].numpy()
-        assert np.allclose(f["h"].numpy(), b.h0["vocab"], atol=1e-4), "h(vocab) differs"
-
-
-def h_from_logits(z, lse, gold, target: str) -> np.ndarray:
-    """h from answer-word logits z (b, C) and lse (b,): numpy twin of features.target_quantities."""
-    from scipy.special import logsumexp
-
-    from core.features import EPS
-
-    zg = z[np.arange(len(z)), gold]
-    norm = logsumexp(z, axis=1) if target == "choices" else lse
-    logp = np.clip(zg - norm, math.log(EPS), math.log1p(-EPS))
-    return logp - np.log(-np.expm1(logp))
-
-
-# --- adapter weights ------------------------------------------------------------------------
-
-
-def lora_weights(peft_model) -> list[tuple]:
-    """(A parameter, B parameter, LoRA layer) of every adapted module, lora_b_parameters order."""
-    from core.adapters import lora_layers
-
-    return [
-        (layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer)
-        for _, layer in lora_layers(peft_model)
-    ]
-
-
-def set_adapter(weights, As, Bs) -> None:
-    """Copy A and B matrices into the adapter (lists in lora_weights order)."""
-    import torch
-
-    with torch.no_grad():
-        for (a, b, _), A, B in zip(weights, As, Bs, strict=True):
-            a.copy_(A)
-            b.copy_(B)
-
-
-def base_weight_norms(weights) -> list[float]:
-    """‖W‖_F of each adapted base matrix (quantised weights dequantised first)."""
-    from core.validation import base_norm
-
-    return [base_norm(layer) for _, _, layer in weights]
-
-
-def weight_change(weights, As, Bs, w_norms) -> dict | None:
-    """Relative weight change of the adapted matrices: ‖scaling·B·A‖_F / ‖W‖_F (None when the
-    base weight norms could not be computed)."""
-    if w_norms is None:
-        return None
-    d = [
-        float(layer.scaling["default"] * (B.double() @ A.double()).norm())
-        for (_, _, layer), A, B in zip(weights, As, Bs, strict=True)
-    ]
-    ratios = [x / n for x, n in zip(d, w_norms, strict=True)]
-    total = math.sqrt(sum(x * x for x in d)) / math.sqrt(sum(n * n for n in w_norms))
-    return {"total": total, "mean_per_matrix": float(np.mean(ratios)), "max": max(ratios)}
-
-
-class _Captured(Exception):
-    pass
-
-
-class LowerLayerCache:
-    """Real forward passes that start at the first adapted layer.
-
-    The layers below it carry no adapter, so their output does not depend on the update: it is
-    computed once per batch (a forward stopped at the first adapted layer) and fed back as
-    `inputs_embeds` while the lower layers are swapped for pass-throughs. Checked against the
-    full forward at the expansion point (check_max_abs_h0_cached_forward_vs_features).
-    """
-
-    def __init__(self, peft_model, first_adapted: int):
-        self.model = peft_model
-        self.layers = peft_model.get_base_model().model.layers
-        self.first = first_adapted
-
-    def fill(self, batches: list[Batch]) -> None:
-        import torch
-
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            raise _Captured(hidden.detach().clone())
-
-        handle = self.layers[self.first].register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for b in batches:
-                    try:
-                        self.model(**b.inputs, logits_to_keep=1)
-                    except _Captured as got:
-                        b.cached = {
-                            "inputs_embeds": got.args[0],
-                            "attention_mask": b.inputs["attention_mask"],
-                            "position_ids": b.inputs["position_ids"],
-                        }
-        finally:
-            handle.remove()
-
-    def __enter__(self):
-        from core.prefix import PassThrough
-
-        self.saved = [self.layers[i] for i in range(self.first)]
-        for i in range(self.first):
-            self.layers[i] = PassThrough()  # core.prefix's, as the product skips them
-        return self
-
-    def __exit__(self, *exc):
-        for i, layer in enumerate(self.saved):
-            self.layers[i] = layer
-
-
-# --- real and predicted h -------------------------------------------------------------------
-
-
-def real_forward(peft_model, batches: list[Batch], cached: bool = False) -> list[dict]:
-    """Per batch: real h per target and z from a no-grad forward pass; `cached`: from the
-    cached inputs of the first adapted layer (only inside `with LowerLayerCache(...)`)."""
-    import torch
-
-    from core.features import target_quantities
-
-    out = []
-    with torch.no_grad():
-        for b in batches:
-            inputs = b.cached if cached else b.inputs
-            logits = peft_model(**inputs, logits_to_keep=1).logits[:, -1]
-            choice, gold = torch.as_tensor(b.choice_ids), torch.as_tensor(b.gold)
-            q = {t: target_quantities(logits, choice, gold, t) for t in TARGETS}
-            out.append(
-                {
-                    "h": {t: q[t]["h"].double().numpy() for t in TARGETS},
-                    "z": q["vocab"]["z"].double().numpy(),
-                }
-            )
-    return out
-
-
-def predictions(batches: list[Batch], delta_B: np.ndarray, gw: dict | None) -> list[dict]:
-    """Per batch and target: lin_h, lin_logits (and lin_h_proj when gw = {target: [(b,)]}
-    holds the projected products (Πᵀg)·(s·w) per batch)."""
-    out = []
-    for i, b in enumerate(batches):
-        dz = b.G.astype(np.float64) @ delta_B
-        dlse = b.Glse.astype(np.float64) @ delta_B
-        z_hat = b.z + dz
-        preds = {"z_hat": z_hat}
-        for t in TARGETS:
-            preds[("lin_h", t)] = b.h0[t] + b.g[t].astype(np.float64) @ delta_B
-            preds[("lin_logits", t)] = h_from_logits(z_hat, b.lse + dlse, b.gold, t)
-            if gw is not None:
-                preds[("lin_h_proj", t)] = b.h0[t] + gw[t][i]
-        out.append(preds)
-    return out
-
-
-def error_metrics(h0, h_real, h_pred, tasks) -> dict:
-    """The metrics of METRICS for one update, target and prediction kind."""
-    d_real, d_pred, resid = h_real - h0, h_pred - h0, h_real - h_pred
-    rse = resid**2 / np.maximum(h_real**2, 1e-12)
-    per_task = {
-        t: float(np.linalg.norm(resid[tasks == t]) / np.linalg.norm(d_real[tasks == t]))
-        for t in dict.fromkeys(tasks)
-    }
-    return {
-        "change_rel_err": float(np.linalg.norm(resid) / np.linalg.norm(d_real)),
-        "paper_rse_mean": float(rse.mean()),
-        "paper_rse_median": float(np.median(rse)),
-        "corr": float(np.corrcoef(d_pred, d_real)[0, 1]),
-        "real_change_rms": float(np.sqrt(np.mean(d_real**2))),
-        "pred_change_rms": float(np.sqrt(np.mean(d_pred**2))),
-        "per_task_change_rel_err": per_task,
-    }
-
-
-def evaluate_update(peft_model, batches, weights, As, Bs, delta_B, gw=None) -> dict:
-    """Apply (As, Bs), forward for real (cached lower layers: call it inside LowerLayerCache),
-    and compare with every linear prediction."""
-    set_adapter(weights, As, Bs)
-    real = real_forward(peft_model, batches, cached=True)
-    preds = predictions(batches, delta_B, gw)
-    tasks = np.concatenate([[b.task] * len(b.rows) for b in batches])
-    result = {}
-    kinds = ["lin_h", "lin_logits"] + (["lin_h_proj"] if gw is not None else [])
-    for t in TARGETS:
-        h0 = np.concatenate([b.h0[t] for b in batches])
-        h_real = np.concatenate([r["h"][t] for r in real])
-        result[t] = {
-            k: error_metrics(h0, h_real, np.concatenate([p[(k, t)] for p in preds]), tasks)
-            for k in kinds
-        }
-        result[t]["mean_h0"] = float(h0.mean())
-        result[t]["mean_h_real"] = float(h_real.mean())
-    for name, z in (("real", [r["z"] for r in real]), ("lin_logits", [p["z_hat"] for p in preds])):
-        hits = np.concatenate([zb.argmax(1) == b.gold for zb, b in zip(z, batches, strict=True)])
-        result[f"val_accuracy_{name}"] = float(hits.mean())
-    return result
-
-
-# --- the two kinds of update ----------------------------------------------------------------
-
-
-def finetune_weights(args, quantization, peft_model, weights) -> tuple[list, list, dict]:
-    """Train the real fine-tune (reused when already complete) and return its final-epoch
-    (A_ft, B_ft). Leaves the fine-tuned weights in `peft_model`: the caller restores A0, B = 0."""
-    from core.training import load_adapter_weights, train_adapter
-
-    cfg, ws = make_config(args, quantization, "choices"), workspace(args, quantization, "choices")
-    start = time.perf_counter()
-    record = train_adapter(cfg, ws, FT_NAME, TASKS, progress=False)
-    folder = ws.adapter_dir(FT_NAME)
-    loaded = {}
-    for which, path in (
-        ("best", folder / "adapter_model.safetensors"),
-        ("final", folder / "checkpoint" / "adapter.safetensors"),
-    ):
-        load_adapter_weights(peft_model, path)
-        loaded[which] = (
-            [a.detach().clone() for a, _, _ in weights],
-            [b.detach().clone() for _, b, _ in weights],
-        )
-    info = {
-        "tasks": TASKS,
-        "train_rows": args.rows * len(TASKS),
-        "epochs": cfg.training.epochs,
-        "lr": cfg.training.lr,
-        "batch_size": cfg.training.batch_size,
-        "steps": record["accounting"].get("steps"),
-        "best_epoch": record["best_epoch"],
-        "history": record["history"],
-        "seconds_this_run": round(time.perf_counter() - start, 1),
-        "weights_used": "final epoch (checkpoint/adapter.safetensors)",
-        "best_epoch_delta_B_norm": _norm(loaded["best"][1]),
-    }
-    return loaded["final"][0], loaded["final"][1], info
-
-
-def _norm(tensors) -> float:
-    """Frobenius norm of a list of tensors taken as one flat vector."""
-    return math.sqrt(sum(float(t.double().norm()) ** 2 for t in tensors))
-
-
-def estimator_update(args, quantization, target: str) -> tuple[np.ndarray, dict]:
-    """Stored projected train features (core.pipeline.gradients) → fit_update → w."""
-    from core.estimator import fit_update
-    from core.pipeline import gradients
-    from core.store import load_features
-
-    cfg, ws = make_config(args, quantization, target), workspace(args, quantization, target)
-    start = time.perf_counter()
-    gradients(cfg, ws)
-    seconds = time.perf_counter() - start
-    features = [load_features(ws, t) for t in TASKS]
-    fit = fit_update(features, max_norm=args.max_norm, names=TASKS)
-    info = {
-        "target": target,
-        "max_norm": args.max_norm,
-        "reg": fit.reg,
-        "w_norm": fit.norm,
-        "converged": fit.converged,
-        "train_rows": fit.n_rows,
-        "train_loss_linear": fit.train_loss,
-        "gradients_seconds_this_run": round(seconds, 1),
-    }
-    return fit.w, info
-
-
-# --- one setting ----------------------------------------------------------------------------
-
-
-def split_B(delta: np.ndarray, B0: list) -> list:
-    """A flat (D,) update cut into B-shaped float32 tensors (lora_b_parameters order)."""
-    import torch
-
-    pieces = np.split(delta, np.cumsum([b.numel() for b in B0])[:-1])
-    return [
-        torch.as_tensor(p, dtype=torch.float32).view_as(b) for p, b in zip(pieces, B0, strict=True)
-    ]
-
-
-def finetune_rows(ctx, A_ft, B_ft) -> list[dict]:
-    """The real fine-tune at every scale s: A = A0 + s(A_ft − A0), B = s·B_ft ("finetune"),
-    and its B part alone, A = A0 ("finetune[B only]": no second-order A·B term)."""
-    flat = np.concatenate([b.double().numpy().reshape(-1) for b in B_ft])
-    rows = []
-    for update, move_A in (("finetune", True), ("finetune[B only]", False)):
-        for s in FT_SCALES:
-            As = [a0 + s * (a - a0) if move_A else a0 for a0, a in zip(ctx.A0, A_ft, strict=True)]
-            Bs = [s * b for b in B_ft]
-            res = evaluate_update(ctx.model, ctx.batches, ctx.weights, As, Bs, s * flat)
-            res = {
-                "update": update,
-                "scale": s,
-                "delta_B_norm": s * float(np.linalg.norm(flat)),
-                "delta_A_norm": _norm([a - a0 for a0, a in zip(ctx.A0, As, strict=True)]),
-                "rel_weight_change": weight_change(ctx.weights, As, Bs, ctx.w_norms),
-                **res,
-            }
-            rows.append(res)
-            say(f"[{ctx.quantization}] {update} x{s}: {_short(res)}")
-    return rows
-
-
-def estimator_rows(ctx, target: str, w: np.ndarray, info: dict) -> list[dict]:
-    """The estimator's update w (fitted on `target`) at every scale s: Δ_B = Π(s·w)."""
-    import torch
-
-    lifted = ctx.projector.lift(torch.as_tensor(w, dtype=torch.float32)).double().numpy()
-    info["lift_ratio"] = float(np.linalg.norm(lifted) / np.linalg.norm(w))
-    # (Πᵀg)·w per batch and target, with g projected by the same countsketch as the store
-    gw = {
-        t: [
-            ctx.projector.project(torch.as_tensor(b.g[t])).double().numpy() @ w for b in ctx.batches
-        ]
-        for t in TARGETS
-    }
-    rows = []
-    for s in EST_SCALES:
-        Bs = split_B(s * lifted, ctx.B0)
-        scaled = {t: [s * x for x in v] for t, v in gw.items()}
-        res = evaluate_update(ctx.model, ctx.batches, ctx.weights, ctx.A0, Bs, s * lifted, scaled)
-        res = {
-            "update": f"estimator[{target}]",
-            "scale": s,
-            "w_norm": s * float(np.linalg.norm(w)),
-            "delta_B_norm": s * float(np.linalg.norm(lifted)),
-            "delta_A_norm": 0.0,
-            "rel_weight_change": weight_change(ctx.weights, ctx.A0, Bs, ctx.w_norms),
-            **res,
-        }
-        rows.append(res)
-        say(f"[{ctx.quantization}] estimator[{target}] x{s}: {_short(res)}")
-    return rows
+from approximation_model import (
+    base_weight_norms,
+    estimator_rows,
+    estimator_update,
+    expansion_features,
+    finetune_rows,
+    finetune_weights,
+    lora_weights,
+    real_forward,
+    set_adapter,
+    update_norm,
+)
+from approximation_setup import (
+    EST_SCALES,
+    FT_SCALES,
+    METRICS,
+    PREDICTIONS,
+    ROOT,
+    TARGETS,
+    TASKS,
+    THRESHOLDS,
+    Batch,
+    LowerLayerCache,
+    make_config,
+    say,
+    val_batches,
+)
+from machine import machine_info  # noqa: E402 (bench/ is on the path of a bench script)
 
 
 @dataclass
@@ -518,8 +85,8 @@ def run_setting(args, quantization: str) -> dict:
     """Everything for one quantization setting; returns its part of the report."""
     import torch
 
-    from core.adapters import layers_to_transform
-    from core.features import load_extraction_model, prepare_for_extraction
+    from core.gradients.extract import load_extraction_model, prepare_for_extraction
+    from core.models.adapters import layers_to_transform
 
     t0 = time.perf_counter()
     say(f"[{quantization}] estimator updates: gradient stores (core.pipeline) + fit_update")
@@ -543,7 +110,9 @@ def run_setting(args, quantization: str) -> dict:
     A_ft, B_ft, ft_info = finetune_weights(args, quantization, model, weights)
     set_adapter(weights, A0, B0)
     prepare_for_extraction(model)
-    say(f"[{quantization}] fine-tune done: |ΔB| = {_norm(B_ft):.4g}, history {ft_info['history']}")
+    say(
+        f"[{quantization}] fine-tune done: |ΔB| = {update_norm(B_ft):.4g}, history {ft_info['history']}"
+    )
 
     say(f"[{quantization}] expansion-point features (unprojected, D = {projector.D})")
     batches = val_batches(cfg, tok, args.batch_size)
@@ -563,7 +132,7 @@ def run_setting(args, quantization: str) -> dict:
         "quantization": quantization,
         "D": projector.D,
         "k": projector.k,
-        "A0_norm": _norm(A0),
+        "A0_norm": update_norm(A0),
         "val_rows": int(sum(len(b.rows) for b in batches)),
         "check_max_abs_h0_full_forward_vs_features": full,
         "check_max_abs_h0_cached_forward_vs_features": cached,
@@ -582,17 +151,6 @@ def _max_h_diff(real: list[dict], batches: list[Batch]) -> float:
         for r, b in zip(real, batches, strict=True)
         for t in TARGETS
     )
-
-
-def _short(res: dict) -> str:
-    c, v = res["choices"]["lin_h"], res["vocab"]["lin_h"]
-    return (
-        f"|ΔB|={res['delta_B_norm']:.3g} change err: choices {c['change_rel_err']:.3g}, "
-        f"vocab {v['change_rel_err']:.3g}"
-    )
-
-
-# --- summary --------------------------------------------------------------------------------
 
 
 def norm_threshold(points: list[tuple[float, float]], thr: float) -> dict:
@@ -734,7 +292,7 @@ def main() -> None:
             "rows_per_task": {"train": args.rows, "val": args.rows},
             "max_tokens": args.max_tokens,
             "projection": "countsketch k=400 seed 0",
-            "finetune": f"core.training.train_adapter, {args.epochs} epochs, lr 5e-4, batch 8",
+            "finetune": f"core.train.trainer.train_adapter, {args.epochs} epochs, lr 5e-4, batch 8",
             "finetune_scales": list(FT_SCALES),
             "estimator": f"fit_update(max_norm={args.max_norm}) per target on stored features",
             "estimator_scales": list(EST_SCALES),

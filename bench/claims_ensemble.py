@@ -2,9 +2,9 @@
 
 For each (training seed, m) a run workspace `<ws>/runs/s<seed>-m<m>` shares the claims
 workspace's gradient features and frozen-prefix cache and holds what the product
-makes from the sweep's partition into m groups: the group adapters (core.ensemble.train_groups),
-the fitted ensemble weights and the boosting rounds (core.boosting), and the test evaluation
-(core.ensemble.evaluate_ensemble). The baseline of a seed, one adapter on every task with the
+makes from the sweep's partition into m groups: the group adapters (core.ensemble.combine.train_groups),
+the fitted ensemble weights and the boosting rounds (core.ensemble.boosting), and the test evaluation
+(core.ensemble.combine.evaluate_ensemble). The baseline of a seed, one adapter on every task with the
 same recipe and seed, lives in `<ws>/runs/s<seed>-baseline`. The seeds are paired: ensemble and
 baseline of a seed share training.seed (batch order, dropout); adapter.seed stays fixed, since
 the features' expansion point (the seeded A) depends on it.
@@ -53,9 +53,9 @@ SHARED = ("features", "cache")
 
 
 def train_baseline(cfg, ws, seed: int):
-    from core.ensemble import evaluate_baseline
-    from core.training import train_adapter
-    from core.validation import seeded
+    from core.ensemble.combine import evaluate_baseline
+    from core.train.trainer import train_adapter
+    from core.validate.subsets import seeded
 
     scfg, bws = seeded(cfg, seed), run_workspace(ws, f"s{seed}-baseline")
     say(f"d. seed {seed}: baseline")
@@ -78,9 +78,9 @@ def train_ensemble(cfg, ws, seed: int, m: int, groups: list[list[str]], bws):
     """The group adapters, weights, boosting and test evaluation of one (seed, m)."""
     import shutil
 
-    from core import boosting
-    from core.ensemble import evaluate_ensemble, train_groups
-    from core.validation import seeded
+    from core.ensemble import boosting
+    from core.ensemble.combine import evaluate_ensemble, train_groups
+    from core.validate.subsets import seeded
 
     scfg, rws = seeded(cfg, seed), run_workspace(ws, f"s{seed}-m{m}")
     twin = rws.adapter_dir("baseline")  # a one-group partition is the baseline: found as a twin
@@ -199,14 +199,14 @@ def _estimation_prefix(acct: dict) -> int:
 
 
 def measure_split_flops(cfg, ws) -> dict:
-    """{task: {"train", "val"}} features FLOPs as core.features counts them: torch's flop
+    """{task: {"train", "val"}} features FLOPs as core.gradients.extract counts them: torch's flop
     counter on the first (shortest) batch of a split, per token, times the split's padded
     tokens in the same length-sorted batches."""
-    from core import prefix
-    from core.features import batch_features, load_extraction_model
-    from core.flops import count_call_flops
-    from core.prompts import encode_split
-    from core.tasks import load_tasks
+    from core.data.prompts import encode_split
+    from core.data.sources import load_tasks
+    from core.gradients.extract import batch_features, load_extraction_model
+    from core.models import prefix
+    from core.models.flops import count_call_flops
 
     say("d. measuring the train/val split of the features' FLOPs")
     model, tok, proj = load_extraction_model(cfg)
@@ -266,7 +266,7 @@ def summarize(runs: list[dict], m: int) -> dict:
 
 def part_ensemble(cfg, ws, choose_ms, seeds, extra_seeds, save) -> dict:
     """Run the plan (module docstring), calling save(partial result) after every run."""
-    from core.evaluation import evaluate_zero_shot
+    from core.train.evaluation import evaluate_zero_shot
 
     n = len(cfg.task_names)
     rec_m, groups, rec = choose_ms(cfg, ws)

@@ -2,7 +2,7 @@
 
 Paths (SmolLM2-135M, the quick config's adapter: LoRA r=4 on q,k,v of the top 8 of 30 layers):
   reference     4-bit NF4 base, float32 compute, every prompt through all 30 layers
-  prefix        + the frozen-prefix cache (core.prefix): the 22 frozen lower layers computed
+  prefix        + the frozen-prefix cache (core.models.prefix): the 22 frozen lower layers computed
                 once per prompt and saved; every later pass runs the top 8 layers only
   prefix+bf16   + bfloat16 compute (the CPU has AVX512-BF16), the quick.yaml default
   bf16          bfloat16 compute alone (all layers), to separate the two effects
@@ -76,10 +76,10 @@ def timed(fn):
 
 
 def run_path(args, path: str) -> dict:
-    from core.evaluation import evaluate_zero_shot
-    from core.features import extract_features
-    from core.store import load_features
-    from core.training import train_adapter
+    from core.gradients.extract import extract_features
+    from core.gradients.store import load_features
+    from core.train.evaluation import evaluate_zero_shot
+    from core.train.trainer import train_adapter
     from core.workspace import Workspace
 
     cfg = make_config(args, path)
@@ -93,7 +93,7 @@ def run_path(args, path: str) -> dict:
     say(f"[{path}] zero-shot")
     zs, t_zs = timed(lambda: evaluate_zero_shot(cfg, ws, force=True))
     say(f"[{path}] retrain")
-    # another training seed: the same recipe would be copied from "a" (core.training.find_twin)
+    # another training seed: the same recipe would be copied from "a" (core.train.twins.find_twin)
     cfg_b = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": 1})})
     rec2, t_retrain = timed(lambda: train_adapter(cfg_b, ws, "b", args.tasks, progress=False))
     acct = ws.read("accounting.json", default={}).get("prefix_cache", {})
@@ -139,7 +139,7 @@ def agreement(feats: dict, ref: dict) -> dict:
 
 
 def random_features(n_tasks: int, seed: int = 0) -> dict:
-    from core.store import TaskFeatures
+    from core.gradients.store import TaskFeatures
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -166,7 +166,7 @@ def random_features(n_tasks: int, seed: int = 0) -> dict:
 def whatif_timing(features: dict, label: str, max_norm: float, repeats: int = 7) -> dict:
     """Median time of predict() for a partition that needs fits (a fresh WhatIf, all groups fitted),
     and for a one-task move (two groups refitted)."""
-    from core.whatif import WhatIf
+    from core.estimate.whatif import WhatIf
 
     names = list(features)
     m = max(2, round(len(names) ** 0.5))
@@ -198,7 +198,7 @@ def run_whatif() -> list[dict]:
     rows = [whatif_timing(random_features(n), "random, quick shapes", 0.1) for n in (10, 100)]
     demo = Workspace(ROOT / "sample_data" / "workspaces" / "quick")
     if demo.config_path.exists():
-        from core.store import load_features
+        from core.gradients.store import load_features
 
         cfg = demo.load_config()
         feats = {n: load_features(demo, n) for n in cfg.task_names}

@@ -36,9 +36,9 @@ def _setup(args, top_layers):
     import torch
 
     from core.config import parse_config
-    from core.features import load_extraction_model
-    from core.prompts import encode_split, pad_batch
-    from core.tasks import load_tasks
+    from core.data.prompts import encode_split, pad_batch
+    from core.data.sources import load_tasks
+    from core.gradients.extract import load_extraction_model
 
     torch.set_flush_denormal(True)
     cfg = parse_config(
@@ -83,7 +83,11 @@ def _setup(args, top_layers):
 def _run_mode(mode, peft_model, projector, item, snapshot, optimizer):
     import torch
 
-    from core.features import batch_features, prepare_for_extraction, reference_example_grads
+    from core.gradients.extract import (
+        batch_features,
+        prepare_for_extraction,
+        reference_example_grads,
+    )
 
     _, batch, ids, choice_ids, gold = item
     if mode == "forward":

@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so the script runs from a checkout without installing it
 
-from core.grouping import SDPGrouping, SpectralGrouping, canonical_labels  # noqa: E402
+from core.grouping.partition import SDPGrouping, SpectralGrouping, canonical_labels  # noqa: E402
 
 # name -> estimator factory for the planted m; each names its solver, so a row is one solver
 CONFIGS = {

@@ -7,7 +7,7 @@ states (hard links) and, where the training recipe is unchanged, its fine-tuned 
   estimator.max_norm   the trust region of the estimated update (re-estimation only: seconds)
   training.lr          the fine-tuning learning rate (K new real fine-tunes)
 Each variant runs the product's own steps: core.pipeline.affinity, then
-core.validation.validate_estimate (inline).
+core.validate.validation.validate_estimate (inline).
 
 Writes bench/results/sensitivity.json; bench/claims.py puts it in bench/RESULTS.md.
 
@@ -88,7 +88,7 @@ def with_overrides(cfg, overrides: dict):
 
 def run_variant(base_cfg, label: str, k: int) -> dict:
     from core.pipeline import affinity
-    from core.validation import validate_estimate
+    from core.validate.validation import validate_estimate
 
     overrides, adapters_from = VARIANTS[label]
     ws = prepare(label, adapters_from)

@@ -1,6 +1,6 @@
 """Cost accounting of each stage: wall time, peak memory, FLOPs, in accounting.json.
 
-Torch-free (the dashboard and `grouptune report` read it); FLOPs are counted in core.flops.
+Torch-free (the dashboard and `grouptune report` read it); FLOPs are counted in core.models.flops.
 """
 
 from __future__ import annotations
@@ -13,18 +13,8 @@ from typing import Any
 
 from core.errors import GroupTuneError
 from core.io import read_json, write_json
+from core.stages import COSTS
 
-STAGES = (
-    "gradients",
-    "estimation",
-    "group_training",
-    "baseline_training",
-    "ensemble_inference",
-    "baseline_inference",
-    "ensemble_weights",  # the val passes that fit the ensemble's weights (core.ensemble)
-    "boosting",  # boosting rounds (core.boosting): their fits and the scoring passes they need
-    "prefix_cache",  # frozen lower layers computed once and shared by every stage (core.prefix)
-)
 _SUMMED = ("flops", "wall_seconds", "tokens", "examples", "train_flops", "val_flops")
 
 
@@ -141,8 +131,8 @@ class Accounting:
 
     def record(self, stage: str, entry: dict, part: str | None = None) -> dict:
         """Store `entry` under `stage` (replacing it), or as `part` of it (totals recomputed)."""
-        if stage not in STAGES:
-            raise GroupTuneError(f"unknown accounting stage {stage!r}; expected one of {STAGES}")
+        if stage not in COSTS:
+            raise GroupTuneError(f"unknown accounting stage {stage!r}; expected one of {COSTS}")
         with _locked(self.path):
             data = self.read()
             if part is None:

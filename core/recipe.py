@@ -1,5 +1,5 @@
 """The training recipe's schedule, torch-free: one source of truth for the trainer
-(core.training) and for the estimator that replays it on the linearised model (core.replay).
+(core.train.trainer) and for the estimator that replays it on the linearised model (core.estimate.replay).
 
 Each adapter trains until `training.patience` epochs pass without a better val epoch (or
 `training.epochs`, the maximum), and keeps its best epoch. Batches are task-homogeneous and
@@ -48,7 +48,7 @@ SELECTION = "lowest mean val nll, ties: higher mean val accuracy"
 
 
 def training_fingerprint(tcfg) -> dict:
-    """The recipe's part of a run's fingerprint (core.training.run_fingerprint; the dashboard's
+    """The recipe's part of a run's fingerprint (core.train.run.run_fingerprint; the dashboard's
     freshness check reads the same): every training setting but epochs (a run may be extended
     and continues exactly), and the selection rule."""
     return tcfg.model_dump(exclude={"epochs"}) | {"selection": SELECTION}

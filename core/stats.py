@@ -3,7 +3,7 @@
 Input: one paired sample per training seed, `{task: (ensemble_correct, baseline_correct)}`, two
 equal-length 0/1 arrays over the same test rows in the same order (eval/*.json "correct"). A
 model's mean accuracy is the unweighted mean over tasks of its per-task accuracy (as
-core.scoring.with_mean), so a seed's gain is the mean over tasks of acc_ensemble − acc_baseline.
+core.models.scoring.with_mean), so a seed's gain is the mean over tasks of acc_ensemble − acc_baseline.
 
 `paired_gain(samples)` returns, in accuracy points (×100):
   {"points": mean gain over seeds, "ci": [low, high], "level": 0.95, "seeds": n_seeds,

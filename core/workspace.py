@@ -2,14 +2,14 @@
 
 Layout (every path below is relative to the workspace root):
   config.yaml                  snapshot of the experiment config (rewritten when it changes)
-  features/<task>/             gradient store of one task (see core.store)
+  features/<task>/             gradient store of one task (see core.gradients.store)
   estimates/subsets.json       sampled subsets;  estimates/results.csv  per-subset, per-task table
   affinity.json                task affinity matrix and the settings that made it
   groupings/m<m>.json          partition for m groups;  groupings/sweep.json  all m
   adapters/<name>/             PEFT adapter folders (group-<i>, baseline, subset-<hash>: a task set
                                fine-tuned by validate-estimate or set aside by regrouping)
-  validation.json              estimated vs real fine-tuning of a few subsets (core.validation)
-  cache/prefix/<model key>/    frozen lower layers' hidden states per task split (core.prefix)
+  validation.json              estimated vs real fine-tuning of a few subsets (core.validate.validation)
+  cache/prefix/<model key>/    frozen lower layers' hidden states per task split (core.models.prefix)
   eval/<model>.json            test metrics of zero_shot / baseline / ensemble
   ensemble.json                ensemble manifest
   accounting.json              FLOPs, wall time and peak memory per stage

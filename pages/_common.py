@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import status
 from core.errors import GroupTuneError
+from core.views.datasets import shared_answer_words, uploaded_tasks
+from core.views.jobs import ACTIVE, cli_text, job_targets, read_jobs, submit_step
+from core.views.workspaces import list_workspaces, load_config
 from core.workspace import Workspace
 
 START_HINT = "grouptune init --config sample_data/quick.yaml --workspace workspaces/quick"
@@ -30,14 +32,14 @@ def _through_entrypoint() -> None:
 def workspace() -> Workspace | None:
     """The experiment picked in the sidebar (app.py); the first one found if none is yet."""
     _through_entrypoint()
-    path = st.session_state.setdefault("workspace", (status.list_workspaces() or [""])[0])
+    path = st.session_state.setdefault("workspace", (list_workspaces() or [""])[0])
     return Workspace(path) if path else None
 
 
 def require_config() -> tuple[Workspace, object]:
     """The current workspace and its config; otherwise say how to make one and stop the page."""
     ws = workspace()
-    cfg, err = status.load_config(ws) if ws is not None else (None, "no workspace selected")
+    cfg, err = load_config(ws) if ws is not None else (None, "no workspace selected")
     if cfg is None:
         st.info(
             f"No experiment to show ({err}). Create one on the **Datasets** page, or from a "
@@ -50,9 +52,9 @@ def require_config() -> tuple[Workspace, object]:
 
 @st.cache_data(ttl=120, max_entries=16, show_spinner="Loading tasks...")
 def _load_tasks(root: str, config_mtime: float, uploads_key: tuple):
-    from core.tasks import load_tasks
+    from core.data.sources import load_tasks
 
-    cfg, err = status.load_config(Workspace(root))
+    cfg, err = load_config(Workspace(root))
     return load_tasks(cfg)
 
 
@@ -60,9 +62,7 @@ def tasks(ws: Workspace):
     """The config's tasks (validated, subsampled), cached on the config's modification time;
     shows the data error and stops the page when they do not load."""
     try:
-        uploads = tuple(
-            sorted((k, p.stat().st_mtime) for k, p in status.uploaded_tasks(ws).items())
-        )
+        uploads = tuple(sorted((k, p.stat().st_mtime) for k, p in uploaded_tasks(ws).items()))
         return _load_tasks(str(ws.root), ws.config_path.stat().st_mtime, uploads)
     except (GroupTuneError, ValueError, OSError) as err:
         st.error(f"The experiment's tasks do not load: {err}")
@@ -74,7 +74,7 @@ def submit(ws: Workspace, argvs: list[list[str]], chain: bool = False) -> list[i
     ids: list[int] = []
     for argv in argvs:
         after = ids[-1:] if chain else []
-        ids.append(status.submit_step(ws, argv, depends_on=after))
+        ids.append(submit_step(ws, argv, depends_on=after))
     if ids:
         st.toast(f"Queued job(s) {', '.join(map(str, ids))}", icon=":material/schedule:")
     return ids
@@ -83,12 +83,12 @@ def submit(ws: Workspace, argvs: list[list[str]], chain: bool = False) -> list[i
 def state_badge(state: str) -> str:
     """A state as a coloured Streamlit badge (markdown)."""
     colors = {"fresh": "green", "stale": "orange", "partial": "orange", "failed": "red"}
-    return f":{colors.get(state, 'blue' if state in status.ACTIVE else 'gray')}-badge[{state}]"
+    return f":{colors.get(state, 'blue' if state in ACTIVE else 'gray')}-badge[{state}]"
 
 
 def answer_word_warning(tasks) -> None:
     """One warning listing the pairs of tasks that share answer words."""
-    pairs = status.shared_answer_words(list(tasks))
+    pairs = shared_answer_words(list(tasks))
     if pairs:
         lines = "\n".join(
             f"- **{p['tasks'][0]}** and **{p['tasks'][1]}**: {p['words']}" for p in pairs
@@ -100,7 +100,7 @@ def answer_word_warning(tasks) -> None:
 
 
 def show_cli(argvs: list[list[str]], ws: Workspace) -> None:
-    st.code("\n".join(status.cli_text(a, ws) for a in argvs) or "(nothing to run)", language="bash")
+    st.code("\n".join(cli_text(a, ws) for a in argvs) or "(nothing to run)", language="bash")
 
 
 def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -> None:
@@ -113,10 +113,10 @@ def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -
 
     @st.fragment(run_every=every)
     def _live():
-        jobs = status.read_jobs(ws)
-        active = [j for j in jobs if j["state"] in status.ACTIVE]
+        jobs = read_jobs(ws)
+        active = [j for j in jobs if j["state"] in ACTIVE]
         if stages:
-            active = [j for j in active if any(s in stages for s, _ in status.job_targets(j))]
+            active = [j for j in active if any(s in stages for s, _ in job_targets(j))]
         ids = sorted(j["id"] for j in active)
         polled = st.session_state.get(f"{key}:seen") == full_run  # a poll, not a page run
         if polled and st.session_state.get(key) != ids:
@@ -138,10 +138,10 @@ def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -
 
 @st.cache_resource(max_entries=4, show_spinner="Loading gradient features for what-if...")
 def _whatif(root: str, affinity_mtime: float, config_mtime: float):
-    from core.whatif import WhatIf
+    from core.estimate.whatif import WhatIf
 
     ws = Workspace(root)
-    cfg, _ = status.load_config(ws)
+    cfg, _ = load_config(ws)
     return WhatIf.from_workspace(cfg, ws)
 
 
@@ -158,8 +158,8 @@ def whatif(ws: Workspace):
 
 
 def show_trust(checked: dict | None, cfg) -> None:
-    """How far to trust this workspace's estimate (core.trust), coloured by level."""
-    from core import trust
+    """How far to trust this workspace's estimate (core.validate.trust), coloured by level."""
+    from core.validate import trust
 
     level, line = trust.verdict_line(checked)
     {"good": st.success, "partial": st.warning, "noise": st.error}.get(level, st.info)(line)

@@ -1,13 +1,14 @@
 """The Datasets page's upload form: pick the columns from a preview, set the template and the
-answer words, see one prompt and its token count, then add the task. A view over core.upload
-(the draft) and core.status.save_upload (which stores nothing unless the task loads)."""
+answer words, see one prompt and its token count, then add the task. A view over core.data.upload
+(the draft) and core.views.datasets.save_upload (which stores nothing unless the task loads)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core import status, upload
+from core.data import upload
 from core.errors import GroupTuneError
+from core.views.datasets import UPLOAD_TYPES, save_upload
 from core.workspace import Workspace
 
 MAX_LABELS = 50  # more distinct values than this: almost surely not the label column
@@ -24,7 +25,7 @@ def _none(column: str | None, what: str) -> str:
 
 
 def _columns(table) -> dict:
-    """The column pickers, preselected with core.upload's guesses."""
+    """The column pickers, preselected with core.data.upload's guesses."""
     guess, cols = upload.guesses(table), table.columns
     optional = [None, *cols]
     c1, c2, c3, c4 = st.columns(4)
@@ -104,7 +105,7 @@ def upload_form(ws: Workspace | None, model: str) -> None:
         ".streamlit/config.toml)."
     )
     name = st.text_input("Task name (letters, digits, - and _)", key="ds_up_name")
-    file = st.file_uploader("Data file", type=list(status.UPLOAD_TYPES), key="ds_up_file")
+    file = st.file_uploader("Data file", type=list(UPLOAD_TYPES), key="ds_up_file")
     if "ds_added" in st.session_state:
         st.success(st.session_state.pop("ds_added"))
     if ws is None:
@@ -135,7 +136,7 @@ def upload_form(ws: Workspace | None, model: str) -> None:
     clicked = st.button("Add task", disabled=task is None or not name, key="ds_up_add")
     if clicked and task is not None:
         try:
-            added = status.save_upload(
+            added = save_upload(
                 ws, name, file.name, file.getvalue(),
                 columns={k: choice[k] for k in ("text", "text_pair", "label")},
                 split=choice["split"], template=task.template, labels=task.labels,

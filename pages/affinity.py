@@ -1,15 +1,19 @@
 """3 · Affinity: which tasks help each other, the evidence behind each number, the
 estimator settings that produced them, and how far to trust them (real fine-tunes of a few
-estimated subsets, core.validation)."""
+estimated subsets, core.validate.validation)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core import status, trust
 from core.config import parse_config
 from core.errors import GroupTuneError
-from core.export import heatmap_figure
+from core.report.figures import heatmap_figure
+from core.report.frames import affinity_view
+from core.validate import trust
+from core.views.affinity import estimator_settings, pair_evidence, strongest_pair
+from core.views.jobs import active_items, cli_text, read_jobs
+from core.views.stages import affinity_state, gradient_status
 from pages import _common
 
 st.title(":material/grid_on: Task affinity")
@@ -20,10 +24,10 @@ st.caption(
 )
 ws, cfg = _common.require_config()
 tasks = _common.tasks(ws)
-jobs = status.read_jobs(ws)
-grads = status.gradient_status(ws, cfg, tasks)
-state = status.affinity_state(ws, cfg, grads)
-view = status.affinity_view(ws)
+jobs = read_jobs(ws)
+grads = gradient_status(ws, cfg, tasks)
+state = affinity_state(ws, cfg, grads)
+view = affinity_view(ws)
 st.markdown(f"Status: {_common.state_badge(state['state'])} {state['detail']}")
 _common.answer_word_warning(tasks)
 
@@ -31,16 +35,16 @@ ready = all(v == "fresh" for v in grads.values())
 if view is None or state["state"] == "stale":
     st.info(
         "The affinity matrix needs the gradient features of every task (Gradients page), "
-        f"then: `{status.cli_text(['affinity'], ws)}`"
+        f"then: `{cli_text(['affinity'], ws)}`"
     )
-    busy = status.active_items(jobs, "affinity")
+    busy = active_items(jobs, "affinity")
     if st.button("Estimate the affinity", disabled=not ready or bool(busy), key="af_run"):
         _common.submit(ws, [["affinity"], ["group", "--sweep"]], chain=True)
         st.rerun()
 if view is not None:
     st.plotly_chart(heatmap_figure(view), key="af_heatmap")
     st.subheader("The evidence behind one cell")
-    a0, b0 = status.strongest_pair(view["T"])
+    a0, b0 = strongest_pair(view["T"])
     c1, c2, c3 = st.columns([2, 2, 1])
     a = c1.selectbox("Task", view["order"], index=view["order"].index(a0), key="af_a")
     others = [t for t in view["order"] if t != a]
@@ -51,10 +55,10 @@ if view is not None:
         "a simulated fine-tune on the subset, against its zero-shot value; z compares that "
         "result with the task's results in its other subsets."
     )
-    st.dataframe(status.pair_evidence(ws, a, b), hide_index=True, key="af_evidence")
+    st.dataframe(pair_evidence(ws, a, b), hide_index=True, key="af_evidence")
 
 st.subheader("Estimator settings")
-st.dataframe(status.estimator_settings(cfg, view), hide_index=True, key="af_settings")
+st.dataframe(estimator_settings(cfg, view), hide_index=True, key="af_settings")
 with st.form("af_form"):
     st.caption(
         "replay (default) runs the training recipe itself (batches, AdamW, epochs) on the "

@@ -5,7 +5,26 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import export, status
+from core.report.export import export_report
+from core.report.figures import (
+    METRIC_LABELS,
+    MODEL_LABELS,
+    MODELS,
+    accuracy_flops_figure,
+    comparison_figure,
+)
+from core.report.tables import (
+    accuracy_flops_points,
+    boosting_table,
+    cost_table,
+    headline,
+    load_report,
+    metric_table,
+    weights_table,
+)
+from core.views.jobs import cli_text
+from core.views.stages import boosting_todo, report_state
+from core.views.workspaces import list_workspaces
 from core.workspace import Workspace
 from pages import _common
 
@@ -16,10 +35,10 @@ st.caption(
     "model. Costs count everything each one needed, the ensemble's grouping work included."
 )
 ws, cfg = _common.require_config()
-report = export.load_report(ws)
+report = load_report(ws)
 if report is None:
     evaluated = ws.path("eval").is_dir() and any(ws.path("eval").glob("*.json"))
-    boost = [["boost"]] if status.boosting_todo(ws, cfg) else []  # rounds not made yet
+    boost = [["boost"]] if boosting_todo(ws, cfg) else []  # rounds not made yet
     argvs = [["report"]] if evaluated else [*boost, ["evaluate"], ["report"]]
     st.info("No comparison yet. It needs trained adapters (Training page), then:")
     _common.show_cli(argvs, ws)
@@ -28,15 +47,13 @@ if report is None:
     _common.live_jobs(ws, stages=("boosting", "evaluation", "report"))
     st.stop()
 
-head = export.headline(report)
+head = headline(report)
 mean = head["mean_accuracy"]
 cols = st.columns(4)
-for col, m in zip(cols, export.MODELS, strict=False):
+for col, m in zip(cols, MODELS, strict=False):
     delta = head["ensemble_minus_baseline"] if m == "ensemble" else None
     value = f"{mean[m]:.3f}" if mean[m] is not None else "—"
-    col.metric(
-        export.MODEL_LABELS[m], value, f"{delta:+.3f} vs single" if delta is not None else None
-    )
+    col.metric(MODEL_LABELS[m], value, f"{delta:+.3f} vs single" if delta is not None else None)
 ratio, paper = head["training_flops_ratio"], head["training_flops_ratio_paper"]
 cols[3].metric(
     "Training FLOPs vs single",
@@ -54,13 +71,13 @@ if head["gain_text"]:
     )
 if report.get("missing"):
     st.warning("Not measured yet: " + "; ".join(report["missing"]))
-if status.report_state(ws)["state"] == "stale":
-    st.warning("Evaluated again since this report: `" + status.cli_text(["report"], ws) + "`")
+if report_state(ws)["state"] == "stale":
+    st.warning("Evaluated again since this report: `" + cli_text(["report"], ws) + "`")
 
-labels = export.METRIC_LABELS
+labels = METRIC_LABELS
 metric = st.radio("Metric", list(labels), format_func=labels.get, horizontal=True, key="cmp_metric")
-st.plotly_chart(export.comparison_figure(report, metric), key="cmp_chart")
-table = export.metric_table(report, metric)
+st.plotly_chart(comparison_figure(report, metric), key="cmp_chart")
+table = metric_table(report, metric)
 three = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns}
 st.dataframe(table, key="cmp_table", column_config=three)
 
@@ -72,7 +89,7 @@ st.caption(
 formats = {"training FLOPs": "compact", "inference FLOPs / example": "compact"}
 formats.update({"training wall s": "%.1f", "inference wall s": "%.1f", "peak memory GiB": "%.2f"})
 costs = {c: st.column_config.NumberColumn(format=f) for c, f in formats.items()}
-st.dataframe(export.cost_table(report, metrics=False), key="cmp_costs", column_config=costs)
+st.dataframe(cost_table(report, metrics=False), key="cmp_costs", column_config=costs)
 
 if report.get("by_weights"):
     st.subheader("Ensemble weights")
@@ -82,11 +99,11 @@ if report.get("by_weights"):
         "one forward per adapter it uses."
     )
     st.dataframe(
-        export.weights_table(report),
+        weights_table(report),
         key="cmp_weights",
         column_config={"mean accuracy": st.column_config.NumberColumn(format="%.3f")},
     )
-boosting = export.boosting_table(report)
+boosting = boosting_table(report)
 if not boosting.empty:
     st.subheader("Boosting adapters")
     st.caption(
@@ -97,9 +114,9 @@ if not boosting.empty:
     st.dataframe(boosting, key="cmp_boosting")
 
 st.subheader("Accuracy against compute")
-others = [Workspace(p) for p in status.list_workspaces() if Workspace(p).root != ws.root]
-points = export.accuracy_flops_points(ws, others)
-st.plotly_chart(export.accuracy_flops_figure(points), key="cmp_flops")
+others = [Workspace(p) for p in list_workspaces() if Workspace(p).root != ws.root]
+points = accuracy_flops_points(ws, others)
+st.plotly_chart(accuracy_flops_figure(points), key="cmp_flops")
 if points["model"].eq("ensemble").sum() < 2:
     st.caption(
         "Only one m has been trained, so each model is one point. To draw the curve, train other "
@@ -113,7 +130,7 @@ st.caption(
     f"`grouptune export --workspace {ws.root}`"
 )
 if st.button("Export the report", icon=":material/download:", key="cmp_export"):
-    paths = export.export_report(ws)
+    paths = export_report(ws)
     st.session_state[f"cmp_exported:{ws.root}"] = {"html": paths["html"], "zip": paths["zip"]}
 files = st.session_state.get(f"cmp_exported:{ws.root}")
 if files:

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import status
 from core.errors import GroupTuneError
-from core.export import label_balance_figure, word_length_figure
+from core.report.figures import label_balance_figure, word_length_figure
+from core.views.datasets import (
+    build_config,
+    label_balance,
+    load_one_task,
+    preview_rows,
+    sample_task_names,
+    task_overview,
+    uploaded_tasks,
+    word_lengths,
+)
+from core.views.workspaces import load_config, save_experiment, workspaces_root
 from core.workspace import Workspace
 from pages import _common, _upload
 
@@ -18,13 +28,11 @@ st.caption(
     "one answer word per label. The model answers by putting the most weight on one of them."
 )
 ws = _common.workspace()
-cfg, err = status.load_config(ws) if ws is not None else (None, None)
+cfg, err = load_config(ws) if ws is not None else (None, None)
 if err and ws is not None and ws.config_path.exists():
     st.error(err)
-uploads = status.uploaded_tasks(ws) if ws is not None else {}
-options = list(
-    dict.fromkeys([*(cfg.task_names if cfg else []), *uploads, *status.sample_task_names()])
-)
+uploads = uploaded_tasks(ws) if ws is not None else {}
+options = list(dict.fromkeys([*(cfg.task_names if cfg else []), *uploads, *sample_task_names()]))
 default = cfg.task_names if cfg else []
 key = f"ds_tasks:{ws.root if ws else ''}"
 selected = st.multiselect("Tasks in the experiment", options, default=default, key=key)
@@ -35,10 +43,8 @@ with st.expander("Upload your own task (CSV, TSV, JSONL or Parquet)", icon=":mat
 
 @st.cache_data(ttl=300, max_entries=64, show_spinner=False)
 def load(name: str, root: str | None, stamp: tuple):
-    config = status.load_config(Workspace(root))[0] if root else None
-    return status.load_one_task(
-        name, config, status.uploaded_tasks(Workspace(root)) if root else {}
-    )
+    config = load_config(Workspace(root))[0] if root else None
+    return load_one_task(name, config, uploaded_tasks(Workspace(root)) if root else {})
 
 
 files = tuple(sorted((name, path.stat().st_mtime) for name, path in uploads.items()))
@@ -51,15 +57,15 @@ for task_name in selected:
 if loaded:
     st.subheader("The tasks")
     st.caption("Rows per split as this experiment uses them (after its row caps).")
-    st.dataframe(status.task_overview(loaded.values()), hide_index=True, key="ds_overview")
+    st.dataframe(task_overview(loaded.values()), hide_index=True, key="ds_overview")
     _common.answer_word_warning(loaded.values())
     pick = st.selectbox("Look at one task", list(loaded), key="ds_pick")
     task = loaded[pick]
     left, right = st.columns(2)
-    left.plotly_chart(label_balance_figure(status.label_balance(task), pick), key="ds_balance")
-    right.plotly_chart(word_length_figure(status.word_lengths(task), pick), key="ds_lengths")
+    left.plotly_chart(label_balance_figure(label_balance(task), pick), key="ds_balance")
+    right.plotly_chart(word_length_figure(word_lengths(task), pick), key="ds_lengths")
     right.caption("Whitespace-separated words: a tokenizer-free proxy (tokens are usually more).")
-    st.dataframe(status.preview_rows(task), hide_index=True, key="ds_rows")
+    st.dataframe(preview_rows(task), hide_index=True, key="ds_rows")
     for note in task.notes:
         st.warning(f"Note ({pick}): {note}")
     st.caption("The first training row as the model sees it, then the answer words:")
@@ -99,11 +105,11 @@ with st.form("ds_form"):
     new = st.form_submit_button("Save as a new experiment")
 if here or new:
     try:
-        made = status.build_config(form, cfg, uploads)
-        target = ws if here else Workspace(status.workspaces_root() / made.name)
+        made = build_config(form, cfg, uploads)
+        target = ws if here else Workspace(workspaces_root() / made.name)
         if new and target.config_path.exists():
             raise GroupTuneError(f"{target.root} already holds an experiment: pick another name")
-        status.save_experiment(made, target.root)
+        save_experiment(made, target.root)
         st.session_state["workspace"] = str(target.root)
         st.toast(f"Saved {target.config_path}", icon=":material/save:")
         st.rerun()

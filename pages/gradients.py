@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import status
+from core.views.jobs import active_items, read_jobs
+from core.views.stages import gradient_table
 from pages import _common
 
 st.title(":material/functions: Gradient features")
@@ -15,8 +16,8 @@ st.caption(
 )
 ws, cfg = _common.require_config()
 tasks = _common.tasks(ws)
-jobs = status.read_jobs(ws)
-table = status.gradient_table(ws, cfg, tasks, jobs)
+jobs = read_jobs(ws)
+table = gradient_table(ws, cfg, tasks, jobs)
 fresh = int((table["status"] == "fresh").sum())
 
 c1, c2, c3, c4 = st.columns(4)
@@ -34,7 +35,7 @@ seconds = st.column_config.NumberColumn("seconds", format="%.1f")
 st.dataframe(table, hide_index=True, key="gr_table", column_config={"seconds": seconds})
 
 todo = table.loc[table["status"] != "fresh", "task"].tolist()
-busy = status.active_items(jobs, "gradients")
+busy = active_items(jobs, "gradients")
 left, right = st.columns(2)
 with left:
     st.markdown("**Compute what is not up to date** (one job per task)")

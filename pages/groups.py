@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import pipeline, status, trust
+from core import pipeline
 from core.errors import GroupTuneError
-from core.export import sweep_figure
-from core.grouping import move_task
+from core.grouping.edit import move_task
+from core.report.figures import sweep_figure
+from core.report.frames import groups_frame
+from core.validate import trust
+from core.views.groups import mean_predicted, sweep_entries, sweep_frame, sweep_fresh
+from core.views.jobs import cli_text
 from pages import _common
 
 st.title(":material/workspaces: Task groups")
@@ -18,17 +22,15 @@ st.caption(
 )
 ws, cfg = _common.require_config()
 _common.show_trust(trust.load_validation(ws), cfg)
-entries = status.sweep_entries(ws)
+entries = sweep_entries(ws)
 chosen = ws.read("groupings", "chosen.json")
 if not entries:
-    st.info(
-        f"No candidate groupings yet. After the affinity step: `{status.cli_text(['group'], ws)}`"
-    )
+    st.info(f"No candidate groupings yet. After the affinity step: `{cli_text(['group'], ws)}`")
     if ws.path("affinity.json").exists() and st.button("Compute the groupings", key="grp_run"):
         _common.submit(ws, [["group"]])
     _common.live_jobs(ws, stages=("grouping",))
     st.stop()
-fresh = status.sweep_fresh(ws)
+fresh = sweep_fresh(ws)
 if not fresh:
     st.warning("The affinity matrix changed since these candidates were computed.")
     if st.button("Recompute the candidates", key="grp_sweep"):
@@ -37,7 +39,7 @@ if not fresh:
 n = len(entries[0]["predicted"])
 m = st.slider("Number of groups m", 1, n, chosen["m"] if chosen else min(2, n), key="grp_m")
 candidates = [e for e in entries if e["m"] == m]
-st.dataframe(status.sweep_frame(candidates), hide_index=True, key="grp_candidates")
+st.dataframe(sweep_frame(candidates), hide_index=True, key="grp_candidates")
 for col, e in zip(st.columns(4), candidates, strict=False):
     if col.button(f"Use the {e['method']} grouping", key=f"grp_use_{e['method']}"):
         try:
@@ -48,7 +50,7 @@ for col, e in zip(st.columns(4), candidates, strict=False):
             st.rerun()
         except GroupTuneError as err:
             st.error(str(err))
-st.caption(f"Terminal: `{status.cli_text(['group', '--m', str(m)], ws)}`")
+st.caption(f"Terminal: `{cli_text(['group', '--m', str(m)], ws)}`")
 st.plotly_chart(sweep_figure(entries, chosen), key="grp_sweep_chart")
 
 st.subheader("The chosen grouping: move tasks and see the prediction")
@@ -59,7 +61,7 @@ key = f"grp_edit:{ws.root}:{ws.path('groupings', 'chosen.json').stat().st_mtime}
 edit = st.session_state.setdefault(key, {"groups": chosen["groups"], "moves": []})
 model = _common.whatif(ws)
 predicted = model.predict(edit["groups"]) if model is not None else chosen["predicted"]
-mean = status.mean_predicted(predicted)
+mean = mean_predicted(predicted)
 c1, c2, c3 = st.columns(3)
 c1.metric("Groups", len(edit["groups"]))
 c2.metric("Predicted mean accuracy", f"{mean:.3f}", f"{mean - chosen['mean_accuracy']:+.3f}")
@@ -70,7 +72,7 @@ if chosen.get("uncertainty") is not None:
         f"is {chosen['uncertainty']:.3f}; m whose predictions differ by less than twice that "
         "are not told apart, and the fewest groups among them is taken."
     )
-st.dataframe(status.groups_frame(edit["groups"], predicted), hide_index=True, key="grp_table")
+st.dataframe(groups_frame(edit["groups"], predicted), hide_index=True, key="grp_table")
 
 c1, c2, c3 = st.columns([2, 2, 1])
 names = [t for g in edit["groups"] for t in g]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import status
-from core.export import headline, load_report
+from core.report.tables import headline, load_report
+from core.views.jobs import ACTIVE, job_counts, read_jobs, submit_run
+from core.views.stages import experiment_status, next_step, stage_summary
 from pages import _common
 
 st.title(":material/hub: GroupTune")
@@ -17,8 +18,8 @@ st.caption(
 )
 ws, cfg = _common.require_config()
 tasks = _common.tasks(ws)
-jobs = status.read_jobs(ws)
-rows = status.experiment_status(ws, cfg, tasks, jobs)
+jobs = read_jobs(ws)
+rows = experiment_status(ws, cfg, tasks, jobs)
 report = load_report(ws)
 
 st.subheader(f"Experiment `{cfg.name}`")
@@ -33,13 +34,13 @@ c3.metric(
     f"{ensemble:.3f}" if ensemble is not None else "—",
     f"{delta:+.3f} vs single adapter" if delta is not None else None,
 )
-counts = status.job_counts(jobs)
+counts = job_counts(jobs)
 c4.metric("Jobs running / queued", f"{counts['running']} / {counts['queued']}")
 if head.get("gain_text"):
     st.caption(f"Ensemble − single adapter: {head['gain_text']}. {head['gain_verdict']}")
 
 st.subheader("Where it stands")
-for stage in status.stage_summary(rows):
+for stage in stage_summary(rows):
     a, b, c = st.columns([3, 1, 2])
     a.markdown(f"**{stage['label']}**")
     b.markdown(_common.state_badge(stage["state"]))
@@ -48,7 +49,7 @@ with st.expander("Every item"):
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="home_rows")
 
 st.subheader("What to do next")
-step = status.next_step(rows)
+step = next_step(rows)
 if step is None:
     st.success("Everything is up to date. See the comparison on the **Compare** page.")
     st.page_link("pages/compare.py", label="Open Compare", icon=":material/leaderboard:")
@@ -63,14 +64,14 @@ else:
 
 st.divider()
 left, right = st.columns([3, 2])
-driver = any(j["state"] in status.ACTIVE and j["argv"][:1] == ["run"] for j in jobs)
+driver = any(j["state"] in ACTIVE and j["argv"][:1] == ["run"] for j in jobs)
 with left:
     st.markdown("**Run everything** in the background, in order, skipping what is up to date.")
     st.code(f"grouptune run {ws.root / 'config.resolved.yaml'} --workspace {ws.root}", "bash")
     if st.button(
         "Run everything", icon=":material/rocket_launch:", disabled=driver, key="home_all"
     ):
-        job = status.submit_run(ws, cfg)
+        job = submit_run(ws, cfg)
         st.toast(f"Queued the pipeline driver (job {job})", icon=":material/rocket_launch:")
         st.rerun()
 with right:

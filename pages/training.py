@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import status
 from core.errors import GroupTuneError
-from core.export import loss_figure, val_figure
 from core.jobs import cancel, resume, retry
+from core.report.figures import loss_figure, val_figure
+from core.views.jobs import jobs_frame, read_jobs, tail_log
+from core.views.training import adapters_frame, read_training_metrics
 from pages import _common
 
 st.title(":material/model_training: Training")
@@ -18,8 +19,8 @@ st.caption(
     "after another in the background; closing this page does not stop them."
 )
 ws, cfg = _common.require_config()
-jobs = status.read_jobs(ws)
-adapters = status.adapters_frame(ws, cfg, _common.tasks(ws), jobs)
+jobs = read_jobs(ws)
+adapters = adapters_frame(ws, cfg, _common.tasks(ws), jobs)
 c1, c2, c3 = st.columns(3)
 c1.metric("Adapters up to date", f"{int((adapters['state'] == 'fresh').sum())} / {len(adapters)}")
 patience = cfg.training.patience
@@ -55,7 +56,7 @@ with right:
 
 @st.fragment(run_every=3)
 def curves() -> None:
-    steps, val = status.read_training_metrics(ws, st.session_state.get("tr_curve", "baseline"))
+    steps, val = read_training_metrics(ws, st.session_state.get("tr_curve", "baseline"))
     if steps.empty:
         st.caption("No training steps logged yet for this adapter.")
         return
@@ -71,7 +72,7 @@ curves()
 
 st.subheader("Jobs")
 _common.live_jobs(ws)
-table = status.jobs_frame(jobs)
+table = jobs_frame(jobs)
 columns = {
     "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
     "eta_s": st.column_config.NumberColumn("ETA s", format="%.0f"),
@@ -98,4 +99,4 @@ if not table.empty:
                 st.error(str(err))
     job = next(j for j in jobs if j["id"] == job_id)
     st.caption(f"Log `{job['log_path']}` (last lines)")
-    st.code(status.tail_log(job["log_path"]) or "(empty)", language="text")
+    st.code(tail_log(job["log_path"]) or "(empty)", language="text")

@@ -141,3 +141,57 @@ def write_sentences_jsonl(path: Path, n: int = 32) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_ws(tmp_path_factory) -> Path:
+    """A workspace made by the real engine: every pipeline step run through the CLI once per
+    test session (tiny experiment, m = 2, one boosting round). Shared read-only: a test that
+    changes it works on `dashboard.copy_workspace(real_ws, name)`."""
+    from dashboard import cli
+
+    root = tmp_path_factory.mktemp("dashboard")
+    ws = root / "ws"
+    cli("init", "--config", write_tiny_experiment(root), "--workspace", ws)
+    cli("evaluate", "--workspace", ws, "--zero-shot")
+    for step in (["gradients"], ["affinity"], ["group", "--m", "2"], ["train"], ["boost"]):
+        cli(*step, "--workspace", ws)
+    cli("evaluate", "--workspace", ws)
+    cli("report", "--workspace", ws)
+    return ws
+
+
+# --- the two-task training experiment (alpha, beta) -------------------------------------
+GOOD = ["good", "great", "best", "better", "love"]
+BAD = ["bad", "worse", "worst", "hate", "never"]
+LABELS = {"negative": " negative", "positive": " positive"}
+
+
+def rows(n: int, offset: int = 0, only: str | None = None) -> list[dict]:
+    out = []
+    for i in range(n):
+        positive = (i + offset) % 2 == 0 if only is None else only == "positive"
+        word = (GOOD if positive else BAD)[(i // 2 + offset) % 5]
+        label = "positive" if positive else "negative"
+        out.append({"text": f"item {i + offset} was {word}", "label": label})
+    return out
+
+
+def make_tasks(root, n_train: int = 16) -> None:
+    for name, off in (("alpha", 0), ("beta", 7)):
+        splits = {"train": rows(n_train, off), "val": rows(6, off + 50), "test": rows(6, off + 80)}
+        write_task(root / "tasks", name, splits, LABELS, template="Review: {text}")
+
+
+def make_cfg(root, model_name="tiny-gpt2", quantization="none", **sections):
+    data = {
+        "model": {"name": model_name, "quantization": quantization, "threads": 1},
+        "tasks": ["alpha", "beta"],
+        "data": {"root": "tasks"},
+        "training": {"epochs": 2, "lr": 1e-2, "batch_size": 4},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    from core.config import parse_config
+
+    return parse_config(data, base_dir=root)

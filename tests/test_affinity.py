@@ -1,4 +1,4 @@
-"""core.affinity: subset sampling, the per-subset table, T on planted blocks, the pipeline step."""
+"""core.estimate.affinity: subset sampling, the per-subset table, T on planted blocks, the pipeline step."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.affinity as affinity
-from core.affinity import (
+import core.estimate.affinity as affinity
+from core.config import parse_config
+from core.errors import GroupTuneError
+from core.estimate.affinity import (
     TaskAffinity,
     affinity_matrix,
     all_pairs,
@@ -20,10 +22,8 @@ from core.affinity import (
     sample_subsets,
     score_subsets,
 )
-from core.config import parse_config
-from core.errors import GroupTuneError
-from core.estimate import argmin_fitter
-from core.store import TaskFeatures
+from core.estimate.fitter import argmin_fitter
+from core.gradients.store import TaskFeatures
 from core.workspace import Workspace
 
 

@@ -1,4 +1,4 @@
-"""core.agreement: within-task measures on hand-made tables whose answers are known."""
+"""core.validate.agreement: within-task measures on hand-made tables whose answers are known."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.agreement import agreement, order_agreement, per_task, within_task_corr
+from core.validate.agreement import agreement, order_agreement, per_task, within_task_corr
 
 
 def table(pred, real, tasks=("a", "a", "a", "b", "b", "b")):
@@ -52,7 +52,7 @@ def test_drop_and_paper_errors():
 
 
 def test_bootstrap_interval_brackets_the_value_and_narrows_with_data():
-    from core.agreement import bootstrap_interval
+    from core.validate.agreement import bootstrap_interval
 
     rng = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""bench/agreement.py --smoke: its figures are core.agreement's on its own stored rows."""
+"""bench/agreement.py --smoke: its figures are core.validate.agreement's on its own stored rows."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def real_of(res, seed):
 
 def test_real_rows_are_the_kept_epochs_of_the_fine_tunes(smoke):
     from bench.agreement import kept_epoch
-    from core.validation import adapter_name
+    from core.validate.subsets import adapter_name
     from core.workspace import Workspace
 
     ws, res = smoke
@@ -44,7 +44,7 @@ def test_real_rows_are_the_kept_epochs_of_the_fine_tunes(smoke):
 
 
 def test_ceiling_and_variants_are_recomputable(smoke):
-    from core.agreement import agreement
+    from core.validate.agreement import agreement
 
     _, res = smoke
     a, b = (real_of(res, s) for s in res["seeds"])
@@ -75,9 +75,9 @@ def test_ceiling_and_variants_are_recomputable(smoke):
 
 def test_replay_predictions_are_the_product_estimator(smoke):
     from core.config import load_config
-    from core.estimator import predict
-    from core.replay import replay
-    from core.store import load_features
+    from core.estimate.estimator import predict
+    from core.estimate.replay import replay
+    from core.gradients.store import load_features
     from core.workspace import Workspace
 
     ws, res = smoke

@@ -4,9 +4,6 @@ numbers a page shows are checked against the workspace's files."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -14,69 +11,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, write_tiny_experiment
-from streamlit.testing.v1 import AppTest
+from conftest import ROOT
+from dashboard import (
+    PAGES,
+    chart_data,
+    cli,
+    copy_workspace,
+    open_page,
+    texts,
+    write_experiment,
+)
 
-from core import export, status
-from core.export import cost_table, metric_table
+from core.report.tables import (
+    boosting_table,
+    cost_table,
+    gain_text,
+    headline,
+    weights_table,
+)
+from core.views.groups import mean_predicted
+from core.views.jobs import read_jobs
 from core.workspace import Workspace
-
-sys.path.insert(0, str(ROOT))  # the dashboard's pages/ (when pytest runs from elsewhere)
-from pages import _common  # noqa: E402
-
-PAGES = ["home", "datasets", "gradients", "affinity", "groups", "training", "compare"]
-_BUILT: dict[str, Path] = {}
-
-
-# --- a workspace made by the real engine (shared by the test modules of the dashboard) -------
-def cli(*argv) -> dict | list | None:
-    """Run `grouptune ARGV --json` in this process; return its JSON output."""
-    from core.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-        main([*map(str, argv), "--json"])
-    assert exit_info.value.code in (0, None), out.getvalue()
-    text = out.getvalue().strip()
-    return json.loads(text) if text else None
-
-
-def write_experiment(root: Path) -> Path:
-    """The three-task tiny experiment of tests/conftest.py; the config's path."""
-    return write_tiny_experiment(root)
-
-
-def built_workspace(tmp_path_factory) -> Path:
-    """Every pipeline step run through the CLI once per test session; the workspace folder.
-    Tests that change it work on `copy_workspace(...)`."""
-    if "ws" not in _BUILT:
-        root = tmp_path_factory.mktemp("dashboard")
-        config = write_experiment(root)
-        ws = root / "ws"
-        cli("init", "--config", config, "--workspace", ws)
-        cli("evaluate", "--workspace", ws, "--zero-shot")
-        for step in (["gradients"], ["affinity"], ["group", "--m", "2"], ["train"], ["boost"]):
-            cli(*step, "--workspace", ws)
-        cli("evaluate", "--workspace", ws)
-        cli("report", "--workspace", ws)
-        _BUILT["ws"] = ws
-    return _BUILT["ws"]
-
-
-def copy_workspace(ws: Path, name: str) -> Path:
-    """A copy next to the original (its config's relative paths still resolve), without jobs."""
-    dest = ws.parent / name
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(ws, dest, ignore=shutil.ignore_patterns("jobs.db*", "logs", "exports"))
-    return dest
-
-
-@pytest.fixture(scope="module")
-def real_ws(tmp_path_factory) -> Path:
-    return built_workspace(tmp_path_factory)
 
 
 @pytest.fixture
@@ -85,47 +42,6 @@ def no_jobs_start(monkeypatch):
     monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "0")
 
 
-def open_page(workspace: Path | str, page: str, monkeypatch, **state) -> AppTest:
-    """Run the app on `workspace`, then switch to `page` (the entry point runs first, as in a
-    browser: it sets up the sidebar and the session)."""
-    monkeypatch.setenv("GROUPTUNE_WORKSPACE", str(workspace))
-    # AppTest starts every run in Streamlit's old pages/ mode (see _through_entrypoint); the
-    # rerun that leaves it would drop the click a test just made, so it is skipped here
-    monkeypatch.setattr(_common, "_through_entrypoint", lambda: None)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    if page != "home":
-        at.switch_page(f"pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def decode(obj):
-    """A plotly JSON spec with its typed arrays ({"dtype", "bdata", "shape"}) as plain lists."""
-    if isinstance(obj, dict) and "bdata" in obj and "dtype" in obj:
-        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
-        if obj.get("shape"):
-            arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
-        return arr.tolist()
-    if isinstance(obj, dict):
-        return {k: decode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode(v) for v in obj]
-    return obj
-
-
-def chart_data(at: AppTest, index: int = 0) -> dict:
-    """The figure a page plotted (its JSON spec, typed arrays decoded)."""
-    return decode(json.loads(at.get("plotly_chart")[index].proto.spec))
-
-
-def texts(at: AppTest, kind: str) -> list[str]:
-    return [e.value for e in at.get(kind)]
-
-
-# --- (a) nothing there yet ----------------------------------------------------------------------
 @pytest.mark.parametrize("page", PAGES)
 def test_pages_without_a_config(tmp_path, monkeypatch, page):
     monkeypatch.setenv("GROUPTUNE_WORKSPACES", str(tmp_path / "none"))
@@ -151,7 +67,7 @@ def test_pages_with_nothing_computed(config_only, monkeypatch, page):
     shown = " ".join(texts(at, "info") + texts(at, "code") + texts(at, "caption"))
     expected = {
         "home": "grouptune gradients --task reviews_a",
-        "datasets": "",
+        "datasets": "one answer word per label",
         "gradients": "grouptune gradients --task topics",
         "affinity": "grouptune affinity",
         "groups": "grouptune group",
@@ -159,6 +75,8 @@ def test_pages_with_nothing_computed(config_only, monkeypatch, page):
         "compare": "grouptune evaluate",
     }[page]
     assert expected in shown
+    if page == "datasets":  # the experiment's own tasks, preselected
+        assert at.multiselect[0].value == ["reviews_a", "reviews_b", "topics"]
     if page == "gradients":
         table = at.dataframe[0].value
         assert table["status"].tolist() == ["missing"] * 3
@@ -167,19 +85,22 @@ def test_pages_with_nothing_computed(config_only, monkeypatch, page):
 # --- (b) a workspace the real engine made -----------------------------------------------------
 def test_home_shows_the_state_of_every_stage(real_ws, monkeypatch):
     at = open_page(real_ws, "home", monkeypatch)
-    ws = Workspace(real_ws)
     report = json.loads((real_ws / "report.json").read_text())
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Tasks"] == "3"
     assert metrics["Groups (m)"] == "2"
     assert metrics["Ensemble mean accuracy"] == f"{report['accuracy']['ensemble']['mean']:.3f}"
-    assert any(export.gain_text(report["gain"]) in c for c in texts(at, "caption"))
+    assert any(gain_text(report["gain"]) in c for c in texts(at, "caption"))
     rows = at.dataframe[0].value
-    cfg = ws.load_config()
-    from core.tasks import load_tasks
-
-    expected = pd.DataFrame(status.experiment_status(ws, cfg, load_tasks(cfg), []))
-    pd.testing.assert_frame_equal(rows.reset_index(drop=True), expected)
+    assert list(zip(rows["stage"], rows["item"], strict=True)) == [
+        *[("gradients", t) for t in ("reviews_a", "reviews_b", "topics")],
+        ("affinity", "affinity"),
+        ("grouping", "chosen"),
+        *[("training", a) for a in ("group-0", "group-1", "baseline")],
+        ("boosting", "boost-0"),
+        *[("evaluation", m) for m in ("zero_shot", "baseline", "ensemble")],
+        ("report", "report"),
+    ]
     assert set(rows["state"]) == {"fresh"}
     assert "Everything is up to date" in texts(at, "success")[0]
 
@@ -190,14 +111,14 @@ def test_home_next_step_submits_the_jobs(real_ws, monkeypatch, no_jobs_start):
     at = open_page(ws, "home", monkeypatch)
     assert f"grouptune gradients --task topics --workspace {ws}" in texts(at, "code")
     at.button(key="home_next").click().run()
-    jobs = status.read_jobs(Workspace(ws))
+    jobs = read_jobs(Workspace(ws))
     assert [j["argv"] for j in jobs] == [["gradients", "--task", "topics", "--workspace", str(ws)]]
     assert jobs[0]["state"] == "queued"
     at.run()
     rows = at.dataframe[0].value
     assert rows.set_index("item").loc["topics", "state"] == "queued"
     at.button(key="home_all").click().run()
-    driver = status.read_jobs(Workspace(ws))[-1]
+    driver = read_jobs(Workspace(ws))[-1]
     try:
         assert driver["argv"][0] == "run" and driver["resources"] == {"slots": 0}
         assert Path(driver["argv"][1]) == ws / "config.resolved.yaml"
@@ -222,7 +143,7 @@ def test_datasets_page_shows_the_tasks_and_saves_a_new_experiment(real_ws, monke
     saved = Workspace(tmp_path / "experiments" / "browsed").load_config()
     assert saved.task_names == ["reviews_a", "reviews_b", "topics", "yelp"]
     assert at.session_state["workspace"] == str(tmp_path / "experiments" / "browsed")
-    from core.tasks import load_tasks
+    from core.data.sources import load_tasks
 
     assert [t.name for t in load_tasks(saved)] == saved.task_names  # paths resolve
 
@@ -260,7 +181,7 @@ def test_datasets_upload_maps_a_users_csv_and_jsonl(config_only, monkeypatch, tm
     import yaml
     from conftest import write_sentences_jsonl, write_tweets_csv
 
-    from core.tokens import count_tokens
+    from core.data.tokens import count_tokens
 
     ws = copy_workspace(config_only, "byod")
     at = open_page(ws, "datasets", monkeypatch)
@@ -303,7 +224,7 @@ def test_datasets_upload_maps_a_users_csv_and_jsonl(config_only, monkeypatch, tm
     at.multiselect[0].set_value(["tweets", "sentences", "topics"]).run()
     at.button(key="FormSubmitter:ds_form-Save").click().run()
     assert not at.exception and not at.error, texts(at, "error")
-    from core.tasks import load_tasks
+    from core.data.sources import load_tasks
 
     cfg = Workspace(ws).load_config()
     tweets, sentences, _ = load_tasks(cfg)
@@ -318,7 +239,7 @@ def test_datasets_upload_maps_a_users_csv_and_jsonl(config_only, monkeypatch, tm
 
 
 def test_gradients_page_matches_the_store(real_ws, monkeypatch, no_jobs_start):
-    from core.store import store_status
+    from core.gradients.store import store_status
 
     ws = copy_workspace(real_ws, "grads")
     shutil.rmtree(ws / "features" / "reviews_b")
@@ -328,7 +249,7 @@ def test_gradients_page_matches_the_store(real_ws, monkeypatch, no_jobs_start):
     assert table["status"].to_dict() == store_status(w, w.load_config())
     assert {m.label: m.value for m in at.metric}["Tasks up to date"] == "2 / 3"
     at.button(key="gr_all").click().run()
-    assert [j["argv"][:3] for j in status.read_jobs(w)] == [["gradients", "--task", "reviews_b"]]
+    assert [j["argv"][:3] for j in read_jobs(w)] == [["gradients", "--task", "reviews_b"]]
 
 
 def test_affinity_page_plots_affinity_json(real_ws, monkeypatch):
@@ -341,7 +262,12 @@ def test_affinity_page_plots_affinity_json(real_ws, monkeypatch):
     assert heat["customdata"] == [[aff["counts"][i][j] for j in idx] for i in idx]
     evidence = at.dataframe[0].value
     a, b = at.selectbox(key="af_a").value, at.selectbox(key="af_b").value
-    pd.testing.assert_frame_equal(evidence, status.pair_evidence(Workspace(real_ws), a, b))
+    table = pd.read_csv(real_ws / "estimates" / "results.csv")  # the rows behind the cell
+    both = table["subset"].map(lambda s: {a, b} <= set(s.split("+")))
+    behind = table[both & table["task"].isin([a, b])]
+    assert evidence["subset_id"].tolist() == behind["subset_id"].tolist()
+    assert evidence["task"].tolist() == behind["task"].tolist()
+    assert evidence["loss"].tolist() == behind["loss"].tolist()
     value = aff["affinity"][aff["tasks"].index(a)][aff["tasks"].index(b)]
     assert at.metric[0].value == f"{value:.3f}"
     assert any("**reviews_a** and **reviews_b**" in w for w in texts(at, "warning"))
@@ -354,11 +280,11 @@ def test_affinity_settings_are_saved_and_reestimated(real_ws, monkeypatch, no_jo
     at.button(key="FormSubmitter:af_form-Save and re-estimate").click().run()
     cfg = Workspace(ws).load_config()
     assert cfg.estimator.subsets == 2 and cfg.features.k == 32
-    assert [j["argv"][0] for j in status.read_jobs(Workspace(ws))] == ["affinity", "group"]
+    assert [j["argv"][0] for j in read_jobs(Workspace(ws))] == ["affinity", "group"]
 
 
 def test_groups_page_what_if_and_save(real_ws, monkeypatch):
-    from core.whatif import WhatIf
+    from core.estimate.whatif import WhatIf
 
     ws = copy_workspace(real_ws, "groups")
     w = Workspace(ws)
@@ -376,7 +302,7 @@ def test_groups_page_what_if_and_save(real_ws, monkeypatch):
     at.button(key="grp_move").click().run()
     groups = [["reviews_a", "reviews_b", "topics"]]
     predicted = WhatIf.from_workspace(w.load_config(), w).predict(groups)
-    assert at.metric[1].value == f"{status.mean_predicted(predicted):.3f}"
+    assert at.metric[1].value == f"{mean_predicted(predicted):.3f}"
     assert f"grouptune group --move topics:0 --workspace {ws}" in texts(at, "code")
     at.button(key="grp_save").click().run()
     saved = json.loads((ws / "groupings" / "chosen.json").read_text())
@@ -405,15 +331,15 @@ def test_training_page_queues_stops_and_resumes(real_ws, monkeypatch, no_jobs_st
     at = open_page(ws, "training", monkeypatch)
     at.button(key="tr_all").click().run()
     w = Workspace(ws)
-    (job,) = status.read_jobs(w)
+    (job,) = read_jobs(w)
     assert job["argv"][:3] == ["train", "--adapter", "group-1"] and job["state"] == "queued"
     at.run()
     at.selectbox(key="tr_job").set_value(job["id"])
     at.button(key="tr_stop").click().run()
-    assert status.read_jobs(w)[0]["state"] == "cancelled"
+    assert read_jobs(w)[0]["state"] == "cancelled"
     at.button(key="tr_resume").click().run()
     assert not at.error, texts(at, "error")
-    assert status.read_jobs(w)[0]["state"] == "queued"
+    assert read_jobs(w)[0]["state"] == "queued"
 
 
 def test_compare_page_matches_report_and_exports(real_ws, monkeypatch):
@@ -423,21 +349,31 @@ def test_compare_page_matches_report_and_exports(real_ws, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Group ensemble"] == f"{report['accuracy']['ensemble']['mean']:.3f}"
     assert metrics["Single QLoRA adapter"] == f"{report['accuracy']['baseline']['mean']:.3f}"
-    pd.testing.assert_frame_equal(at.dataframe[0].value, metric_table(report, "accuracy"))
+
+    def by_task(metric):  # the page's table, from report.json directly
+        models = {"Group ensemble": "ensemble", "Single QLoRA adapter": "baseline"}
+        return {
+            label: [report[metric][m][t] for t in [*report["tasks"], "mean"]]
+            for label, m in models.items()
+        }
+
+    shown = at.dataframe[0].value
+    assert {k: shown[k].tolist() for k in by_task("accuracy")} == by_task("accuracy")
     bars = {tr["name"]: tr["y"] for tr in chart_data(at, 0)["data"]}
     assert bars["Group ensemble"] == [
         report["accuracy"]["ensemble"][t] for t in [*report["tasks"], "mean"]
     ]
     costs = at.dataframe[1].value
     pd.testing.assert_frame_equal(costs, cost_table(report, metrics=False), check_dtype=False)
-    head = export.headline(report)
+    head = headline(report)
     shown, (low, high) = " ".join(texts(at, "markdown")), report["gain"]["ci"]
     assert head["gain_text"] in shown and f"[{low:+.1f}, {high:+.1f}]" in shown
-    pd.testing.assert_frame_equal(at.dataframe[2].value, export.weights_table(report))
+    pd.testing.assert_frame_equal(at.dataframe[2].value, weights_table(report))
     if report["boosting"]:
-        pd.testing.assert_frame_equal(at.dataframe[3].value, export.boosting_table(report))
+        pd.testing.assert_frame_equal(at.dataframe[3].value, boosting_table(report))
     at.radio(key="cmp_metric").set_value("ece").run()
-    pd.testing.assert_frame_equal(at.dataframe[0].value, metric_table(report, "ece"))
+    shown = at.dataframe[0].value
+    assert {k: shown[k].tolist() for k in by_task("ece")} == by_task("ece")
     at.button(key="cmp_export").click().run()
     assert (ws / "exports" / "report.html").is_file()
     assert len(at.download_button) == 2

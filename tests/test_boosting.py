@@ -1,4 +1,4 @@
-"""core.boosting: a round on the residual of the ensemble, fitted from features or trained.
+"""core.ensemble.boosting: a round on the residual of the ensemble, fitted from features or trained.
 
 Tiny Llama on two small real task folders (test_training's), unprojected features, one group
 adapter per task trained for a few steps, so the ensemble leaves a residual to boost on.
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_training import make_cfg, make_tasks
+from conftest import make_cfg, make_tasks
 
-from core import boosting
-from core.ensemble import evaluate_ensemble, load_manifest, train_groups
-from core.features import extract_features
-from core.flops import Accounting
-from core.store import load_features
+from core.accounting import Accounting
+from core.ensemble import boosting
+from core.ensemble.combine import evaluate_ensemble, train_groups
+from core.ensemble.manifest import load_manifest
+from core.gradients.extract import extract_features
+from core.gradients.store import load_features
 from core.workspace import Workspace
 
 GROUPS = [["alpha"], ["beta"]]
@@ -86,10 +87,10 @@ def test_a_boosting_round_lowers_the_training_residual(root, method):
 def test_offset_features_put_the_ensemble_in_place_of_the_base(root):
     """The store's train rows are the rows the ensemble scores (same order): the base model's
     cached logits give back the stored log-odds h, and offsetting by them changes nothing."""
-    from core.boosting import offset_features
-    from core.ensemble import cached_logits, load_adapters
-    from core.prompts import encode_split
-    from core.training import select_tasks
+    from core.data.prompts import encode_split
+    from core.ensemble.boosting import offset_features
+    from core.ensemble.logits import cached_logits, load_adapters
+    from core.train.trainer import select_tasks
 
     cfg, ws = grouped(root, "features")
     model, tok = load_adapters(cfg, ws, {"group-0": "adapters/group-0"})
@@ -107,20 +108,20 @@ def test_offset_features_put_the_ensemble_in_place_of_the_base(root):
 def test_the_dashboard_sees_missing_and_made_rounds_by_the_engines_rule(root, tmp_path):
     import shutil
 
-    from core import status
+    from core.views.stages import boosting_todo, experiment_status
 
     cfg, ws = grouped(root, "features")
     boosting.boost_round(cfg, ws, 0)
-    rows = [r for r in status.experiment_status(ws, cfg, []) if r["stage"] == "boosting"]
+    rows = [r for r in experiment_status(ws, cfg, []) if r["stage"] == "boosting"]
     assert [(r["item"], r["state"]) for r in rows] == [("boost-0", "fresh")]
-    assert not status.boosting_todo(ws, cfg)
+    assert not boosting_todo(ws, cfg)
 
     copy = Workspace(tmp_path / "copy")
     shutil.copytree(ws.root, copy.root)
     manifest = load_manifest(copy)
     copy.write({k: v for k, v in manifest.items() if k != "boosting"}, "ensemble.json")
     assert boosting.missing_rounds(cfg, load_manifest(copy)) == [0]
-    assert status.boosting_todo(copy, cfg)
+    assert boosting_todo(copy, cfg)
     two = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"boosting": 2})})
     assert boosting.missing_rounds(two, manifest) == [1]  # round 0 is made, round 1 is not
     own = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"weights": "own"})})

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_app import built_workspace, copy_workspace
+from dashboard import copy_workspace
 
-from core import status
+from core.views.jobs import read_jobs
 from core.workspace import Workspace
 
 pytestmark = pytest.mark.browser
@@ -37,11 +37,6 @@ if not Path(CHROMIUM).exists():
     )
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 JOB_TIMEOUT_MS = 240_000  # a tiny gradients job: python + torch start, then seconds of work
-
-
-@pytest.fixture(scope="module")
-def real_ws(tmp_path_factory):
-    return built_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +139,7 @@ def test_main_path_by_clicking(real_ws, browser, tmp_path):
         assert tab.get_by_text("2 / 3").count() == 1
         tab.get_by_role("button", name="Compute", exact=True).click()
         tab.get_by_text("3 / 3").wait_for(timeout=JOB_TIMEOUT_MS)  # the page follows the job
-        (job,) = status.read_jobs(Workspace(ws))
+        (job,) = read_jobs(Workspace(ws))
         assert job["state"] == "done" and job["argv"][:3] == ["gradients", "--task", "topics"]
         tab.close()
 
@@ -180,17 +175,17 @@ def test_closing_the_page_and_restarting_the_server_loses_nothing(real_ws, brows
     try:
         tab = open_page(browser, first, "gradients")
         tab.get_by_role("button", name="Compute", exact=True).click()
-        wait_until(lambda: status.read_jobs(Workspace(ws)), timeout_s=120)  # a loaded machine
+        wait_until(lambda: read_jobs(Workspace(ws)), timeout_s=120)  # a loaded machine
         tab.close()  # the browser goes away ...
     finally:
         first.stop()  # ... and so does the server, while the job runs or waits
-    (job,) = status.read_jobs(Workspace(ws))
+    (job,) = read_jobs(Workspace(ws))
     assert job["state"] in ("queued", "running")
     second = App(ws)
     try:
         tab = open_page(browser, second, "gradients")
         tab.get_by_text("3 / 3").wait_for(timeout=JOB_TIMEOUT_MS)
-        assert status.read_jobs(Workspace(ws))[0]["state"] == "done"
+        assert read_jobs(Workspace(ws))[0]["state"] == "done"
         tab.goto(second.url(PAGES["training"]))
         wait_rendered(tab)
         select(tab, "Job", f"{job['id']} · gradients:reviews_b")

@@ -1,4 +1,4 @@
-"""Column mapping (core.columns) wherever a task is defined: the config's `columns` and `split`,
+"""Column mapping (core.data.columns) wherever a task is defined: the config's `columns` and `split`,
 a task folder's task.yaml, datasets; suggested answer words; and a user's CSV and JSONL run
 through `grouptune init`, `gradients` and `affinity` on the tiny model."""
 
@@ -11,11 +11,11 @@ import yaml
 from conftest import write_sentences_jsonl, write_task, write_tiny_experiment, write_tweets_csv
 
 from core.cli import main
-from core.columns import guess_columns, suggest_answer_words
 from core.config import TaskSpec, load_config, parse_config
+from core.data.columns import guess_columns, suggest_answer_words
+from core.data.sources import load_task, load_task_file, load_task_folder, load_tasks
+from core.data.tables import Table
 from core.errors import DataError
-from core.tables import Table
-from core.tasks import load_task, load_task_file, load_task_folder, load_tasks
 
 TWEETS = {
     "name": "tweets",

@@ -1,4 +1,4 @@
-"""core.ensemble and core.report: manifest, weights on the simplex, shared inference, report."""
+"""core.ensemble.combine and core.report.report: manifest, weights on the simplex, shared inference, report."""
 
 from __future__ import annotations
 
@@ -7,24 +7,21 @@ import shutil
 
 import numpy as np
 import pytest
-from test_training import make_cfg, make_tasks
+from conftest import make_cfg, make_tasks
 
-from core.ensemble import (
-    evaluate_ensemble,
-    evaluate_trained,
-    fit_weights,
+from core.accounting import Accounting, stage_entry
+from core.ensemble.combine import evaluate_ensemble, evaluate_trained, train_groups
+from core.ensemble.manifest import (
     load_manifest,
     make_manifest,
-    mixed_logits,
     own_weights,
     save_manifest,
-    train_groups,
     validate_manifest,
 )
+from core.ensemble.weights import fit_weights, mixed_logits
 from core.errors import GroupTuneError, StaleError
-from core.flops import Accounting, stage_entry
-from core.report import build_report
-from core.training import train_adapter
+from core.report.report import build_report
+from core.train.trainer import train_adapter
 from core.workspace import Workspace
 
 GROUPS = [["alpha"], ["beta"]]
@@ -156,9 +153,9 @@ def trained(tmp_path_factory):
 def test_ensemble_with_own_weights_is_each_group_adapter_alone(trained):
     from peft import PeftModel
 
-    from core.evaluation import evaluate_model
-    from core.models import load_model
-    from core.training import select_tasks
+    from core.models.loading import load_model
+    from core.train.evaluation import evaluate_model
+    from core.train.trainer import select_tasks
 
     _, cfg, ws, manifest = trained
     assert manifest["weights_kind"] == "own" and manifest["groups"] == GROUPS
@@ -201,7 +198,7 @@ def test_fitted_weights_are_saved_and_not_worse_on_val(trained):
 
 
 def test_evaluate_trained_and_report(trained):
-    from core.evaluation import evaluate_zero_shot
+    from core.train.evaluation import evaluate_zero_shot
 
     _, cfg, ws, _ = trained
     report = build_report(ws)

@@ -1,4 +1,4 @@
-"""core.estimator on synthetic features with known answers (optimality, trust region, metrics)."""
+"""core.estimate.estimator on synthetic features with known answers (optimality, trust region, metrics)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ from scipy.optimize import brentq, minimize
 from scipy.special import expit
 
 from core.errors import DataError, GroupTuneError
-from core.estimator import (
+from core.estimate.estimator import (
     NORM_RTOL,
     FirstOrderEstimator,
-    apply_update,
-    evaluate_real,
     fit_update,
     predict,
     train_arrays,
 )
-from core.store import TaskFeatures
+from core.estimate.real import apply_update, evaluate_real
+from core.gradients.store import TaskFeatures
 
 
 def make_task(
@@ -271,8 +270,8 @@ def test_apply_update_fills_b_in_order():
 
 def test_evaluate_real_agrees_with_the_linear_model(tiny_task_root, tmp_path):
     from core.config import parse_config
-    from core.features import extract_features
-    from core.store import load_features
+    from core.gradients.extract import extract_features
+    from core.gradients.store import load_features
     from core.workspace import Workspace
 
     cfg = parse_config(

@@ -1,4 +1,4 @@
-"""core.export: the figures plot the workspace's numbers, the comparison tables are report.json,
+"""core.report.export: the figures plot the workspace's numbers, the comparison tables are report.json,
 and the export is a self-contained HTML file plus CSVs."""
 
 from __future__ import annotations
@@ -10,15 +10,40 @@ import zipfile
 
 import pandas as pd
 import pytest
-from test_app import built_workspace, copy_workspace, decode
+from dashboard import copy_workspace, decode
 
-from core import export, status
+from core.report.export import export_report
+from core.report.figures import (
+    MODEL_COLORS,
+    MODEL_LABELS,
+    MODELS,
+    accuracy_flops_figure,
+    comparison_figure,
+    heatmap_figure,
+    label_balance_figure,
+    loss_figure,
+    sweep_figure,
+    val_figure,
+    word_length_figure,
+)
+from core.report.frames import affinity_view
+from core.report.tables import (
+    COST_COLUMNS,
+    WEIGHT_LABELS,
+    accuracy_flops_points,
+    boosting_table,
+    comparable,
+    cost_table,
+    gain_text,
+    gain_verdict,
+    headline,
+    metric_table,
+    weights_table,
+)
+from core.views.datasets import label_balance, load_one_task, word_lengths
+from core.views.groups import sweep_entries
+from core.views.training import read_training_metrics
 from core.workspace import Workspace
-
-
-@pytest.fixture(scope="module")
-def real_ws(tmp_path_factory):
-    return built_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -32,33 +57,33 @@ def spec(fig) -> dict:
 
 def test_metric_tables_are_report_json(report):
     for metric in ("accuracy", "f1", "ece"):
-        table = export.metric_table(report, metric)
+        table = metric_table(report, metric)
         assert table.index.tolist() == [*report["tasks"], "mean"]
-        for model in export.MODELS:
-            column = table[export.MODEL_LABELS[model]]
+        for model in MODELS:
+            column = table[MODEL_LABELS[model]]
             assert column.tolist() == [report[metric][model][t] for t in table.index]
 
 
 def test_comparison_figure_bars_and_colours(report):
-    data = spec(export.comparison_figure(report, "accuracy"))["data"]
-    assert [tr["name"] for tr in data] == [export.MODEL_LABELS[m] for m in export.MODELS]
-    for tr, model in zip(data, export.MODELS, strict=True):
-        assert tr["marker"]["color"] == export.MODEL_COLORS[model]
+    data = spec(comparison_figure(report, "accuracy"))["data"]
+    assert [tr["name"] for tr in data] == [MODEL_LABELS[m] for m in MODELS]
+    for tr, model in zip(data, MODELS, strict=True):
+        assert tr["marker"]["color"] == MODEL_COLORS[model]
         assert tr["y"] == [report["accuracy"][model][t] for t in [*report["tasks"], "mean"]]
 
 
 def test_a_model_not_evaluated_is_left_out(report):
     partial = {**report, "accuracy": {**report["accuracy"], "baseline": None}}
-    names = [tr["name"] for tr in spec(export.comparison_figure(partial))["data"]]
-    assert export.MODEL_LABELS["baseline"] not in names
-    assert export.headline(partial)["ensemble_minus_baseline"] is None
+    names = [tr["name"] for tr in spec(comparison_figure(partial))["data"]]
+    assert MODEL_LABELS["baseline"] not in names
+    assert headline(partial)["ensemble_minus_baseline"] is None
 
 
 def test_cost_table_sums_the_right_stages(report):
-    costs = export.cost_table(report)
+    costs = cost_table(report)
     ens, base = (
-        costs.loc[export.MODEL_LABELS["ensemble"]],
-        costs.loc[export.MODEL_LABELS["baseline"]],
+        costs.loc[MODEL_LABELS["ensemble"]],
+        costs.loc[MODEL_LABELS["baseline"]],
     )
     f, w = report["flops"], report["wall_seconds"]
     assert ens["training FLOPs"] == f["gradients"] + f["estimation"] + f["group_training"]
@@ -69,10 +94,10 @@ def test_cost_table_sums_the_right_stages(report):
     )
     assert base["inference wall s"] == w["baseline_inference"]
     assert ens["Accuracy"] == report["accuracy"]["ensemble"]["mean"]
-    assert export.cost_table(report, metrics=False).columns.tolist() == export.COST_COLUMNS
-    zero = costs.loc[export.MODEL_LABELS["zero_shot"]]
+    assert cost_table(report, metrics=False).columns.tolist() == COST_COLUMNS
+    zero = costs.loc[MODEL_LABELS["zero_shot"]]
     assert zero["training FLOPs"] == 0 and pd.isna(zero["inference FLOPs / example"])
-    head = export.headline(report)
+    head = headline(report)
     assert head["ensemble_minus_baseline"] == pytest.approx(
         report["accuracy"]["ensemble"]["mean"] - report["accuracy"]["baseline"]["mean"]
     )
@@ -82,17 +107,17 @@ def test_cost_table_sums_the_right_stages(report):
 
 def test_gain_in_words():
     gain = {"points": 1.3, "ci": [-0.84, 3.44], "level": 0.95, "seeds": 1, "rows": 600}
-    assert export.gain_text(gain) == "+1.3 points [-0.8, +3.4], 1 seed, 600 paired test rows"
-    assert "includes 0" in export.gain_verdict(gain)
+    assert gain_text(gain) == "+1.3 points [-0.8, +3.4], 1 seed, 600 paired test rows"
+    assert "includes 0" in gain_verdict(gain)
     five = {**gain, "ci": [0.2, 2.5], "seeds": 5, "rows": 150}
-    assert export.gain_text(five) == "+1.3 points [+0.2, +2.5], 5 seeds, 150 paired test rows each"
-    assert "above 0: the ensemble is better" in export.gain_verdict(five)
-    assert "below 0" in export.gain_verdict({**gain, "points": -2.0, "ci": [-3.0, -0.5]})
-    assert export.gain_text(None) is None and export.headline({})["gain_text"] is None
-    head = export.headline({"gain": five})
+    assert gain_text(five) == "+1.3 points [+0.2, +2.5], 5 seeds, 150 paired test rows each"
+    assert "above 0: the ensemble is better" in gain_verdict(five)
+    assert "below 0" in gain_verdict({**gain, "points": -2.0, "ci": [-3.0, -0.5]})
+    assert gain_text(None) is None and headline({})["gain_text"] is None
+    head = headline({"gain": five})
     assert (head["gain_text"], head["gain_verdict"]) == (
-        export.gain_text(five),
-        export.gain_verdict(five),
+        gain_text(five),
+        gain_verdict(five),
     )
 
 
@@ -103,11 +128,11 @@ def test_weights_and_boosting_tables(report):
         "by_weights": {"own": 0.6, "fit": 0.7},
         "inference_forwards_per_example": forwards,
     }
-    table = export.weights_table(report)
+    table = weights_table(report)
     for kind, value in report["by_weights"].items():
-        row = table.loc[export.WEIGHT_LABELS[kind]]
+        row = table.loc[WEIGHT_LABELS[kind]]
         assert row["mean accuracy"] == value and row["forwards / example"] == forwards[kind]
-    single = table.loc[export.MODEL_LABELS["baseline"]]
+    single = table.loc[MODEL_LABELS["baseline"]]
     assert single["mean accuracy"] == report["accuracy"]["baseline"]["mean"]
     assert single["forwards / example"] == 1
     rounds = [
@@ -116,12 +141,12 @@ def test_weights_and_boosting_tables(report):
          "train_error_after": 0.27},
     ]  # fmt: skip
     boosted = {**report, "boosting": rounds}
-    rows = export.boosting_table(boosted)
+    rows = boosting_table(boosted)
     assert rows.loc["boost-0"].tolist() == ["a, b", 0, "features", 0.4, 0.31, 0.27]
-    with_boost = export.weights_table(boosted).loc["Ensemble with boosting"]
+    with_boost = weights_table(boosted).loc["Ensemble with boosting"]
     assert with_boost["mean accuracy"] == report["accuracy"]["ensemble"]["mean"]
     assert with_boost["forwards / example"] == 3.5
-    assert export.boosting_table({}).empty
+    assert boosting_table({}).empty
 
 
 def test_accuracy_against_flops_across_workspaces(real_ws, report):
@@ -136,17 +161,15 @@ def test_accuracy_against_flops_across_workspaces(real_ws, report):
     zero = json.loads((unrelated / "eval" / "zero_shot.json").read_text())
     zero["fingerprint"]["tasks"]["topics"] = "another test split"
     (unrelated / "eval" / "zero_shot.json").write_text(json.dumps(zero))
-    assert export.comparable(Workspace(real_ws), Workspace(other))
-    assert not export.comparable(Workspace(real_ws), Workspace(unrelated))
-    points = export.accuracy_flops_points(
-        Workspace(real_ws), [Workspace(other), Workspace(unrelated)]
-    )
+    assert comparable(Workspace(real_ws), Workspace(other))
+    assert not comparable(Workspace(real_ws), Workspace(unrelated))
+    points = accuracy_flops_points(Workspace(real_ws), [Workspace(other), Workspace(unrelated)])
     ens = points[points["model"] == "ensemble"].set_index("m")
     assert sorted(ens.index) == [2, 3]
     assert ens.loc[3, "mean accuracy"] == 0.75
     assert ens.loc[2, "mean accuracy"] == report["accuracy"]["ensemble"]["mean"]
-    fig = spec(export.accuracy_flops_figure(points))
-    line = next(tr for tr in fig["data"] if tr["name"] == export.MODEL_LABELS["ensemble"])
+    fig = spec(accuracy_flops_figure(points))
+    line = next(tr for tr in fig["data"] if tr["name"] == MODEL_LABELS["ensemble"])
     assert line["text"] == ["m=2", "m=3"] and line["y"] == [ens.loc[2, "mean accuracy"], 0.75]
     zero = report["accuracy"]["zero_shot"]["mean"]
     assert fig["layout"]["shapes"][0]["y0"] == zero  # the zero-shot reference line
@@ -154,14 +177,14 @@ def test_accuracy_against_flops_across_workspaces(real_ws, report):
 
 def test_heatmap_and_sweep_figures(real_ws):
     ws = Workspace(real_ws)
-    view = status.affinity_view(ws)
-    heat = spec(export.heatmap_figure(view))
+    view = affinity_view(ws)
+    heat = spec(heatmap_figure(view))
     assert heat["data"][0]["z"] == view["T"].to_numpy().tolist()
     assert heat["data"][0]["x"] == view["order"]
     assert len(heat["layout"]["shapes"]) == len(view["groups"])  # one outline per group
-    entries = status.sweep_entries(ws)
+    entries = sweep_entries(ws)
     chosen = ws.read("groupings", "chosen.json")
-    sweep = spec(export.sweep_figure(entries, chosen))["data"]
+    sweep = spec(sweep_figure(entries, chosen))["data"]
     by_name = {tr["name"]: tr for tr in sweep}
     for method in ("sdp", "spectral"):
         mine = [e for e in entries if e["method"] == method]
@@ -172,37 +195,35 @@ def test_heatmap_and_sweep_figures(real_ws):
 
 def test_dataset_and_training_figures(real_ws):
     ws = Workspace(real_ws)
-    steps, val = status.read_training_metrics(ws, "group-0")
-    loss = spec(export.loss_figure(steps, "group-0"))["data"][0]
+    steps, val = read_training_metrics(ws, "group-0")
+    loss = spec(loss_figure(steps, "group-0"))["data"][0]
     assert loss["y"] == steps["loss"].tolist()
-    curves = {tr["name"]: tr for tr in spec(export.val_figure(val, "group-0"))["data"]}
+    curves = {tr["name"]: tr for tr in spec(val_figure(val, "group-0"))["data"]}
     assert set(curves) == {"reviews_a", "reviews_b", "mean"}
-    yelp = status.load_one_task("yelp", None, {})
-    balance = status.label_balance(yelp)
-    bars = {
-        tr["name"]: tr["y"] for tr in spec(export.label_balance_figure(balance, "yelp"))["data"]
-    }
+    yelp = load_one_task("yelp", None, {})
+    balance = label_balance(yelp)
+    bars = {tr["name"]: tr["y"] for tr in spec(label_balance_figure(balance, "yelp"))["data"]}
     assert bars["train"] == balance[balance["split"] == "train"]["rows"].tolist()
-    lengths = status.word_lengths(yelp)
-    hist = {tr["name"]: tr["x"] for tr in spec(export.word_length_figure(lengths, "yelp"))["data"]}
+    lengths = word_lengths(yelp)
+    hist = {tr["name"]: tr["x"] for tr in spec(word_length_figure(lengths, "yelp"))["data"]}
     assert hist["test"] == lengths[lengths["split"] == "test"]["words"].tolist()
 
 
 def test_export_report_writes_html_and_csvs(real_ws, report):
     ws_dir = copy_workspace(real_ws, "export_files")
-    paths = export.export_report(Workspace(ws_dir))
+    paths = export_report(Workspace(ws_dir))
     page = paths["html"].read_text()
     assert paths["html"] == ws_dir / "exports" / "report.html"
     assert not re.search(r"<script[^>]*\ssrc=", page)  # nothing to fetch: opens offline
     assert page.count("Plotly.newPlot") >= 4 and len(page) > 1_000_000  # plotly.js inline
     assert f"{report['accuracy']['ensemble']['mean']:.3f}" in page
     accuracy = pd.read_csv(paths["csv"]["accuracy"], index_col="task")
-    assert accuracy.loc["mean", export.MODEL_LABELS["ensemble"]] == pytest.approx(
+    assert accuracy.loc["mean", MODEL_LABELS["ensemble"]] == pytest.approx(
         report["accuracy"]["ensemble"]["mean"]
     )
     tables = {"accuracy", "f1", "ece", "costs", "groups", "affinity", "gain", "weights"}
     assert set(paths["csv"]) == tables | ({"boosting"} if report["boosting"] else set())
-    assert export.gain_text(report["gain"]) in page
+    assert gain_text(report["gain"]) in page
     gain = pd.read_csv(paths["csv"]["gain"], index_col="task")
     assert gain["points"].to_dict() == pytest.approx(
         {t: v["points"] for t, v in report["gain"]["per_task"].items()}
@@ -215,10 +236,10 @@ def test_export_report_writes_html_and_csvs(real_ws, report):
 
 
 def test_export_of_a_workspace_without_results(tmp_path):
-    from test_app import cli, write_experiment
+    from dashboard import cli, write_experiment
 
     config = write_experiment(tmp_path)
     cli("init", "--config", config, "--workspace", tmp_path / "ws")
-    paths = export.export_report(Workspace(tmp_path / "ws"))
+    paths = export_report(Workspace(tmp_path / "ws"))
     assert "GroupTune report" in paths["html"].read_text()
     assert set(paths["csv"]) == {"accuracy", "f1", "ece", "costs"}

@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from core.adapters import attach_adapter, lora_b_parameters
 from core.config import AdapterConfig, ModelConfig
-from core.features import (
+from core.data.prompts import pad_batch
+from core.gradients.extract import (
     batch_features,
     feature_dims,
     prepare_for_extraction,
     reference_example_grads,
     target_quantities,
 )
-from core.models import build_tiny_model, load_model
-from core.projection import make_projector
-from core.prompts import pad_batch
+from core.gradients.projection import make_projector
+from core.models.adapters import attach_adapter, lora_b_parameters
+from core.models.loading import load_model
+from core.models.tiny import build_tiny_model
 
 TEXTS = [
     "The food was great",
@@ -65,7 +66,9 @@ def test_fast_path_matches_reference_fp32(fp32, target, split):
     ref = reference_example_grads(peft_model, ids, choice, GOLD, target, split)
     expected = {"train": {"h", "g"}, "val": {"z", "lse", "h", "G"}}[split]
     expected |= {"Glse"} if (split, target) == ("val", "vocab") else set()
-    if (split, target) == ("train", "choices") and len(WORDS) > 2:  # core.store.per_choice_train
+    if (split, target) == ("train", "choices") and len(
+        WORDS
+    ) > 2:  # core.gradients.store.per_choice_train
         expected |= {"z", "G"}
     assert set(fast) == set(ref) == expected
     D = sum(feature_dims(peft_model))

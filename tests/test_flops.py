@@ -1,25 +1,25 @@
-"""core.flops: the flop counter against the analytic count, 4-bit handling, accounting.json."""
+"""core.models.flops: the flop counter against the analytic count, 4-bit handling, accounting.json."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from core import flops
-from core.adapters import attach_adapter
+from core.accounting import Accounting, stage_entry
 from core.config import AdapterConfig, ModelConfig
+from core.data.prompts import pad_batch
 from core.errors import GroupTuneError
-from core.flops import (
-    Accounting,
+from core.models import flops
+from core.models.adapters import attach_adapter
+from core.models.flops import (
     analytic_batch_flops,
     analytic_flops,
     count_flops,
+    count_parameters,
     measure_flops,
     padded_tokens,
-    stage_entry,
 )
-from core.models import count_parameters, load_model
-from core.prompts import pad_batch
+from core.models.loading import load_model
 from core.workspace import Workspace
 
 # The analytic count ignores norms, rotary/softmax arithmetic and flash-style recomputation:

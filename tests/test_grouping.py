@@ -1,4 +1,4 @@
-"""Tests for core.grouping on hand-built matrices whose right answer is known."""
+"""Tests for core.grouping.partition on hand-built matrices whose right answer is known."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from core.grouping import (
+from core.grouping.choose import recommend_m, sweep
+from core.grouping.edit import merge_groups, move_task, split_group
+from core.grouping.partition import (
     GroupingError,
     SDPGrouping,
     SolverFallbackWarning,
@@ -18,11 +20,6 @@ from core.grouping import (
     group_tasks,
     groups_to_labels,
     labels_to_groups,
-    merge_groups,
-    move_task,
-    recommend_m,
-    split_group,
-    sweep,
     validate_affinity,
 )
 
@@ -131,7 +128,7 @@ def test_ties_identical_rows_and_constant_matrix_do_not_crash():
 
 
 def test_repair_merges_and_splits_by_objective():
-    from core.grouping import _repair_to_m  # the rounding's fix-up to exactly m groups
+    from core.grouping.partition import _repair_to_m
 
     T, truth = planted((3, 3), 0)
     np.testing.assert_array_equal(_repair_to_m(T, np.arange(6), 2), truth)  # merge up
@@ -278,7 +275,7 @@ def test_recommend_m_does_not_choose_on_differences_inside_the_uncertainty():
 
 
 def test_prediction_uncertainty_from_rows_or_validation():
-    from core.grouping import prediction_uncertainty
+    from core.grouping.choose import prediction_uncertainty
 
     e = {"predicted": {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.9}}}
     rows = {"a": 100, "b": 36}

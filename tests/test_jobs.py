@@ -33,8 +33,8 @@ from core.jobs import (
     wait,
 )
 from core.jobs.cli import jobs_app
-from core.jobs.runner import runner_command
-from core.jobs.store import HOST, pid_alive
+from core.jobs.database import HOST, pid_alive
+from core.jobs.launch import runner_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = "tests.job_fixtures"

@@ -2,7 +2,7 @@
 
 Everything runs on CPU without a download: the tiny models and their tokenizer are built in
 code, and the cache points at a temporary folder. One test uses the real SmolLM2-135M only when
-it is already provisioned in the user's cache (`python -c "from core.models import fetch_model;
+it is already provisioned in the user's cache (`python -c "from core.models.loading import fetch_model;
 fetch_model('smollm2-135m')"`).
 """
 
@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.adapters import (
+from core.config import AdapterConfig, ModelConfig
+from core.errors import ConfigError, GroupTuneError
+from core.models.adapters import (
     adapter_fingerprint,
     attach_adapter,
     default_target_modules,
@@ -25,21 +27,13 @@ from core.adapters import (
     lora_layers,
     num_layers,
 )
-from core.config import AdapterConfig, ModelConfig
-from core.errors import ConfigError, GroupTuneError
-from core.models import (
-    MODELS,
-    build_tiny_model,
-    builtin_tokenizer,
-    cache_dir,
-    count_parameters,
-    fetch_model,
-    load_model,
-    model_fingerprint,
-    pick_device,
-    pick_dtype,
-    resolve_model,
-)
+from core.models.device import pick_device, pick_dtype
+from core.models.fingerprint import model_fingerprint
+from core.models.flops import count_parameters
+from core.models.loading import load_model
+from core.models.provision import fetch_model, resolve_model
+from core.models.registry import MODELS, cache_dir
+from core.models.tiny import build_tiny_model, builtin_tokenizer
 
 # Captured before the fixture below points the cache at a temporary folder.
 REAL_CACHE = cache_dir()
@@ -160,8 +154,13 @@ def test_qlora_4bit_forward_backward(name):
 
 
 def test_qlora_8bit_forward_backward():
+    import bitsandbytes as bnb
+
     model, tok = load_model(_cfg("tiny-llama", "8bit"))
     pm = attach_adapter(model, AdapterConfig(r=2))
+    layers = [m for _, m in lora_layers(pm)]
+    # really 8-bit: a silent fallback to full-precision layers would fail here
+    assert layers and all(isinstance(lay.get_base_layer(), bnb.nn.Linear8bitLt) for lay in layers)
     assert math.isfinite(_train_step(pm, tok).item())
     assert all(p.grad is not None for _, p in lora_b_parameters(pm))
 
@@ -294,12 +293,12 @@ def test_fingerprints():
 
 @pytest.mark.slow  # the project's marker for tests on the real SmolLM2 (about 1-2 s here)
 def test_real_smollm2_when_provisioned(monkeypatch):
-    from core.models import _is_complete
+    from core.models.provision import _is_complete
 
     if not _is_complete(REAL_CACHE / "models" / "smollm2-135m", MODELS["smollm2-135m"]):
         pytest.skip(
             f"smollm2-135m is not provisioned in {REAL_CACHE}; run "
-            "`python -c \"from core.models import fetch_model; fetch_model('smollm2-135m')\"`"
+            "`python -c \"from core.models.loading import fetch_model; fetch_model('smollm2-135m')\"`"
         )
     monkeypatch.setenv("GROUPTUNE_CACHE", str(REAL_CACHE))
     model, tok = load_model(_cfg("smollm2-135m"))
@@ -315,7 +314,7 @@ def test_side_by_side_jobs_share_the_cores(monkeypatch):
 
     import torch
 
-    from core.models import configure_cpu
+    from core.models.device import configure_cpu
 
     before = torch.get_num_threads()
     try:
@@ -333,7 +332,7 @@ def test_a_new_hub_commit_makes_the_gradient_store_stale(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     from core.config import parse_config
-    from core.store import FeatureStore, folder_status, store_key
+    from core.gradients.store import FeatureStore, folder_status, store_key
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     refs = tmp_path / "hub" / "models--someone--tiny-lm" / "refs"
@@ -342,7 +341,7 @@ def test_a_new_hub_commit_makes_the_gradient_store_stale(tmp_path, monkeypatch):
     import numpy as np
     from conftest import sentiment_rows, write_task
 
-    from core.tasks import load_tasks
+    from core.data.sources import load_tasks
 
     splits = {
         "train": sentiment_rows(8),

@@ -3,65 +3,79 @@ checked against the files the steps wrote."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
+import numpy as np
 import pytest
 from conftest import write_tiny_experiment
 
 from core.cli import main
 
 
+def _cli(*args) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args), "--json"])
+    assert exit_info.value.code == 0, out.getvalue()
+    return json.loads(out.getvalue())
+
+
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def pipeline(tmp_path_factory) -> dict:
+    """Every step once through the CLI, in order; each step's JSON result by name. Tests that
+    change the workspace work on a copy."""
     root = tmp_path_factory.mktemp("e2e")
-    return write_tiny_experiment(root), root / "ws"
+    config, ws = write_tiny_experiment(root), root / "ws"
+    common = ["--config", config, "--workspace", ws]
+    out = {"config": config, "ws": ws, "init": _cli("init", *common)}
+    out["zero"] = _cli("evaluate", *common, "--zero-shot")["zero_shot"]
+    out["grads"] = _cli("gradients", *common)
+    out["again"] = _cli("gradients", *common)
+    out["aff"] = _cli("affinity", "--workspace", ws)
+    out["sweep"] = _cli("group", "--workspace", ws, "--sweep")
+    out["grouping"] = _cli("group", "--workspace", ws, "--m", "2")
+    out["trained"] = _cli("train", "--workspace", ws)
+    out["evaluated"] = _cli("evaluate", "--workspace", ws)
+    out["report"] = _cli("report", "--workspace", ws)
+    return out
 
 
-def _cli(capsys, *args) -> dict:
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--json"])
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 0, out
-    return json.loads(out)
-
-
-def test_full_pipeline_through_cli(experiment, capsys):
-    config, ws = experiment
-    common = ["--config", str(config), "--workspace", str(ws)]
-    init = _cli(capsys, "init", *common)
-    assert init["shared_answer_words"] == [
+def test_full_pipeline_through_cli(pipeline):
+    p = pipeline
+    assert p["init"]["shared_answer_words"] == [
         {"tasks": ["reviews_a", "reviews_b"], "words": [" negative", " positive"]}
     ]
 
-    zero = _cli(capsys, "evaluate", *common, "--zero-shot")["zero_shot"]
+    zero = p["zero"]
     assert set(zero) == {"reviews_a", "reviews_b", "topics", "mean"}
-    assert all(0 <= zero[t]["accuracy"] <= 1 for t in zero)
+    stored = json.loads((p["ws"] / "eval" / "zero_shot.json").read_text())["metrics"]
+    assert stored == zero  # what the command printed is what it wrote
+    tasks = ["reviews_a", "reviews_b", "topics"]
+    assert zero["mean"]["accuracy"] == pytest.approx(np.mean([zero[t]["accuracy"] for t in tasks]))
 
-    grads = _cli(capsys, "gradients", *common)
-    assert all(r["rows_computed"] == 24 for r in grads.values())  # 16 train + 8 val
-    again = _cli(capsys, "gradients", *common)
+    assert all(r["rows_computed"] == 24 for r in p["grads"].values())  # 16 train + 8 val
+    again = p["again"]
     assert all(r["rows_computed"] == 0 and r["status_before"] == "fresh" for r in again.values())
 
-    aff = _cli(capsys, "affinity", "--workspace", str(ws))
+    aff = p["aff"]
     T = aff["affinity"]
-    assert aff["tasks"] == ["reviews_a", "reviews_b", "topics"] and aff["subsets"] == 3
+    assert aff["tasks"] == tasks and aff["subsets"] == 3
     assert all(T[i][j] == pytest.approx(T[j][i]) for i in range(3) for j in range(3))
     assert all(T[i][i] == 0 for i in range(3))
 
-    sweep = _cli(capsys, "group", "--workspace", str(ws), "--sweep")
+    sweep, grouping = p["sweep"], p["grouping"]
     assert {e["m"] for e in sweep} == {1, 2, 3}
-    grouping = _cli(capsys, "group", "--workspace", str(ws), "--m", "2")
     assert grouping["m"] == 2 and sorted(sum(grouping["groups"], [])) == sorted(aff["tasks"])
     same = next(e for e in sweep if e["m"] == 2 and e["method"] == grouping["method"])
     assert same["predicted"] == grouping["predicted"]  # the sweep and the what-if agree
 
-    trained = _cli(capsys, "train", "--workspace", str(ws))
-    assert set(trained) == {"group-0", "group-1", "baseline"}
-
-    evaluated = _cli(capsys, "evaluate", "--workspace", str(ws))
+    assert set(p["trained"]) == {"group-0", "group-1", "baseline"}
+    evaluated = p["evaluated"]
     assert {"zero_shot", "baseline", "ensemble"} <= set(evaluated)
 
-    report = _cli(capsys, "report", "--workspace", str(ws))
+    report = p["report"]
     assert report["groups"] == grouping["groups"]
     for model in ("zero_shot", "baseline", "ensemble"):
         for task in aff["tasks"]:
@@ -77,24 +91,29 @@ def test_full_pipeline_through_cli(experiment, capsys):
         assert flops[key] and flops[key] > 0, key
 
 
-def test_regrouping_reuses_adapters_of_the_same_task_sets(experiment, capsys):
+def test_regrouping_reuses_adapters_of_the_same_task_sets(pipeline, tmp_path):
     """Swapping the groups' order moves each finished adapter (same tasks, same recipe) to its
     new index instead of training it again; the old folders are kept under subset-<hash>."""
+    import shutil
+
     from core.config import load_config
     from core.pipeline import chosen_groups, edit_groups
-    from core.validation import adapter_name
+    from core.validate.subsets import adapter_name
     from core.workspace import Workspace
 
-    config, root = experiment
+    config, root = pipeline["config"], pipeline["ws"].parent / "ws-regroup"  # a sibling copy:
+    shutil.copytree(
+        pipeline["ws"], root, ignore=shutil.ignore_patterns("jobs.db*")
+    )  # paths resolve
     ws = Workspace(root)
     old = chosen_groups(ws)
-    assert len(old) == 2  # from the test above
+    assert old == pipeline["grouping"]["groups"] and len(old) == 2
     weights = {
         tuple(g): (ws.adapter_dir(f"group-{i}") / "adapter_model.safetensors").read_bytes()
         for i, g in enumerate(old)
     }
     edit_groups(load_config(config), ws, [old[1], old[0]])
-    trained = _cli(capsys, "train", "--workspace", str(root), "--adapter", "groups")
+    trained = _cli("train", "--workspace", root, "--adapter", "groups")
     assert set(trained) == {"group-0", "group-1"}
     for i, group in enumerate([old[1], old[0]]):
         folder = ws.adapter_dir(f"group-{i}")

@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import write_tiny_experiment
 
-from core import prefix
-from core.adapters import attach_adapter
 from core.config import load_config
-from core.models import load_model
-from core.prompts import encode_split
-from core.scoring import choice_logits
-from core.store import load_features
-from core.tasks import load_tasks
+from core.data.prompts import encode_split
+from core.data.sources import load_tasks
+from core.gradients.store import load_features
+from core.models import prefix
+from core.models.adapters import attach_adapter
+from core.models.loading import load_model
+from core.models.scoring import choice_logits
 from core.workspace import Workspace
 
 
@@ -65,9 +65,9 @@ def test_cached_scoring_equals_full_forward_and_reuses_disk(tmp_path):
 def test_4bit_states_built_while_scoring(tmp_path):
     """Test-split states are first needed inside scoring's inference_mode; with a 4-bit base the
     FLOP count of the lower layers probes a quantised layer with a backward pass there."""
-    from core import flops
+    from core.models.flops import _PROBED
 
-    flops._PROBED.clear()
+    _PROBED.clear()
     cfg, ws = _setup(tmp_path)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"quantization": "4bit"})})
     fast, cache = _scored(cfg, ws, cached=True, split="test")
@@ -119,8 +119,8 @@ def test_off_without_top_layers_or_when_disabled(tmp_path):
 
 
 def _train_and_extract(cfg, ws):
-    from core.features import extract_features
-    from core.training import train_adapter
+    from core.gradients.extract import extract_features
+    from core.train.trainer import train_adapter
 
     extract_features(cfg, ws)
     record = train_adapter(cfg, ws, "g", ["reviews_a", "topics"], progress=False)

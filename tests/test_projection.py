@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from core import projection
 from core.errors import ConfigError, GroupTuneError
-from core.projection import make_projector
+from core.gradients import projection
+from core.gradients.projection import make_projector
 
 DIMS = [512, 1000, 88, 1400]  # D = 3000, uneven blocks like real LoRA layers
 KINDS = ["countsketch", "rademacher"]

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from core.config import ModelConfig
+from core.data.prompts import answer_token_ids, encode_prompt, pad_batch
+from core.data.tasks import Task
 from core.errors import DataError
-from core.models import builtin_tokenizer, load_model
-from core.prompts import answer_token_ids, encode_prompt, pad_batch
-from core.scoring import last_logits
-from core.tasks import Task
+from core.models.loading import load_model
+from core.models.scoring import last_logits
+from core.models.tiny import builtin_tokenizer
 
 TOK = builtin_tokenizer()
 

@@ -1,4 +1,4 @@
-"""core.replay: the recipe replayed on the linearised model, against a slow exact reference
+"""core.estimate.replay: the recipe replayed on the linearised model, against a slow exact reference
 (torch's own AdamW, clip_grad_norm_ and autograd on the same linear model) and against a real
 B-only fine-tune of a tiny model."""
 
@@ -7,20 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_experiment
 
 from core.config import TrainingConfig, load_config
-from core.estimator import predict
+from core.estimate.estimator import predict
+from core.estimate.replay import replay
+from core.gradients.store import TaskFeatures
 from core.recipe import epoch_plan, is_better, lr_at
-from core.replay import replay
-from core.store import TaskFeatures
-from tests.conftest import write_tiny_experiment
 
 
 def linear_task(
     rng, k: int, n: int, m: int, C: int = 2, scale: float = 3.0, per_choice: bool = False
 ) -> TaskFeatures:
     extra = {}
-    if per_choice:  # as core.store keeps for 3+ answer words
+    if per_choice:  # as core.gradients.store keeps for 3+ answer words
         extra = {"train_z": rng.normal(0, 1, (n, C)), "train_G": rng.normal(0, scale, (n, C, k))}
     return TaskFeatures(
         train_h=rng.normal(-0.5, 1, n),
@@ -127,10 +127,10 @@ def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):
     B went and predicts the real val-loss drop of every task within 30%. (Entry by entry the
     two differ more: Adam's first steps move every coordinate by about lr, so coordinates whose
     gradient is nearly 0 take whichever sign the tiny differences give them.)"""
-    from core.adapters import lora_b_parameters
-    from core.features import extract_features
-    from core.store import load_features
-    from core.training import train_adapter
+    from core.gradients.extract import extract_features
+    from core.gradients.store import load_features
+    from core.models.adapters import lora_b_parameters
+    from core.train.trainer import train_adapter
     from core.workspace import Workspace
 
     path = write_tiny_experiment(
@@ -149,7 +149,7 @@ def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):
 
     from peft import PeftModel
 
-    from core.models import load_model
+    from core.models.loading import load_model
 
     model, _ = load_model(cfg.model)
     peft_model = PeftModel.from_pretrained(model, str(ws.adapter_dir("pair")))

@@ -1,4 +1,4 @@
-"""core.report: the gain, its interval and the ensemble's variants as read from a workspace the
+"""core.report.report: the gain, its interval and the ensemble's variants as read from a workspace the
 real engine made (tests/test_app.py), and what an older workspace without per-row results gets."""
 
 from __future__ import annotations
@@ -6,17 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_app import built_workspace, copy_workspace
+from dashboard import copy_workspace
 
 from core.errors import GroupTuneError
-from core.report import HINTS, build_report, seeds_gain
+from core.report.report import HINTS, build_report, seeds_gain
 from core.stats import paired_gain, paired_sample
 from core.workspace import Workspace
-
-
-@pytest.fixture(scope="module")
-def real_ws(tmp_path_factory):
-    return built_workspace(tmp_path_factory)
 
 
 def read(ws, *parts) -> dict:

@@ -7,12 +7,12 @@ import logging
 import numpy as np
 import pytest
 
-import core.features as features
+import core.gradients.extract as features
 from core.config import parse_config
+from core.data.sources import load_tasks
 from core.errors import GroupTuneError, StaleError
-from core.features import extract_features
-from core.store import FeatureStore, load_features, store_status
-from core.tasks import load_tasks
+from core.gradients.extract import extract_features
+from core.gradients.store import FeatureStore, load_features, store_status
 from core.workspace import Workspace
 
 ARRAYS = ["train_h", "train_g", "train_gold", "val_z", "val_lse", "val_h", "val_G", "val_gold"]
@@ -62,8 +62,8 @@ def test_extract_then_fresh_and_readable(tiny_task_root, tmp_path):
 def test_identity_projection_stores_the_exact_b_gradients(tiny_task_root, tmp_path):
     """projection "identity": k = D whatever features.k says, and the stored train gradients
     are the per-example reference's exact B-gradients."""
-    from core.features import load_extraction_model, reference_example_grads
-    from core.prompts import encode_split
+    from core.data.prompts import encode_split
+    from core.gradients.extract import load_extraction_model, reference_example_grads
 
     cfg = _cfg(tiny_task_root, ["alpha"], features={"projection": "identity", "k": 3})
     ws = Workspace(tmp_path / "ws")
@@ -82,8 +82,8 @@ def test_three_answer_words_store_per_choice_train_gradients(tmp_path):
     B-gradient (what the replay's softmax needs); two words keep h and g only."""
     from conftest import topic_rows, write_task
 
-    from core.features import load_extraction_model, reference_example_grads
-    from core.prompts import encode_split
+    from core.data.prompts import encode_split
+    from core.gradients.extract import load_extraction_model, reference_example_grads
 
     labels = {"sports": " sports", "politics": " politics", "science": " science"}
     rows = [{**r, "label": ["sports", "politics", "science"][i % 3]} for i, r in

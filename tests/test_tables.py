@@ -1,4 +1,4 @@
-"""core.tables and the user-file loaders: one real malformed file per test, written in tmp_path;
+"""core.data.tables and the user-file loaders: one real malformed file per test, written in tmp_path;
 each error names the file, the row where the problem starts, and what to do."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import pytest
 
 from core.config import TaskSpec
+from core.data.sources import load_task_file
+from core.data.tables import parse_table, read_table
 from core.errors import DataError
-from core.tables import parse_table, read_table
-from core.tasks import load_task_file
 
 
 def _csv(n: int = 20, sep: str = ",") -> str:

@@ -8,17 +8,10 @@ import pytest
 from conftest import SAMPLE, sentiment_rows, write_task
 
 from core.config import TaskSpec, parse_config
+from core.data.presets import PAPER_TASKS, build_task, format_rows
+from core.data.sources import load_task, load_task_file, load_task_folder, load_tasks
+from core.data.tasks import answer_word_overlaps, render_template, split_rows
 from core.errors import DataError
-from core.presets import PAPER_TASKS, build_task, format_rows
-from core.tasks import (
-    answer_word_overlaps,
-    load_task,
-    load_task_file,
-    load_task_folder,
-    load_tasks,
-    render_template,
-    split_rows,
-)
 
 LABELS = {"negative": " negative", "positive": " positive"}
 
@@ -178,7 +171,7 @@ def test_templates_cannot_reach_attributes(tmp_path, template):
 
 
 def test_templates_render_fields_and_literal_braces():
-    from core.tasks import render_template
+    from core.data.tasks import render_template
 
     row = {"text": "a {b}", "text_pair": "c"}
     assert render_template("{{x}} {text} / {text_pair}", row) == "{x} a {b} / c"

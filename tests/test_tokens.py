@@ -1,22 +1,26 @@
-"""core.tokens: torch-free token counts that agree with the tokenizer the model uses, and the
+"""core.data.tokens: torch-free token counts that agree with the tokenizer the model uses, and the
 answer-word check `grouptune init` runs (every answer word one token, else task and word named)."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import sentiment_rows
+import yaml
+from conftest import sentiment_rows, write_task
 
-from core import models, tokens
 from core.config import ModelConfig, parse_config
+from core.data import tokens
+from core.data.tasks import Task
 from core.errors import DataError
-from core.tasks import Task
+from core.models.loading import load_tokenizer
+from core.models.registry import MODELS, model_dir
+from core.models.tiny import builtin_tokenizer
 
 TEXTS = [" positive", " 0", "0", " maybe", "Review: café ünï 🙂\nSentiment:", "<|endoftext|> hi"]
 
 
 def test_registry_and_cache_agree_with_core_models():
-    assert set(tokens.BUILTIN_MODELS) == {n for n, s in models.MODELS.items() if s.builtin}
-    assert tokens.models_dir() == models.model_dir("x").parent
+    assert set(tokens.BUILTIN_MODELS) == {n for n, s in MODELS.items() if s.builtin}
+    assert tokens.models_dir() == model_dir("x").parent
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "smollm2-135m"])
@@ -24,13 +28,13 @@ def test_counts_match_the_models_tokenizer(name):
     tok = tokens.local_tokenizer(name)
     if tok is None:
         pytest.skip(f"{name} is not provisioned here")
-    real = models.load_tokenizer(ModelConfig(name=name))
+    real = load_tokenizer(ModelConfig(name=name))
     for text in TEXTS:
         assert tokens.encode(tok, text) == real.encode(text, add_special_tokens=False), text
 
 
 def test_builtin_tokenizer_is_one_object_for_both():
-    assert models.builtin_tokenizer().get_vocab() == tokens.build_builtin_tokenizer().get_vocab()
+    assert builtin_tokenizer().get_vocab() == tokens.build_builtin_tokenizer().get_vocab()
 
 
 def _task(name, labels):
@@ -56,7 +60,7 @@ def test_two_words_of_one_token_are_named():
     tok = tokens.local_tokenizer("tiny-llama")
     same = _task("same", {"a": " positive", "b": "<|endoftext|>"})
     assert tokens.answer_word_problems(tok, same) == []
-    twin = _task("twin", {"a": "positive", "b": "positive"})  # core.tasks refuses this earlier
+    twin = _task("twin", {"a": "positive", "b": "positive"})  # core.data.tasks refuses this earlier
     assert tokens.answer_word_problems(tok, twin) == [
         "task twin: answer words 'positive' and 'positive' are the same token"
     ]
@@ -68,3 +72,25 @@ def test_a_model_not_here_is_not_checked(tmp_path, monkeypatch, caplog):
     tokens.check_answer_words(cfg, [_task("t", {"a": " not one token", "b": " b"})])
     assert "answer words not checked: model smollm2-135m is not on this machine" in caplog.text
     assert tokens.count_tokens("smollm2-135m", "hello") is None
+
+
+def test_run_checks_the_answer_words_before_queuing_any_job(tmp_path, capsys):
+    """`grouptune run` refuses a multi-token answer word at once, as `init` does, instead of
+    queuing the pipeline and failing inside the gradients job."""
+    from core.cli import main
+
+    splits = {
+        "train": sentiment_rows(8),
+        "val": sentiment_rows(4, 50),
+        "test": sentiment_rows(4, 90),
+    }
+    write_task(tmp_path / "tasks", "t", splits, {"negative": " negative", "positive": " maybe"})
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        yaml.safe_dump({"name": "x", "model": {"name": "tiny-llama"}, "tasks": ["t"],
+                        "data": {"root": "tasks"}})
+    )  # fmt: skip
+    ws = tmp_path / "ws"
+    assert main(["run", str(config), "--workspace", str(ws)]) == 2
+    assert "label 'positive': answer word ' maybe' is 2 tokens" in capsys.readouterr().err
+    assert not (ws / "jobs.db").exists()  # nothing was queued

@@ -1,6 +1,6 @@
-"""core.training: learning, exact resume, PEFT loading, refusals and clear errors.
+"""core.train.trainer: learning, exact resume, PEFT loading, refusals and clear errors.
 
-Tiny real models (core.models' tiny-llama / tiny-gpt2, one CPU thread) on two small real task
+Tiny real models (core.models.loading' tiny-llama / tiny-gpt2, one CPU thread) on two small real task
 folders whose prompt ends with the decisive word, so a few steps visibly learn.
 """
 
@@ -11,48 +11,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_task
+from conftest import LABELS, make_cfg, make_tasks, rows, write_task
 from safetensors.torch import load_file
 
-from core import training
 from core.config import parse_config
+from core.data.prompts import Encoded
 from core.errors import DataError, GroupTuneError, StaleError
-from core.prompts import Encoded
 from core.recipe import epoch_plan
-from core.training import check_train_data, train_adapter
+from core.train import trainer as training
+from core.train.run import CHECKPOINT_SECONDS
+from core.train.trainer import check_train_data, train_adapter
 from core.workspace import Workspace
-
-GOOD = ["good", "great", "best", "better", "love"]
-BAD = ["bad", "worse", "worst", "hate", "never"]
-LABELS = {"negative": " negative", "positive": " positive"}
-
-
-def rows(n: int, offset: int = 0, only: str | None = None) -> list[dict]:
-    out = []
-    for i in range(n):
-        positive = (i + offset) % 2 == 0 if only is None else only == "positive"
-        word = (GOOD if positive else BAD)[(i // 2 + offset) % 5]
-        label = "positive" if positive else "negative"
-        out.append({"text": f"item {i + offset} was {word}", "label": label})
-    return out
-
-
-def make_tasks(root, n_train: int = 16) -> None:
-    for name, off in (("alpha", 0), ("beta", 7)):
-        splits = {"train": rows(n_train, off), "val": rows(6, off + 50), "test": rows(6, off + 80)}
-        write_task(root / "tasks", name, splits, LABELS, template="Review: {text}")
-
-
-def make_cfg(root, model_name="tiny-gpt2", quantization="none", **sections):
-    data = {
-        "model": {"name": model_name, "quantization": quantization, "threads": 1},
-        "tasks": ["alpha", "beta"],
-        "data": {"root": "tasks"},
-        "training": {"epochs": 2, "lr": 1e-2, "batch_size": 4},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return parse_config(data, base_dir=root)
 
 
 def artifacts(ws, name="baseline") -> dict:
@@ -195,7 +164,7 @@ def test_crash_mid_epoch_resumes_exactly(root, reference, monkeypatch):
 
 def test_checkpoint_interval_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("GROUPTUNE_CHECKPOINT_S", raising=False)
-    assert training.checkpoint_interval() == training.CHECKPOINT_SECONDS
+    assert training.checkpoint_interval() == CHECKPOINT_SECONDS
     monkeypatch.setenv("GROUPTUNE_CHECKPOINT_S", "0")  # after every step (worker tests)
     assert training.checkpoint_interval() == 0
     for bad in ("soon", "-1", "nan"):
@@ -218,12 +187,13 @@ def test_out_of_memory_is_explained_and_checkpoint_survives(root, reference, mon
 def test_saved_adapter_loads_with_peft_and_gives_the_same_logits(root, reference):
     from peft import PeftModel
 
-    from core.adapters import attach_adapter
-    from core.evaluation import evaluate_model
-    from core.models import load_model
-    from core.prompts import encode_split
-    from core.scoring import choice_logits
-    from core.training import load_adapter_weights, select_tasks
+    from core.data.prompts import encode_split
+    from core.models.adapters import attach_adapter
+    from core.models.loading import load_model
+    from core.models.scoring import choice_logits
+    from core.train.evaluation import evaluate_model
+    from core.train.run import load_adapter_weights
+    from core.train.trainer import select_tasks
 
     ws, record, _ = reference
     cfg = make_cfg(root)
@@ -309,13 +279,13 @@ def test_bad_inputs_raise_clear_errors(root, tmp_path):
 
 def test_qlora_gradients_survive_a_validation_pass():
     """bitsandbytes would repack 4-bit weights on an eval pass and cut the backward graph;
-    load_model keeps the training layout (core.models.keep_bnb_training_layout)."""
+    load_model keeps the training layout (core.models.loading.keep_bnb_training_layout)."""
     import torch.nn.functional as F
 
-    from core.adapters import attach_adapter
     from core.config import AdapterConfig, ModelConfig
-    from core.models import load_model
-    from core.prompts import pad_batch
+    from core.data.prompts import pad_batch
+    from core.models.adapters import attach_adapter
+    from core.models.loading import load_model
 
     model, tok = load_model(ModelConfig(name="tiny-llama", quantization="4bit", threads=1))
     model = attach_adapter(model, AdapterConfig(dropout=0.0))
@@ -347,8 +317,8 @@ def _a_matrices(weights: dict) -> dict:
 def test_frozen_a_stays_bit_identical_to_the_features_init(root):
     """training.freeze_a (the default): every A equals the seeded init the gradient features
     were taken at, bit for bit, while B moves; with freeze_a off, A moves."""
-    from core.adapters import attach_adapter, lora_layers
-    from core.models import load_model
+    from core.models.adapters import attach_adapter, lora_layers
+    from core.models.loading import load_model
 
     cfg = make_cfg(root, "tiny-llama", training={"epochs": 2, "lr": 2e-2})
     assert cfg.training.freeze_a

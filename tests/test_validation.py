@@ -14,19 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, write_tiny_experiment
-from test_app import chart_data, cli, open_page, texts
+from dashboard import chart_data, cli, open_page, texts
 
-from core import status
 from core.errors import GroupTuneError
-from core.validation import (
-    THRESHOLDS,
-    adapter_name,
-    estimated_subsets,
-    pick_subsets,
-    spread_pick,
-    validate_estimate,
-    verdict,
-)
+from core.validate.subsets import adapter_name, estimated_subsets, pick_subsets, spread_pick
+from core.validate.validation import THRESHOLDS, validate_estimate, verdict
+from core.views.jobs import read_jobs
 from core.workspace import Workspace
 
 
@@ -86,7 +79,7 @@ def test_validation_json_matches_adapters_and_estimates(validated):
     assert s["mean_accuracy_abs_error"] == pytest.approx(df["accuracy_abs_error"].mean())
     expected_corr = np.corrcoef(df["predicted_loss"], df["real_loss"])[0, 1]
     assert s["loss_correlation"] == pytest.approx(expected_corr)
-    from core.agreement import agreement
+    from core.validate.agreement import agreement
 
     mine = agreement(df)
     for key in ("within_task_corr_loss", "within_task_corr_accuracy", "order_agreement"):
@@ -115,8 +108,8 @@ def test_update_norms_match_peft(validated):
     PeftModel.from_pretrained (its delta weights), A0 from a fresh seeded adapter."""
     from peft import PeftModel
 
-    from core.adapters import attach_adapter, lora_layers
-    from core.models import load_model
+    from core.models.adapters import attach_adapter, lora_layers
+    from core.models.loading import load_model
 
     root, result = validated
     cfg = Workspace(root).load_config()
@@ -238,7 +231,7 @@ def test_trust_panel_plots_validation_json(validated, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Mean loss error"] == f"{result['summary']['mean_loss_rel_error']:.1%}"
     assert metrics["Largest change of A"] == f"{result['summary']['max_a_change']:.2%}"
-    from core.trust import number, verdict_line
+    from core.validate.trust import number, verdict_line
 
     s = result["summary"]
     assert metrics["Order agreement"] == number(s["order_agreement"], ".0%")
@@ -267,7 +260,7 @@ def test_trust_panel_launches_validate_estimate(estimated, monkeypatch):
     )
     at.number_input(key="af_trust_n").set_value(2)
     at.button(key="af_trust_run").click().run()
-    job = status.read_jobs(Workspace(ws))[0]
+    job = read_jobs(Workspace(ws))[0]
     try:
         assert job["argv"] == [
             "validate-estimate", "--subsets", "2", "--seeds", "2", "--workspace", str(ws)
@@ -293,7 +286,7 @@ def test_a_new_recipe_trains_the_subset_again(validated):
 
 
 def test_trust_verdict_levels_on_known_summaries():
-    from core.trust import verdict_line
+    from core.validate.trust import verdict_line
 
     def summary(mine, ceiling, ci=None):
         return {"summary": {"order_agreement": mine, "noise_ceiling_order_agreement": ceiling,

@@ -24,7 +24,7 @@ import importlib
 _EXPORTS = {
     "Backend": "backends",
     "LocalBackend": "backends",
-    "get_backend": "backends",
+    "get_backend": "scheduler",
     "JobCancelled": "runner",
     "cancel": "scheduler",
     "db_path": "scheduler",
@@ -34,11 +34,11 @@ _EXPORTS = {
     "retry": "scheduler",
     "submit": "scheduler",
     "wait": "scheduler",
-    "STATES": "store",
-    "TERMINAL": "store",
-    "JobNotFound": "store",
-    "JobStateError": "store",
-    "JobStore": "store",
+    "STATES": "database",
+    "TERMINAL": "database",
+    "JobNotFound": "database",
+    "JobStateError": "database",
+    "JobStore": "database",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,5 @@
-"""Where workers run: detached local processes (the default) or Ray tasks (`ray_backend`).
+"""Where workers run: detached local processes (the default) or Ray tasks (`ray_backend`);
+`core.jobs.scheduler.get_backend` hands out one shared instance per kind and address.
 
 The scheduler decides *which* job starts; a backend only starts a worker for it. Jobs record
 their backend at submit, and each dispatcher only starts the jobs of its own backend.
@@ -10,7 +11,7 @@ import os
 import subprocess
 from typing import Protocol
 
-from core.jobs.runner import child_env, job_cwd, runner_command
+from core.jobs.launch import child_env, job_cwd, runner_command
 
 
 class Backend(Protocol):
@@ -49,31 +50,3 @@ class LocalBackend:
             start_new_session=True,
         )
         return proc.pid
-
-
-_BACKENDS: dict[tuple, Backend] = {}
-
-
-def get_backend(kind: str = "local", address: str | None = None, **ray_init) -> Backend:
-    """The backend called `kind` ("local" or "ray"), one shared instance per address.
-
-    For Ray, `address` is a cluster ("ray://host:10001", "auto"); None starts a small local
-    instance. Extra keyword arguments go to `RayBackend` (e.g. num_cpus for a local instance).
-    """
-    if kind == "local":
-        return _BACKENDS.setdefault(("local",), LocalBackend())
-    if kind == "ray":
-        key = ("ray", address)
-        if key not in _BACKENDS:
-            from core.jobs.ray_backend import RayBackend
-
-            _BACKENDS[key] = RayBackend(address=address, **ray_init)
-        return _BACKENDS[key]
-    raise ValueError(f"backend must be 'local' or 'ray', got {kind!r}")
-
-
-def forget_backend(backend: Backend) -> None:
-    """Drop a shut-down backend from the shared instances."""
-    for key, value in list(_BACKENDS.items()):
-        if value is backend:
-            del _BACKENDS[key]

@@ -14,8 +14,8 @@ from pathlib import Path
 import typer
 
 from core.errors import GroupTuneError
+from core.jobs.database import STATES, TERMINAL, JobStore
 from core.jobs.scheduler import cancel, open_store, resume, retry
-from core.jobs.store import STATES, TERMINAL, JobStore
 
 jobs_app = typer.Typer(
     help="Background jobs: list, show, logs, cancel, resume, retry.", no_args_is_help=True

@@ -11,8 +11,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from core.jobs.database import JobStore
 from core.jobs.reporter import DbReporter
-from core.jobs.store import JobStore
 
 
 class Heartbeat(threading.Thread):

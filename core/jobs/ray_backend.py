@@ -22,8 +22,8 @@ import threading
 import traceback
 
 from core.errors import GroupTuneError
-from core.jobs.runner import child_env, job_cwd
-from core.jobs.store import TERMINAL, JobStore
+from core.jobs.database import TERMINAL, JobStore
+from core.jobs.launch import child_env, job_cwd
 
 
 def _run_worker(db: str, job_id: int, env: dict[str, str], cwd: str) -> int:
@@ -48,6 +48,7 @@ class RayBackend:
     def __init__(
         self,
         address: str | None = None,
+        dispatch=None,
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         object_store_memory: int = 100 * 2**20,
@@ -60,6 +61,7 @@ class RayBackend:
         except ImportError as exc:
             raise GroupTuneError("the Ray backend needs Ray: pip install 'grouptune[ray]'") from exc
         self._ray = ray
+        self._dispatch = dispatch  # core.jobs.scheduler.dispatch: what starts the next jobs
         self.owns_instance = False
         # Ray workers must import GroupTune to unpickle the task: give them our PYTHONPATH,
         # for the whole Ray job when we connect (workers start once), else task by task.
@@ -88,6 +90,10 @@ class RayBackend:
         )
         self._watcher.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def default_limit(self) -> None:
         return None
 
@@ -111,8 +117,7 @@ class RayBackend:
 
     def _watch(self) -> None:
         """As tasks finish: record outcomes the worker could not, then dispatch what is next."""
-        from core.jobs.scheduler import dispatch
-
+        dispatch = self._dispatch
         while not self._closed:
             with self._lock:
                 refs = list(self._refs)
@@ -156,11 +161,8 @@ class RayBackend:
 
     def shutdown(self) -> None:
         """Stop watching; stop the Ray instance if this backend started it."""
-        from core.jobs.backends import forget_backend
-
         self._closed = True
         self._wake.set()
         self._watcher.join(timeout=5)
-        forget_backend(self)
         if self.owns_instance:
             self._ray.shutdown()

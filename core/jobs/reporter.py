@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from core.jobs.store import JobStore
+from core.jobs.database import JobStore
 
 
 class DbReporter:

@@ -29,13 +29,11 @@ import time
 import traceback
 from pathlib import Path
 
-import core
 from core import progress
+from core.jobs.database import HOST, JobNotFound, JobStore
 from core.jobs.heartbeat import Heartbeat
+from core.jobs.launch import job_cwd
 from core.jobs.reporter import DbReporter
-from core.jobs.store import HOST, JobNotFound, JobStore
-
-PROJECT_ROOT = Path(core.__file__).resolve().parent.parent
 
 
 class JobCancelled(KeyboardInterrupt):
@@ -44,27 +42,6 @@ class JobCancelled(KeyboardInterrupt):
     A KeyboardInterrupt, so steps that already save a checkpoint on Ctrl-C do the same here,
     and `except Exception` in a step does not swallow it.
     """
-
-
-def runner_command(db: str | os.PathLike, job_id: int, dispatch: bool = True) -> list[str]:
-    """The command line that runs job `job_id` of database `db` in a fresh worker."""
-    cmd = [sys.executable, "-m", "core.jobs.runner", str(Path(db).resolve()), str(int(job_id))]
-    return cmd if dispatch else [*cmd, "--no-dispatch"]
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for a worker, with GroupTune importable from any directory."""
-    env = dict(os.environ)
-    paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env.update(extra or {})
-    return env
-
-
-def job_cwd(job: dict) -> Path:
-    """Where the job runs: the directory it was submitted from, else the workspace."""
-    cwd = Path(job.get("cwd") or "")
-    return cwd if job.get("cwd") and cwd.is_dir() else Path(job["log_path"]).parent.parent
 
 
 class _Interrupts:

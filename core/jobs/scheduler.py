@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.jobs.backends import Backend, get_backend
-from core.jobs.store import HOST, TERMINAL, JobStore, pid_alive
+from core.jobs.backends import Backend, LocalBackend
+from core.jobs.database import HOST, TERMINAL, JobStore, pid_alive
 
 
 def db_path(db: str | os.PathLike) -> Path:
@@ -32,6 +32,27 @@ def open_store(db: str | os.PathLike) -> JobStore:
     """A store whose reads, when they reap a dead worker, also start what can now run."""
     path = db_path(db)
     return JobStore(path, on_reap=lambda _ids: dispatch(path))
+
+
+_BACKENDS: dict[tuple, Backend] = {}
+
+
+def get_backend(kind: str = "local", address: str | None = None, **ray_init) -> Backend:
+    """The backend called `kind` ("local" or "ray"), one shared instance per address.
+
+    For Ray, `address` is a cluster ("ray://host:10001", "auto"); None starts a small local
+    instance. Extra keyword arguments go to `RayBackend` (e.g. num_cpus for a local instance).
+    """
+    if kind == "local":
+        return _BACKENDS.setdefault(("local",), LocalBackend())
+    if kind == "ray":
+        key = ("ray", address)
+        if key not in _BACKENDS or _BACKENDS[key].closed:
+            from core.jobs.ray_backend import RayBackend
+
+            _BACKENDS[key] = RayBackend(address=address, dispatch=dispatch, **ray_init)
+        return _BACKENDS[key]
+    raise ValueError(f"backend must be 'local' or 'ray', got {kind!r}")
 
 
 def _backend(backend: str | Backend | None) -> Backend:

@@ -1,0 +1,197 @@
+"""The sections of bench/RESULTS.md that other benches' result files fill (agreement, the paper's protocol, sensitivity, fast path, features, memory, end to end)."""
+
+from __future__ import annotations
+
+import json
+
+from claims_common import ROOT, fmt, load_result, table
+from claims_verdicts import holds
+
+OTHER = {
+    "fastpath": lambda d: (
+        "CPU fast path: "
+        + ", ".join(
+            f"{p} {v['seconds']['total']} s"
+            + (f" ({v['speedup_vs_reference']['total']}x)" if "speedup_vs_reference" in v else "")
+            for p, v in d["paths"].items()
+        )
+        + f" for features + train + zero-shot + retrain on "
+        f"{', '.join(d['tasks'])}"
+    ),
+    "approximation": lambda d: (
+        "first-order error of h against real forwards on SmolLM2 ("
+        + ", ".join(d["settings"]["quantizations"])
+        + "): suggested estimator.max_norm "
+        f"{d['recommendation'].get('suggested_max_norm')}; real fine-tune weight change "
+        + ", ".join(
+            f"{q} {d['recommendation'][q]['finetune_rel_weight_change']:.2%}"
+            for q in d["settings"]["quantizations"]
+        )
+    ),
+    "features": lambda d: (
+        f"gradient-feature extraction vs a training step (goal "
+        f"{d['goal']}, met: {d['goal_met']}): "
+        + ", ".join(f"{k} {v['all']['extract_over_train_step']}x" for k, v in d["results"].items())
+    ),
+    "sdp_timing": lambda d: (
+        "SDP grouping time: "
+        + ", ".join(
+            f"n={r['n']} m={r['m']} {r['config']} {r['median_s']:.3g} s"
+            for r in d["rows"]
+            if r["config"] in ("sdp-clarabel", "spectral")
+        )
+    ),
+    "memory": lambda d: (
+        f"peak RSS per pipeline step on the full config (rows capped at {d['rows_per_split']}): "
+        + ", ".join(f"{r['step']} {r['peak_rss_gib']} GiB" for r in d["steps"])
+    ),
+    "e2e": lambda d: (
+        "grouptune run sample_data/quick.yaml: "
+        + ", ".join(f"{k} {v['wall_seconds']} s" for k, v in d["runs"].items())
+        + (f"; fast path {d['speedup']['total']}x" if "speedup" in d else "")
+    ),
+    "zero_shot_full": lambda d: (
+        "zero-shot SmolLM2 on the full sample tasks' test splits: mean "
+        f"accuracy {d['zero_shot']['mean']['accuracy']:.3f} over "
+        f"{len(d['zero_shot']) - 1} tasks"
+    ),
+}
+
+
+def md_agreement() -> list[str]:
+    from agreement_markdown import markdown_lines
+
+    return markdown_lines()
+
+
+def md_paper_approximation() -> list[str]:
+    """The first-order error under the paper's protocol and at real updates (approx_paper)."""
+    r = load_result("approx_paper")
+    if r is None:
+        return []
+    s = r["summary"]
+    lines = [
+        "## c'. First-order approximation, measured two ways (bench/approx_paper.py)",
+        "",
+        "On the recipe GroupTune trains (A frozen at the features' init), unprojected gradients, "
+        f"train rows of {len(r['subsets'])} subsets of `{r['workspace']}`: `{r['command']}`.",
+        "",
+        "- Paper protocol (the reference's fast_estimate_eval_approximation.py: the estimated "
+        "update rescaled to s·‖θ*_LoRA‖, error (h0 + gᵀΔ − h)² / max(|h|, |h0|)² averaged over "
+        "rows): " + ", ".join(f"s = {k}: {v:.3%}" for k, v in s["paper_protocol"].items()),
+        "- At the real fine-tuned updates (‖ΔB‖ = "
+        + ", ".join(f"{x:.2f}" for x in s["real_over_theta"])
+        + " x ‖θ*_LoRA‖): the same error "
+        f"{s['real_update_paper_error_train']:.3%}; relative error of the predicted change of h "
+        f"{s['real_update_change_error_train']:.1%}",
+        "",
+    ]
+    return lines
+
+
+def md_sensitivity() -> list[str]:
+    """The estimation error under other learning rates and trust regions (bench/sensitivity.py)."""
+    path = ROOT / "bench" / "results" / "sensitivity.json"
+    if not path.exists():
+        return []
+    sens = json.loads(path.read_text())
+    lines = [
+        "## a''. The previous estimator (argmin with a trust region): what moved its error "
+        "(bench/sensitivity.py)",
+        "",
+        "Measured before the replay estimator and the A-frozen recipe became the defaults. "
+        f"The same {sens['subsets']} subsets, re-estimated and (for another learning rate) "
+        f"fine-tuned again: `{sens['command']}`.",
+        "",
+    ]
+    head = ["setting", "loss rel. error", "acc. abs. error", "loss corr.", "predicted drop"]
+    head += ["real drop", "max ‖ΔW‖/‖W‖", "max A change", "linear regime"]
+    rows = []
+    for v in sens["variants"]:
+        s = v["summary"]
+        rows.append(
+            [v["label"], fmt(s["mean_loss_rel_error"], ".1%"), fmt(s["mean_accuracy_abs_error"])]
+            + [fmt(s["loss_correlation"], ".2f"), fmt(s["mean_predicted_loss_drop"])]
+            + [fmt(s["mean_real_loss_drop"]), fmt(s["max_weight_change"], ".2%")]
+            + [fmt(s["max_a_change"], ".1%"), holds(v["linear_regime"])]
+        )
+    return lines + table(head, rows) + [""]
+
+
+def md_fastpath() -> list[str]:
+    """The CPU fast path's targets (issue 8) from e2e.json, fastpath.json and memory.json."""
+    e2e, fast, mem = load_result("e2e"), load_result("fastpath"), load_result("memory")
+    if not (e2e or fast or mem):
+        return []
+    lines = ["## CPU fast path (bench/e2e.py, bench/fastpath.py, bench/memory.py)", ""]
+    if e2e:
+        rows = [
+            [k, fmt(v["wall_seconds"], ".0f"), fmt(v["estimation_seconds"], ".0f")]
+            + [fmt(v["accuracy"]["ensemble"]["mean"]), fmt(v["accuracy"]["baseline"]["mean"])]
+            for k, v in e2e["runs"].items()
+        ]
+        lines += table(
+            ["grouptune run quick.yaml", "wall s", "estimation s", "ensemble acc", "baseline acc"],
+            rows,
+        )
+        if "speedup" in e2e:
+            lines += [
+                "",
+                f"Fast path over plain path: {e2e['speedup']['total']}x end to end, "
+                f"{e2e['speedup']['estimation']}x for the estimation stage; same test "
+                f"accuracies: {e2e['same_accuracy']}. Targets: whole run < 600 s, "
+                "estimation < 120 s.",
+            ]
+        lines += [""]
+    if fast:
+        keys = ["features", "train", "zero_shot", "retrain", "total"]
+        head = [f"path ({' + '.join(fast['tasks'])})", *keys]
+        rows = []
+        for name, p in fast["paths"].items():
+            sp = p.get("speedup_vs_reference", {})
+            rows.append([name] + [f"{p['seconds'][k]} s ({sp.get(k, '-')}x)" for k in keys])
+        lines += table(head, rows)
+        lines += [
+            "",
+            "Agreement with the reference (worst task): "
+            + "; ".join(
+                f"{n}: g corr {p['agreement_with_reference']['g_corr']}, g rel. diff "
+                f"{p['agreement_with_reference']['g_rel_diff']}"
+                for n, p in fast["paths"].items()
+                if "agreement_with_reference" in p
+            )
+            + ".",
+            "",
+            "What-if (predict a new partition): "
+            + ", ".join(
+                f"{w['tasks']} tasks ({w['features']}) {w['full_partition_ms']} ms, one move "
+                f"{w['move_one_task_ms']} ms"
+                for w in fast.get("whatif", [])
+            )
+            + ". Targets: < 100 ms for 10 tasks, < 1 s for 100.",
+            "",
+        ]
+    if mem:
+        lines += [
+            f"Peak memory, full config: {mem['max_peak_rss_gib']} GiB at most (target "
+            f"{mem['target_gib']} GiB): "
+            + ", ".join(f"{r['step']} {r['peak_rss_gib']}" for r in mem["steps"])
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def other_results() -> list[str]:
+    lines = []
+    for path in sorted((ROOT / "bench" / "results").glob("*.json")):
+        if path.stem in ("claims", "sensitivity", "approx_paper") or path.stem.startswith(
+            "agreement-"
+        ):  # sections of their own
+            continue
+        try:
+            line = OTHER[path.stem](json.loads(path.read_text()))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            line = f"(no summary line: {type(err).__name__} {err})"
+        lines.append(f"- `bench/results/{path.name}`: {line}")
+    return lines

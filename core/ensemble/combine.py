@@ -1,0 +1,181 @@
+"""The ensemble of group adapters and its evaluation beside the single-adapter baseline.
+
+For task t the ensemble's choice logits are Σ_k α_{t,k} · logits_k(x), where logits_k is the
+base model with group adapter k. Weights "own" put 1 on t's own group adapter (one forward per
+example); weights "fit" are fitted per task on the simplex to minimise val NLL of the mixed
+logits, starting from "own" and never ending worse than it on val.
+Inference loads the base once, all adapters into one PeftModel (by name), and per task runs only
+the adapters with nonzero weight (`set_adapter`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.accounting import Accounting, Meter, stage_entry
+from core.data.prompts import Encoded, encode_split
+from core.ensemble.logits import cached_logits, load_adapters
+from core.ensemble.manifest import (
+    MANIFEST,
+    active_rounds,
+    all_adapters,
+    create_manifest,
+    group_adapter_name,
+    load_manifest,
+    own_weights,
+)
+from core.ensemble.weights import ensure_weights, mixed_logits
+from core.errors import GroupTuneError, StaleError
+from core.models import prefix
+from core.models.flops import count_flops, padded_tokens
+from core.models.scoring import model_device
+
+
+def train_groups(cfg, ws, groups: list[list[str]], progress: bool = True, **kw) -> dict:
+    """Train (or resume) group-<i> on groups[i] for every group, then write the manifest."""
+    from core.train.trainer import train_adapter
+
+    for i, group in enumerate(groups):
+        train_adapter(cfg, ws, group_adapter_name(i), list(group), progress, **kw)
+    return create_manifest(cfg, ws, groups)
+
+
+def _inference_entry(model, tokenizer, encs: dict[str, Encoded], active: dict, meter, cfg) -> dict:
+    """Accounting of a test pass: FLOPs = per-token rate × padded tokens × active adapters.
+
+    meter: a Meter started before the pass; its elapsed time now is the pass's wall time.
+    """
+    wall, peak = meter.elapsed(), meter.peak_memory()["peak_memory_bytes"]
+    first = next(iter(encs.values()))
+    batch = prefix.model_inputs(
+        model, first, range(min(8, len(first))), tokenizer.pad_token_id, model_device(model)
+    )
+    rate = count_flops(model, batch, backward=False)
+    bs = cfg.features.batch_size
+    flops = sum(rate.per_token * padded_tokens(e.lengths, bs) * active[t] for t, e in encs.items())
+    examples = sum(len(e) for e in encs.values())
+    return stage_entry(
+        flops,
+        wall,
+        peak,
+        sum(int(e.lengths.sum()) for e in encs.values()),
+        rate.method + " per token x tokens",
+        examples=examples,
+        flops_per_example=flops / max(examples, 1),
+        adapters_per_example=sum(active[t] * len(e) for t, e in encs.items()) / max(examples, 1),
+    )
+
+
+def compose(logits_of, task: str, weights: dict, rounds: list[dict]) -> np.ndarray:
+    """The ensemble's (n, C) choice logits for `task`: Σ_k α_k L_k + Σ_r η_r (L_r − L_0), the
+    weighted group adapters plus each boosting round that covers the task, added as its change
+    to the base model's logits L_0. logits_of(adapter name, or None for the base) -> (n, C)."""
+    z = mixed_logits({a: logits_of(a) for a in weights[task]}, weights[task])
+    for b in rounds:
+        if task in b["tasks"] and b["step"] > 0:
+            z = z + b["step"] * (logits_of(b["name"]).astype(np.float64) - logits_of(None))
+    return z
+
+
+def forwards(task: str, weights: dict, rounds: list[dict]) -> int:
+    """Forward passes per example of `task` at inference: one per adapter with nonzero weight,
+    one per boosting round that covers it, and one of the base model for those rounds."""
+    boosts = sum(1 for b in rounds if task in b["tasks"] and b["step"] > 0)
+    return sum(1 for v in weights[task].values() if v > 0) + boosts + (1 if boosts else 0)
+
+
+def evaluate_ensemble(cfg, ws) -> dict:
+    """Test metrics per task (+ mean) of the configured ensemble; writes eval/ensemble.json.
+
+    The ensemble is ensemble.weights' weights (fitted on val first when "fit") plus the
+    boosting rounds made on them (core.ensemble.boosting). The file also holds, under "by_weights", the
+    group adapters alone with "own" routing and with the manifest's weights, each with its
+    forwards per example, and per-row correctness for the paired bootstrap (core.stats).
+    """
+    from core.models.fingerprint import model_fingerprint
+    from core.train.evaluation import correct_rows, summarize
+    from core.train.trainer import select_tasks
+
+    manifest = load_manifest(ws)
+    if manifest["base_model"] != model_fingerprint(cfg.model):
+        raise StaleError(
+            f"{ws.path(MANIFEST)} was made for another base model ({manifest['base_model']}); "
+            "retrain the group adapters or restore the config they were made with"
+        )
+    tasks = select_tasks(cfg, [t for g in manifest["groups"] for t in g])
+    model, tokenizer = load_adapters(cfg, ws, all_adapters(manifest), manifest["groups"])
+    meter = Meter(model_device(model)).start()
+    manifest = ensure_weights(cfg, ws, model, tokenizer, tasks, manifest)
+    kind, rounds = manifest["weights_kind"], active_rounds(manifest, cfg)
+    variants = {
+        "own": (own_weights(manifest["groups"]), []),
+        kind: (manifest["weights"], []),
+        "ensemble": (manifest["weights"], rounds),
+    }
+    encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
+    scored, fwd = {}, {}
+    for label, (weights, rs) in variants.items():
+        scored[label] = {}
+        for name, enc in encs.items():
+            z = compose(
+                lambda a, enc=enc: cached_logits(ws, model, tokenizer, enc, a, cfg),
+                name,
+                weights,
+                rs,
+            )
+            scored[label][name] = (z, enc.gold)
+        fwd[label] = float(np.mean([forwards(t, weights, rs) for t in encs]))
+    result = summarize(scored["ensemble"])
+    doc = {
+        "model": "ensemble",
+        "split": "test",
+        "metrics": result,
+        "weights_kind": kind,
+        "boosting": rounds,
+        "correct": correct_rows(scored["ensemble"]),
+        "by_weights": {k: summarize(scored[k]) for k in ("own", kind)},
+        "by_weights_correct": {k: correct_rows(scored[k]) for k in ("own", kind)},
+        "forwards_per_example": fwd,
+    }
+    ws.write(doc, "eval", "ensemble.json")
+    active = {t: forwards(t, manifest["weights"], rounds) for t in encs}
+    entry = _inference_entry(model, tokenizer, encs, active, meter, cfg)
+    Accounting(ws).record("ensemble_inference", entry)
+    return result
+
+
+def evaluate_baseline(cfg, ws) -> dict:
+    """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json."""
+    from core.train.evaluation import correct_rows, summarize, task_logits
+    from core.train.run import read_json_file
+    from core.train.trainer import select_tasks
+
+    path = ws.adapter_dir("baseline")
+    if not (path / "grouptune.json").exists():
+        raise GroupTuneError(f"no finished baseline adapter in {path}: train it first")
+    record = read_json_file(path / "grouptune.json")
+    tasks = select_tasks(cfg, record["tasks"])
+    model, tokenizer = load_adapters(cfg, ws, {"baseline": "adapters/baseline"})
+    meter = Meter(model_device(model)).start()
+    scored = task_logits(model, tokenizer, tasks, cfg, split="test")
+    result = summarize(scored)
+    doc = {"model": "baseline", "split": "test", "metrics": result, "correct": correct_rows(scored)}
+    ws.write(doc, "eval", "baseline.json")
+    encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
+    entry = _inference_entry(model, tokenizer, encs, dict.fromkeys(encs, 1), meter, cfg)
+    Accounting(ws).record("baseline_inference", entry)
+    return result
+
+
+def evaluate_trained(cfg, ws) -> dict:
+    """Evaluate what is trained: {"baseline": metrics, "ensemble": metrics}, each if present."""
+    out = {}
+    if (ws.adapter_dir("baseline") / "grouptune.json").exists():
+        out["baseline"] = evaluate_baseline(cfg, ws)
+    if ws.path(MANIFEST).exists():
+        out["ensemble"] = evaluate_ensemble(cfg, ws)
+    if not out:
+        raise GroupTuneError(
+            f"nothing trained in {ws.root}: train the baseline and/or the group adapters first"
+        )
+    return out

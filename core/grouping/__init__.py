@@ -1,0 +1,1 @@
+"""Step 5: partitioning the tasks into m groups from the affinity matrix."""

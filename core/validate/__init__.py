@@ -1,0 +1,1 @@
+"""Checks of the estimate against real fine-tunes (uses steps 4 and 6)."""

@@ -1,0 +1,152 @@
+"""The dashboard's view of <ws>/validation.json (core.validate.validation): read, judge, plot, launch.
+
+Imports no torch: the Affinity page's trust panel and the Groups page use it. The launch is the CLI twin
+`grouptune validate-estimate --subsets N --workspace WS`, as a driver job (resources
+{"slots": 0}: it only waits on the one training job per subset it submits).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from core.errors import GroupTuneError
+from core.validate.subsets import DEFAULT_SUBSETS as DEFAULT_SUBSETS  # the page's default N
+from core.validate.subsets import ROOT, estimated_subsets
+from core.validate.validation import config_rows
+
+# Real fine-tunes with two training seeds order a task's subsets alike in 69% of pairs at 48
+# train rows per task (the quick demo's validation.json) and 76% at 100 (bench/results/
+# agreement-claims.json): below ~100 rows, training noise alone reorders many subsets.
+MIN_TRAIN_ROWS = 100
+FIRM_CEILING = 0.80  # seed-vs-seed agreement below this: the groupings' differences are soft
+GOOD_GAP = 0.05  # order agreement within this of the noise ceiling: as good as it gets
+CHANCE_BAND = 0.60  # below this the estimate's ordering is close to chance (0.5)
+
+
+def verdict_line(validation: dict | None) -> tuple[str, str]:
+    """(level, sentence) on how far this workspace's estimate can be trusted for grouping:
+    level "unchecked", "good", "partial" or "noise" (the page shows it as a colour)."""
+    if validation is None:
+        return "unchecked", (
+            "Not checked against real fine-tunes yet: the groupings rest on an untested estimate."
+        )
+    s = validation["summary"]
+    mine, ceiling = s.get("order_agreement"), s.get("noise_ceiling_order_agreement")
+    if mine is None:
+        return "unchecked", "The check has too few subsets per task to compare orderings."
+    ci = s.get("order_agreement_ci")
+    spread = f" (95% interval {ci[0]:.0%}-{ci[1]:.0%})" if ci else ""
+    against = "" if ceiling is None else f"; a second training seed: {ceiling:.0%}"
+    line = (
+        f"orders a task's subsets like the real fine-tunes in {mine:.0%} of pairs{spread}{against}"
+    )
+    soft = ""
+    if ceiling is not None and ceiling < FIRM_CEILING:
+        soft = (
+            f" Two training seeds agree on only {ceiling:.0%} of pairs, so part of what "
+            "separates the groupings is training noise; more rows per task make it firmer."
+        )
+    if ceiling is not None and mine >= ceiling - GOOD_GAP:
+        return "good", (
+            f"The estimate {line}: about as well as two training seeds agree, or better.{soft}"
+        )
+    if mine >= CHANCE_BAND:
+        return "partial", f"The estimate {line}: groupings are a guide, not a verdict.{soft}"
+    return "noise", f"The estimate {line}, close to chance (50%): groupings rest on noise."
+
+
+def small_tasks(task_rows: dict) -> list[str]:
+    """Tasks with fewer train rows than the bench showed the estimate needs."""
+    return sorted(t for t, rows in task_rows.items() if rows.get("train", 0) < MIN_TRAIN_ROWS)
+
+
+def rows_warning(cfg) -> str | None:
+    """A sentence naming the tasks too small for a trustworthy estimate, or None."""
+    small = small_tasks(config_rows(cfg))
+    if not small:
+        return None
+    return (
+        f"{len(small)} task(s) have fewer than {MIN_TRAIN_ROWS} train rows ({', '.join(small)}). "
+        "With so few rows two real fine-tunes that differ only in their training seed often "
+        "order a task's subsets differently (bench/agreement.py), so differences between "
+        "groupings can be noise; raise data.max_train or add rows for firmer groups."
+    )
+
+
+def number(value, spec: str = ".2f") -> str:
+    """A metric for display: '—' for None."""
+    return "—" if value is None else format(value, spec)
+
+
+def load_validation(ws) -> dict | None:
+    """validation.json, or None when validate-estimate has not run."""
+    return ws.read("validation.json")
+
+
+def available_subsets(ws) -> int:
+    """How many subsets the estimator sampled (0 before it ran)."""
+    try:
+        return len(estimated_subsets(ws))
+    except GroupTuneError:
+        return 0
+
+
+def command(n: int, seeds: int = 2) -> list[str]:
+    """The CLI twin of the dashboard's button (without --workspace)."""
+    return ["validate-estimate", "--subsets", str(int(n)), "--seeds", str(int(seeds))]
+
+
+def submit_validation(ws, n: int) -> int:
+    """`grouptune validate-estimate` as a driver job: it only waits on the jobs it submits."""
+    from core.jobs import submit
+
+    argv = [*command(n), "--workspace", str(ws.root)]
+    return submit(
+        ws.root, "validate-estimate", "validate-estimate", argv, resources={"slots": 0}, cwd=ROOT
+    )
+
+
+def active_jobs(jobs: list[dict]) -> list[dict]:
+    """Running or queued jobs of a validation (the driver or its fine-tunes)."""
+    mine = ("validate-estimate", "train-subset")
+    return [
+        j
+        for j in jobs
+        if (j.get("argv") or [""])[0] in mine and j["state"] in ("running", "queued")
+    ]
+
+
+def points_frame(validation: dict) -> pd.DataFrame:
+    """The compared (subset, task) rows as a table."""
+    return pd.DataFrame(validation["rows"])
+
+
+def updates_frame(validation: dict) -> pd.DataFrame:
+    """One row per fine-tuned subset: its adapter and how far the real update moved."""
+    return pd.DataFrame(validation["subsets"])
+
+
+def trust_figure(validation: dict, metric: str = "loss"):
+    """Predicted (x) vs real (y) val `metric` (loss or accuracy) per (subset, task), and y = x."""
+    import plotly.graph_objects as go
+
+    df = points_frame(validation)
+    x, y = df[f"predicted_{metric}"].tolist(), df[f"real_{metric}"].tolist()
+    lo, hi = min(x + y), max(x + y)
+    pad = 0.05 * (hi - lo or 1.0)
+    fig = go.Figure()
+    fig.add_scatter(
+        x=x, y=y, mode="markers", name="(subset, task)", marker=dict(size=10, color="#3A6EA5"),
+        text=[f"{t} in {s}" for t, s in zip(df["task"], df["subset"], strict=True)],
+        hovertemplate="%{text}<br>predicted %{x:.3f}<br>real %{y:.3f}<extra></extra>",
+    )  # fmt: skip
+    fig.add_scatter(
+        x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x",
+        line=dict(color="#9AA0A6", dash="dash"), hoverinfo="skip",
+    )  # fmt: skip
+    label = "val loss (NLL)" if metric == "loss" else "val accuracy"
+    fig.update_layout(
+        title=f"Predicted vs real {label}", template="plotly_white", height=360,
+        margin=dict(l=10, r=10, t=50, b=10),
+    )  # fmt: skip
+    return fig.update_xaxes(title=f"predicted {label}").update_yaxes(title=f"real {label}")

@@ -1,0 +1,295 @@
+"""Where an experiment stands, read from its workspace without loading a model (no torch).
+
+The dashboard and `grouptune` share this view of a workspace: one row per unit of work
+(a task's gradient store, the affinity matrix, the chosen grouping, each adapter, each
+evaluation, the report), each in one of the states
+
+  fresh    done, and made from the current config and inputs
+  stale    done, but its config or inputs changed since (the reason is given)
+  partial  started and checkpointed, not finished
+  missing  not done yet
+  running / queued / failed   a background job for it is in that state
+
+plus `next_step`, the command(s) that move the experiment forward. Every command is a
+`grouptune` argv, the same a user would type and a job runs (`submit_step`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.config import ExperimentConfig
+from core.stages import BY_NAME, STAGES
+from core.views.jobs import ACTIVE, latest_jobs
+from core.workspace import Workspace
+
+
+def gradient_status(ws: Workspace, cfg: ExperimentConfig, tasks) -> dict[str, str]:
+    """core.gradients.store.store_status, the engine's own rule: 'fresh', 'stale (why)',
+    'partial (x/n)' or 'missing' per task."""
+    from core.gradients.store import store_status
+
+    return store_status(ws, cfg, tasks)
+
+
+def gradient_table(ws: Workspace, cfg: ExperimentConfig, tasks, jobs=()):
+    """Per task: store status, rows done / total, extraction seconds, finished time, and the
+    newest gradients job (state). Columns: task, status, rows, seconds, finished, job."""
+    from core.io import read_json
+
+    grads = gradient_status(ws, cfg, tasks)
+    latest = latest_jobs(list(jobs))
+    rows = []
+    for task in tasks:
+        folder = ws.features_dir(task.name)
+        try:
+            meta = read_json(folder / "meta.json")
+        except (OSError, ValueError):
+            meta = {}
+        total = sum((meta.get("rows") or {}).values())
+        done = sum((meta.get("done") or {}).values()) if meta.get("done") else None
+        job = latest.get(("gradients", task.name)) or latest.get(("gradients", "*"))
+        rows.append(
+            {
+                "task": task.name,
+                "status": grads[task.name],
+                "rows": f"{done if done is not None else '?'}/{total}" if meta else "—",
+                "seconds": meta.get("seconds"),
+                "finished": meta.get("finished"),
+                "job": f"{job['id']} {job['state']}" if job else "",
+            }
+        )
+    return pd.DataFrame(rows, columns=["task", "status", "rows", "seconds", "finished", "job"])
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def _row(stage: str, item: str, status: str, detail: str = "") -> dict:
+    state = status.split(" ", 1)[0]
+    if status.startswith(("stale (", "partial (")):
+        detail = detail or status[status.index("(") + 1 : -1]
+    return {"stage": stage, "item": item, "state": state, "detail": detail}
+
+
+def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) -> dict:
+    """The affinity matrix: fresh when affinity.json was made from today's stores and settings."""
+    from core.estimate.affinity import table_fingerprint
+    from core.io import read_json
+
+    aff = ws.read("affinity.json")
+    if aff is None:
+        return _row("affinity", "affinity", "missing")
+    if list(aff.get("tasks", [])) != cfg.task_names:
+        return _row("affinity", "affinity", "stale", "the tasks changed")
+    not_fresh = [t for t, s in grads.items() if s != "fresh"]
+    if not_fresh:
+        return _row("affinity", "affinity", "stale", f"gradients not fresh: {not_fresh}")
+    metas = {t: read_json(ws.features_dir(t) / "meta.json") for t in cfg.task_names}
+    table = table_fingerprint(cfg, metas)
+    if aff.get("fingerprint") != {"table": table, "metric": cfg.estimator.metric}:
+        return _row("affinity", "affinity", "stale", "estimator settings or features changed")
+    return _row("affinity", "affinity", "fresh", f"{aff.get('subsets')} subsets")
+
+
+def grouping_state(ws: Workspace, aff_state: str) -> dict:
+    chosen = ws.read("groupings", "chosen.json")
+    if chosen is None:
+        return _row("grouping", "chosen", "missing")
+    if aff_state != "fresh" or _mtime(ws.path("groupings", "chosen.json")) < _mtime(
+        ws.path("affinity.json")
+    ):
+        return _row("grouping", "chosen", "stale", "the affinity matrix changed since")
+    return _row("grouping", "chosen", "fresh", f"m={chosen['m']} ({chosen['method']})")
+
+
+def expected_adapters(ws: Workspace, cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """Adapter name -> its tasks: group-<i> per chosen group, then the all-task baseline."""
+    chosen = ws.read("groupings", "chosen.json") or {}
+    out = {f"group-{i}": list(g) for i, g in enumerate(chosen.get("groups", []))}
+    out["baseline"] = list(cfg.task_names)
+    return out
+
+
+def adapter_state(
+    ws: Workspace, cfg: ExperimentConfig, name: str, tasks: list[str], hashes: dict | None = None
+) -> dict:
+    """An adapter's state, judged as core.train.trainer does (its run fingerprint): the tasks and
+    their contents (`hashes`: task -> Task.content_hash(), when given), the token budget, the
+    adapter and training settings, the base model, and the number of epochs."""
+    from core.recipe import training_fingerprint
+
+    record = ws.read("adapters", name, "grouptune.json")
+    if record is None:
+        state = ws.read("adapters", name, "checkpoint", "state.json")
+        if state is None:
+            return _row("training", name, "missing")
+        epoch = state.get("state", {}).get("epoch", 0)
+        return _row("training", name, "partial", f"epoch {epoch}/{cfg.training.epochs}")
+    if sorted(record.get("tasks", [])) != sorted(tasks):
+        return _row("training", name, "stale", f"trained on {record.get('tasks')}")
+    if record.get("epochs") != cfg.training.epochs:
+        epochs = f"trained {record.get('epochs')} epochs, the config asks {cfg.training.epochs}"
+        return _row("training", name, "stale", epochs)
+    fp, saved = record.get("fingerprint") or {}, record.get("config") or {}
+    data = fp.get("data") or {}
+    model = {k: getattr(cfg.model, k) for k in ("name", "revision", "quantization")}
+    checks = {
+        "training settings": (fp.get("training"), training_fingerprint(cfg.training)),
+        "adapter settings": (saved.get("adapter"), cfg.adapter.model_dump(mode="json")),
+        "base model": ({k: (saved.get("model") or {}).get(k) for k in model}, model),
+        "token budget": (data.get("max_tokens"), cfg.data.max_tokens),
+    }
+    if hashes is not None:
+        checks["task data"] = (data.get("tasks"), {t: hashes.get(t) for t in tasks})
+    for what, (old, now) in checks.items():
+        if old is not None and old != now:
+            return _row("training", name, "stale", f"the {what} changed")
+    return _row("training", name, "fresh", f"best epoch {record.get('best_epoch')}")
+
+
+def boosting_states(ws: Workspace, cfg: ExperimentConfig) -> list[dict]:
+    """One row per configured boosting round: fresh when the manifest holds it, made on the
+    weights the config asks for (core.ensemble.boosting.missing_rounds, the engine's own rule)."""
+    from core.ensemble.boosting import boost_name, missing_rounds
+
+    manifest = ws.read("ensemble.json") if ws.path("ensemble.json").exists() else None
+    todo = missing_rounds(cfg, manifest)
+    detail = "" if manifest else "after the group adapters"
+    return [
+        _row("boosting", boost_name(r), "missing" if r in todo else "fresh", detail)
+        for r in range(cfg.ensemble.boosting)
+    ]
+
+
+def boosting_todo(ws: Workspace, cfg: ExperimentConfig) -> bool:
+    """Whether some configured boosting round is not made yet."""
+    return any(r["state"] != "fresh" for r in boosting_states(ws, cfg))
+
+
+def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> list[dict]:
+    """zero_shot: fresh when eval/zero_shot.json's fingerprint has today's tasks (contents) and
+    token budget; baseline and ensemble: when evaluated after their adapters were trained."""
+    rows = []
+    zero = ws.read("eval", "zero_shot.json")
+    if zero is None:
+        rows.append(_row("evaluation", "zero_shot", "missing"))
+    else:
+        fp = zero.get("fingerprint") or {}
+        same = fp.get("tasks") == hashes and fp.get("max_tokens") in (None, cfg.data.max_tokens)
+        rows.append(_row("evaluation", "zero_shot", "fresh" if same else "stale", ""))
+    groups = [n for n in expected_adapters(ws, cfg) if n != "baseline"]
+    inputs = {
+        "baseline": [ws.path("adapters", "baseline", "grouptune.json")],
+        "ensemble": [ws.path("ensemble.json")]
+        + [ws.path("adapters", n, "grouptune.json") for n in groups],
+    }
+    for model, paths in inputs.items():
+        path = ws.path("eval", f"{model}.json")
+        if not path.exists():
+            rows.append(_row("evaluation", model, "missing"))
+        elif any(_mtime(p) > _mtime(path) or not p.exists() for p in paths):
+            rows.append(_row("evaluation", model, "stale", "retrained since"))
+        else:
+            rows.append(_row("evaluation", model, "fresh"))
+    return rows
+
+
+def report_state(ws: Workspace) -> dict:
+    path = ws.path("report.json")
+    if not path.exists():
+        return _row("report", "report", "missing")
+    evals = [p for p in ws.path("eval").glob("*.json")] if ws.path("eval").is_dir() else []
+    if any(_mtime(p) > _mtime(path) for p in evals):
+        return _row("report", "report", "stale", "evaluated again since")
+    missing = (ws.read("report.json") or {}).get("missing") or []
+    return _row("report", "report", "fresh", f"{len(missing)} parts missing" if missing else "")
+
+
+def experiment_status(ws: Workspace, cfg: ExperimentConfig, tasks, jobs=None) -> list[dict]:
+    """One row per unit of work: {"stage", "item", "state", "detail"}, in pipeline order,
+    with running/queued/failed jobs overriding the file-based state of what they work on."""
+    grads = gradient_status(ws, cfg, tasks)
+    hashes = {t.name: t.content_hash() for t in tasks}
+    rows = [_row("gradients", t, s) for t, s in grads.items()]
+    aff = affinity_state(ws, cfg, grads)
+    rows.append(aff)
+    rows.append(grouping_state(ws, aff["state"]))
+    for name, group in expected_adapters(ws, cfg).items():
+        rows.append(adapter_state(ws, cfg, name, group, hashes))
+    rows += boosting_states(ws, cfg)
+    rows += evaluation_states(ws, cfg, hashes)
+    rows.append(report_state(ws))
+    latest = latest_jobs(jobs or [])
+    for row in rows:
+        job = latest.get((row["stage"], row["item"])) or latest.get((row["stage"], "*"))
+        if job is None or job["state"] in ("done", "cancelled"):
+            continue
+        if job["state"] in ACTIVE:
+            row["state"], row["detail"] = (
+                job["state"],
+                f"job {job['id']} {job.get('message') or ''}",
+            )
+        elif row["state"] != "fresh":  # failed, and nothing done since
+            row["state"], row["detail"] = "failed", f"job {job['id']}: {job.get('error') or ''}"
+    return rows
+
+
+LABELS = {s.name: s.label for s in STAGES}
+
+
+def stage_summary(rows: list[dict]) -> list[dict]:
+    """Per stage, in pipeline order: {"stage", "label", "state" (the most urgent of its rows:
+    running, queued, failed, stale, partial, missing, then fresh), "fresh", "total"}."""
+    order = ["running", "queued", "failed", "stale", "partial", "missing", "fresh"]
+    out = []
+    for stage, label in LABELS.items():
+        mine = [r for r in rows if r["stage"] == stage]
+        if not mine:
+            continue
+        state = min((r["state"] for r in mine), key=order.index)
+        fresh = sum(r["state"] == "fresh" for r in mine)
+        out.append(
+            {"stage": stage, "label": label, "state": state, "fresh": fresh, "total": len(mine)}
+        )
+    return out
+
+
+def next_step(rows: list[dict]) -> dict | None:
+    """The first stage that is not fresh: {"stage", "title", "why", "argvs", "busy"}.
+
+    argvs: the `grouptune` commands (without --workspace) that do it, one job each; busy: a
+    job is already working on it. None when everything is fresh.
+    """
+    for stage in LABELS:
+        todo = [r for r in rows if r["stage"] == stage and r["state"] != "fresh"]
+        if not todo:
+            continue
+        busy = any(r["state"] in ACTIVE for r in todo)
+        items = [r["item"] for r in todo if r["state"] not in ACTIVE]
+        verb = BY_NAME[stage].verb
+        argvs = {
+            "gradients": [[verb, "--task", t] for t in items],
+            "training": [[verb, "--adapter", a] for a in items],
+        }.get(stage, [[verb]])  # boosting: one job, each round builds on the one before
+        titles = {
+            "gradients": f"Compute gradient features of {len(items)} task(s)",
+            "affinity": "Estimate the task affinity matrix",
+            "grouping": "Choose the task groups",
+            "training": f"Train {len(items)} adapter(s)",
+            "boosting": f"Fit the ensemble weights and {len(items)} boosting round(s)",
+            "evaluation": "Evaluate zero-shot, baseline and ensemble on the test splits",
+            "report": "Write the comparison report",
+        }
+        why = "; ".join(f"{r['item']}: {r['state']}" for r in todo[:6])
+        return {
+            "stage": stage,
+            "title": titles[stage],
+            "why": why,
+            "argvs": argvs if items else [],
+            "busy": busy,
+        }
+    return None
