@@ -42,10 +42,12 @@ def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
 def affinity(cfg, ws: Workspace) -> dict:
     from core.accounting import Accounting, Meter
     from core.estimate.affinity import compute_affinity
+    from core.locks import artifact_lock, lock_path
 
-    before = (ws.read("affinity.json") or {}).get("fingerprint")
-    with Meter() as meter:
-        result = compute_affinity(cfg, ws)
+    with artifact_lock(lock_path(ws.root, "step", "affinity"), "the affinity matrix"):
+        before = (ws.read("affinity.json") or {}).get("fingerprint")
+        with Meter() as meter:
+            result = compute_affinity(cfg, ws)
     if result.get("fingerprint") != before:  # not a cache hit: record what the work cost
         Accounting(ws).record(
             "estimation",

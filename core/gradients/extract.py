@@ -27,6 +27,7 @@ backwards over the same graph (retain_graph) for val rows.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -342,7 +343,7 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
     "flops_method".
     """
     from core.gradients.store import store_status
-    from core.progress import track
+    from core.locks import artifact_lock, lock_path
 
     tasks = _resolve_tasks(cfg, tasks)
     before = store_status(ws, cfg, tasks)
@@ -350,8 +351,20 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
         t.name: {"status_before": before[t.name], "rows_computed": 0, "seconds": 0.0} for t in tasks
     }
     todo = [t for t in tasks if before[t.name] != "fresh"]
+    with contextlib.ExitStack() as held:  # one writer per store; in name order: no deadlock
+        for t in sorted(todo, key=lambda t: t.name):
+            what = f"the gradient store of {t.name}"
+            held.enter_context(artifact_lock(lock_path(ws.root, "features", t.name), what))
+        now = store_status(ws, cfg, todo)  # another writer may have finished some meanwhile
+        _compute(cfg, ws, [t for t in todo if now[t.name] != "fresh"], result, on_batch)
+    return result
+
+
+def _compute(cfg, ws, todo, result: dict, on_batch) -> None:
+    from core.progress import track
+
     if not todo:
-        return result
+        return
     peft_model, tok, projector = load_extraction_model(cfg)
     prefix.attach(peft_model, cfg, ws)
     opened = _open_stores(cfg, ws, todo, tok, peft_model, projector)
@@ -385,4 +398,3 @@ def extract_features(cfg, ws, tasks=None, *, on_batch=None) -> dict[str, dict]:
                 tokens=sum(p[2] for p in parts),
                 flops_method="+".join(sorted({p[3] for p in parts if p[0]})) or "none",
             )
-    return result

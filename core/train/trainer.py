@@ -309,7 +309,22 @@ def _finished(out: Path, run: Run, restart: bool) -> dict | None:
     return done if done.get("epochs") == run.cfg.training.epochs else None
 
 
-def train_adapter(
+def train_adapter(cfg, ws, name: str, task_names: list[str], progress: bool = True, **kw) -> dict:
+    """Train (or resume, or return the finished) adapter `name` on the union of `task_names`.
+
+    Returns the grouptune.json record: tasks, best_epoch, val_metrics (per task + mean),
+    history, accounting, path. `restart=True` deletes an existing folder and starts over.
+    `checkpoint_seconds`: between mid-epoch checkpoints (None: `checkpoint_interval()`).
+    One writer at a time: a second process training the same adapter waits, then finds it
+    finished (core.locks).
+    """
+    from core.locks import artifact_lock, lock_path
+
+    with artifact_lock(lock_path(ws.root, "adapter", name), f"adapter {name}"):
+        return _train_adapter(cfg, ws, name, task_names, progress, **kw)
+
+
+def _train_adapter(
     cfg,
     ws,
     name: str,
@@ -320,12 +335,6 @@ def train_adapter(
     checkpoint_seconds: float | None = None,
     offsets: dict[str, list[np.ndarray]] | None = None,
 ) -> dict:
-    """Train (or resume, or return the finished) adapter `name` on the union of `task_names`.
-
-    Returns the grouptune.json record: tasks, best_epoch, val_metrics (per task + mean),
-    history, accounting, path. `restart=True` deletes an existing folder and starts over.
-    `checkpoint_seconds`: between mid-epoch checkpoints (None: `checkpoint_interval()`).
-    """
     if checkpoint_seconds is None:
         checkpoint_seconds = checkpoint_interval()
     out = ws.adapter_dir(name)
