@@ -7,11 +7,16 @@ import platform
 
 
 def machine_info() -> dict:
-    import bitsandbytes
     import peft
     import torch
     import transformers
 
+    try:  # absent on some GPU machines (bench/gpu.py runs there)
+        import bitsandbytes
+
+        bnb = bitsandbytes.__version__
+    except ImportError:
+        bnb = None
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -19,5 +24,5 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
-        "bitsandbytes": bitsandbytes.__version__,
+        "bitsandbytes": bnb,
     }

@@ -283,6 +283,9 @@ def run_cmd(
     workspace: Path | None = WorkspaceOpt,
     backend: str = typer.Option("local", help="local (embedded) or ray."),
     address: str | None = typer.Option(None, help="Ray cluster address (with --backend ray)."),
+    auth_token_file: Path | None = typer.Option(
+        None, help="A secured Ray cluster's token file (else RAY_AUTH_TOKEN[_PATH] is used)."
+    ),
     as_json: bool = JsonOpt,
 ):
     """The whole pipeline as background jobs, in dependency order; prints the report."""
@@ -296,7 +299,8 @@ def run_cmd(
     if backend != "local":
         from core.jobs import get_backend
 
-        engine = get_backend(backend, address=address)
+        extra = {"auth_token_file": auth_token_file} if auth_token_file else {}
+        engine = get_backend(backend, address=address, **extra)
     report = pipeline.run(cfg, ws, backend=engine)
     _emit(report, as_json, report_text(report))
 

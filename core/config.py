@@ -229,6 +229,24 @@ class EnsembleConfig(_Section):
     )
 
 
+MODEL_STEPS = ("gradients", "train", "boost", "evaluate")  # the steps that run the model
+JOB_STEPS = ("gradients", "affinity", "group", *MODEL_STEPS[1:], "report")
+
+
+class StepResources(_Section):
+    cpus: float = Field(1, gt=0, description="CPUs per job (also its torch threads).")
+    gpus: float = Field(0, ge=0, description="GPUs per job; a fraction shares one.")
+
+
+class JobsConfig(_Section):
+    resources: dict[Literal[JOB_STEPS], StepResources] = Field(
+        default_factory=dict,
+        description="What each step's jobs ask of the backend, by step (gradients, affinity, "
+        "group, train, boost, evaluate, report). Unset: 1 CPU, and 1 GPU for the model steps "
+        "(gradients, train, boost, evaluate) when the machine or the Ray cluster has GPUs.",
+    )
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="Experiment name (a folder name).")
     model: ModelConfig = ModelConfig()
@@ -240,6 +258,7 @@ class ExperimentConfig(_Section):
     grouping: GroupingConfig = GroupingConfig()
     training: TrainingConfig = TrainingConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    jobs: JobsConfig = JobsConfig()
     base_dir: str = Field(
         ".", description="Folder relative paths are resolved against (set on load)."
     )

@@ -225,17 +225,30 @@ def _regrouped(ws: Workspace, name: str, tasks: list[str]) -> bool:
 
 
 # --- the headless driver -----------------------------------------------------------------------
-def _submit(ws: Workspace, step: str, argv: list[str], depends_on=(), backend=None) -> int:
-    from core.jobs import submit
+def step_resources(cfg, step: str, gpus_present: bool) -> dict:
+    """What a job of `step` (e.g. "train:group-0") asks of its backend: the config's
+    jobs.resources for its kind; else nothing beyond the backend's default (one CPU on Ray, the
+    machine's threads locally), plus 1 GPU for a model step when the backend has GPUs."""
+    from core.config import MODEL_STEPS
 
-    return submit(
-        ws.root,
-        step,
-        step,
-        [*argv, "--workspace", str(ws.root)],
-        depends_on=depends_on,
-        backend=backend,
-    )
+    kind = step.split(":")[0]
+    given = cfg.jobs.resources.get(kind)
+    if given is not None:
+        return given.model_dump()
+    return {"gpus": 1} if gpus_present and kind in MODEL_STEPS else {}
+
+
+def _submitter(cfg, ws: Workspace, backend):
+    from core.jobs import get_backend, submit
+
+    gpus = (backend or get_backend("local")).gpus() > 0
+
+    def _submit(ws: Workspace, step: str, argv: list[str], depends_on=(), backend=backend) -> int:
+        argv = [*argv, "--workspace", str(ws.root)]
+        kw = {"depends_on": depends_on, "backend": backend}
+        return submit(ws.root, step, step, argv, resources=step_resources(cfg, step, gpus), **kw)
+
+    return _submit
 
 
 def _wait_ok(ws: Workspace, ids: list[int], backend=None) -> None:
@@ -260,6 +273,7 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     from core.gradients.store import store_status
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    _submit = _submitter(cfg, ws, backend)
     timings, start = {}, time.monotonic()
     status = store_status(ws, cfg)
     stale = [t for t, s in status.items() if s != "fresh"]

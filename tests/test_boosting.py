@@ -88,9 +88,9 @@ def test_offset_features_put_the_ensemble_in_place_of_the_base(root):
     """The store's train rows are the rows the ensemble scores (same order): the base model's
     cached logits give back the stored log-odds h, and offsetting by them changes nothing."""
     from core.data.prompts import encode_split
+    from core.data.sources import select_tasks
     from core.ensemble.boosting import offset_features
     from core.ensemble.logits import cached_logits, load_adapters
-    from core.train.trainer import select_tasks
 
     cfg, ws = grouped(root, "features")
     model, tok = load_adapters(cfg, ws, {"group-0": "adapters/group-0"})

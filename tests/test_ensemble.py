@@ -153,9 +153,9 @@ def trained(tmp_path_factory):
 def test_ensemble_with_own_weights_is_each_group_adapter_alone(trained):
     from peft import PeftModel
 
+    from core.data.sources import select_tasks
     from core.models.loading import load_model
     from core.train.evaluation import evaluate_model
-    from core.train.trainer import select_tasks
 
     _, cfg, ws, manifest = trained
     assert manifest["weights_kind"] == "own" and manifest["groups"] == GROUPS

@@ -328,7 +328,6 @@ def test_cli_list_show_logs_and_errors(ws):
 # --- Ray ---------------------------------------------------------------------------------
 def test_ray_backend_runs_the_same_jobs(ws, monkeypatch):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'grouptune[ray]')")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     backend = get_backend("ray", num_cpus=2)
     try:
         first = job(ws, "count", "5", "--checkpoint", "ray.json", step="count",
@@ -344,3 +343,38 @@ def test_ray_backend_runs_the_same_jobs(ws, monkeypatch):
     assert jobs[then]["state"] == "done" and jobs[then]["started"] >= jobs[first]["finished"]
     assert f"GROUPTUNE_JOB_ID={then}" in read_log(jobs[then])
     assert jobs[bad]["state"] == "failed" and jobs[bad]["error"] == "RuntimeError: boom"
+
+
+def test_a_clusters_token_file_is_passed_not_auth_turned_off(tmp_path, monkeypatch):
+    from core.jobs.ray_backend import use_token_file
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    with pytest.raises(GroupTuneError, match="not a readable file"):
+        use_token_file(tmp_path / "missing")
+    token = tmp_path / "token"
+    token.write_text("secret")
+    use_token_file(token)
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(token)
+
+
+def test_each_step_asks_for_its_resources():
+    from core.config import parse_config
+    from core.pipeline import step_resources
+
+    cfg = parse_config({"tasks": ["a"], "jobs": {"resources": {"train": {"cpus": 2, "gpus": 0.5}}}})
+    assert step_resources(cfg, "train:group-0", gpus_present=False) == {"cpus": 2, "gpus": 0.5}
+    assert step_resources(cfg, "gradients:a+b", gpus_present=True) == {"gpus": 1}
+    assert step_resources(cfg, "affinity", gpus_present=True) == {}  # no model, no GPU
+    assert step_resources(cfg, "evaluate:zero-shot", gpus_present=False) == {}
+
+
+def test_a_jobs_threads_follow_its_cpus(monkeypatch):
+    from core.models.device import _threads_per_job
+
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "1")
+    monkeypatch.delenv("GROUPTUNE_THREADS", raising=False)
+    assert _threads_per_job() is None  # all of the machine's threads
+    monkeypatch.setenv("GROUPTUNE_THREADS", "3")  # what the runner sets from resources.cpus
+    assert _threads_per_job() == 3

@@ -74,3 +74,20 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
 def test_lock_files_live_outside_the_artifact(tmp_path, kind):
     path = lock_path(tmp_path, kind, "a")
     assert path.parent == tmp_path / "locks" and path.name == f"{kind}-a.lock"
+
+
+def test_two_trains_of_one_adapter_at_once_make_it_once(tmp_path):
+    config, ws = write_tiny_experiment(tmp_path), tmp_path / "ws"
+    _done(_gradients(config, ws))
+    cmd = [sys.executable, "-m", "core.cli", "train", "--config", str(config)]
+    cmd += ["--workspace", str(ws), "--adapter", "baseline", "--json"]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    (a, err_a), (b, err_b) = (_done(p) for p in procs)
+    assert a["baseline"] == b["baseline"]  # the second one found the first's finished adapter
+    assert "Traceback" not in err_a + err_b
+    lines = (ws / "adapters" / "baseline" / "metrics.jsonl").read_text().splitlines()
+    steps = [r["step"] for r in map(json.loads, lines) if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # one run's steps, written once

@@ -188,12 +188,12 @@ def test_saved_adapter_loads_with_peft_and_gives_the_same_logits(root, reference
     from peft import PeftModel
 
     from core.data.prompts import encode_split
+    from core.data.sources import select_tasks
     from core.models.adapters import attach_adapter
     from core.models.loading import load_model
     from core.models.scoring import choice_logits
     from core.train.evaluation import evaluate_model
     from core.train.run import load_adapter_weights
-    from core.train.trainer import select_tasks
 
     ws, record, _ = reference
     cfg = make_cfg(root)
@@ -354,3 +354,31 @@ def test_choices_loss_is_the_answer_word_cross_entropy(root):
     ws2 = Workspace(root / "vocab-loss").ensure()
     train_adapter(vocab, ws2, "group-0", ["alpha"], progress=False)
     assert first < 1.0 < _losses(ws2, "group-0")[0][1]  # 2 choices vs a whole vocabulary
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization", "top_layers"),
+    [("tiny-gpt2", "none", None), ("tiny-llama", "4bit", 1)],
+)
+def test_a_finished_adapter_or_its_twin_needs_no_model_load(
+    tmp_path, monkeypatch, model, quantization, top_layers
+):
+    """The start-up tax: a job with nothing to do decides so from the model's skeleton."""
+    import core.models.loading as loading
+
+    make_tasks(tmp_path)
+    cfg = make_cfg(tmp_path, model, quantization, adapter={"top_layers": top_layers})
+    ws = Workspace(tmp_path / "ws").ensure()
+    done = train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loading, "load_model", no_load)
+    again = train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
+    assert again == done  # finished: the skeleton's fingerprint matched the real one
+    twin = train_adapter(cfg, ws, "group-0", ["alpha", "beta"], progress=False)
+    assert twin["copied_from"] == "baseline" and twin["fingerprint"] == done["fingerprint"]
+    other = make_cfg(tmp_path, model, quantization, adapter={"top_layers": top_layers, "r": 2})
+    with pytest.raises(AssertionError, match="the model was loaded"):  # a new recipe trains
+        train_adapter(other, ws, "group-1", ["alpha", "beta"], progress=False)

@@ -23,7 +23,7 @@ from core.data.tasks import (
     read_bytes_text,
     split_rows,
 )
-from core.errors import DataError
+from core.errors import DataError, GroupTuneError
 from core.io import safe_name
 
 log = logging.getLogger("grouptune.tasks")
@@ -237,3 +237,16 @@ def load_tasks(cfg: ExperimentConfig) -> list[Task]:
             )
         tasks.append(task)
     return tasks
+
+
+def select_tasks(cfg, task_names: list[str]) -> list[Task]:
+    """Load only the named tasks (validated, subsampled), in the order given."""
+    if not task_names:
+        raise GroupTuneError("an adapter needs at least one task")
+    if len(set(task_names)) != len(task_names):
+        raise GroupTuneError(f"task listed twice in {task_names}")
+    specs = {t.name: t for t in cfg.tasks}
+    unknown = [t for t in task_names if t not in specs]
+    if unknown:
+        raise GroupTuneError(f"unknown task(s) {unknown}; the config has {sorted(specs)}")
+    return load_tasks(cfg.model_copy(update={"tasks": [specs[t] for t in task_names]}))

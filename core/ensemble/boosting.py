@@ -68,10 +68,10 @@ def boost(cfg, ws, progress: bool = True) -> list[dict]:
 def boost_round(cfg, ws, r: int, progress: bool = True) -> dict:
     """Make boosting round r on the current ensemble (module docstring); returns its entry. A
     round already in the manifest, made on the same weights, is returned as it is."""
+    from core.data.sources import select_tasks
     from core.ensemble.logits import add_adapter, load_adapters
     from core.ensemble.manifest import all_adapters, load_manifest, save_manifest
     from core.ensemble.weights import ensure_weights
-    from core.train.trainer import select_tasks
 
     manifest = load_manifest(ws)
     tasks = select_tasks(cfg, [t for g in manifest["groups"] for t in g])

@@ -92,9 +92,9 @@ def evaluate_ensemble(cfg, ws) -> dict:
     group adapters alone with "own" routing and with the manifest's weights, each with its
     forwards per example, and per-row correctness for the paired bootstrap (core.stats).
     """
+    from core.data.sources import select_tasks
     from core.models.fingerprint import model_fingerprint
     from core.train.evaluation import correct_rows, summarize
-    from core.train.trainer import select_tasks
 
     manifest = load_manifest(ws)
     if manifest["base_model"] != model_fingerprint(cfg.model):
@@ -146,9 +146,9 @@ def evaluate_ensemble(cfg, ws) -> dict:
 
 def evaluate_baseline(cfg, ws) -> dict:
     """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json."""
+    from core.data.sources import select_tasks
     from core.train.evaluation import correct_rows, summarize, task_logits
     from core.train.run import read_json_file
-    from core.train.trainer import select_tasks
 
     path = ws.adapter_dir("baseline")
     if not (path / "grouptune.json").exists():

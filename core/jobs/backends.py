@@ -23,6 +23,9 @@ class Backend(Protocol):
     def start(self, db: str, job: dict, extra_env: dict[str, str]) -> int | None:
         """Start a worker for a claimed job; return its pid when known at once."""
 
+    def gpus(self) -> float:
+        """How many GPUs the backend's jobs can be given (0: none)."""
+
 
 class LocalBackend:
     """Each job in its own detached worker process on this machine.
@@ -37,6 +40,13 @@ class LocalBackend:
     def default_limit(self) -> int:
         # One at a time: two training jobs on 2 CPU cores only slow each other down.
         return int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
+
+    def gpus(self) -> float:
+        try:  # the driver may load torch; jobs see every GPU of this machine
+            import torch
+        except ImportError:
+            return 0
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def start(self, db: str, job: dict, extra_env: dict[str, str]) -> int:
         proc = subprocess.Popen(

@@ -36,6 +36,15 @@ def _run_worker(db: str, job_id: int, env: dict[str, str], cwd: str) -> int:
     ).returncode  # fmt: skip
 
 
+def use_token_file(path: str | os.PathLike) -> None:
+    """Connect with the cluster token in `path` (Ray reads RAY_AUTH_TOKEN_PATH)."""
+    token = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(token) or not os.access(token, os.R_OK):
+        raise GroupTuneError(f"Ray auth token file {token} is not a readable file")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = token
+
+
 class RayBackend:
     """Start jobs as Ray tasks on the cluster at `address`, or on a local instance if None.
 
@@ -52,10 +61,14 @@ class RayBackend:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         object_store_memory: int = 100 * 2**20,
+        auth_token_file: str | os.PathLike | None = None,
         **init_kwargs,
     ):
-        # Without this Ray writes an auth token under the home folder (see FIELD_NOTES).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Authentication is Ray's own and stays on: a local instance makes its own token (Ray
+        # >= 2.59); a secured cluster's token is passed, from RAY_AUTH_TOKEN(_PATH) in the
+        # environment or from `auth_token_file`, never turned off.
+        if auth_token_file is not None:
+            use_token_file(auth_token_file)
         try:
             import ray
         except ImportError as exc:
@@ -93,6 +106,9 @@ class RayBackend:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def gpus(self) -> float:
+        return float(self._ray.cluster_resources().get("GPU", 0))
 
     def default_limit(self) -> None:
         return None

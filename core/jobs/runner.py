@@ -170,6 +170,9 @@ def _enter_job(job: dict, db: Path) -> None:
     os.environ["GROUPTUNE_JOB_DB"] = str(db)
     # no tqdm bars in a log file (a line per refresh): the database has the numbers
     os.environ.setdefault("GROUPTUNE_PROGRESS", "0")
+    cpus = (job.get("resources") or {}).get("cpus")
+    if cpus and not os.environ.get("GROUPTUNE_THREADS"):  # torch threads follow the job's CPUs
+        os.environ["GROUPTUNE_THREADS"] = str(max(1, int(cpus)))
     cwd = job_cwd(job)
     os.chdir(cwd)
     if str(cwd) not in sys.path:

@@ -82,8 +82,12 @@ def configure_cpu(threads: int | None = None) -> int:
 
 
 def _threads_per_job() -> int | None:
-    """With GROUPTUNE_MAX_JOBS > 1 jobs run side by side: each takes its share of the cores, as
-    two jobs of all-core torch threads each ran 5-10x slower on 2 cores (oversubscription)."""
+    """A job's torch threads: GROUPTUNE_THREADS (the runner sets it from the CPUs the job was
+    given). Else, with GROUPTUNE_MAX_JOBS > 1 jobs side by side, each takes its share of the
+    cores, as two jobs of all-core torch threads each ran 5-10x slower on 2 cores."""
+    given = os.environ.get("GROUPTUNE_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     try:
         jobs = int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
     except ValueError:

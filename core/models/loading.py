@@ -133,3 +133,19 @@ def model_summary(model: torch.nn.Module) -> str:
         f"{type(model).__name__}: {count_parameters(model) / 1e6:.1f}M parameters, "
         f"{p.dtype}, {p.device}"
     )
+
+
+def model_skeleton(model_cfg: ModelConfig):
+    """The model's module tree on the meta device, without weights or quantisation: what an
+    adapter's fingerprint needs (layer count, module names), in a fraction of a second."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = MODELS.get(model_cfg.name)
+    if spec is not None and spec.builtin:
+        config = build_tiny_config(spec.name)
+    else:
+        path, _ = resolve_model(model_cfg.name, model_cfg.revision)
+        config = AutoConfig.from_pretrained(path)
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config)

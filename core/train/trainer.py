@@ -45,8 +45,7 @@ import torch.nn.functional as F
 
 from core.accounting import Meter, stage_entry
 from core.data.prompts import Encoded, encode_split
-from core.data.sources import load_tasks
-from core.data.tasks import Task
+from core.data.sources import select_tasks
 from core.errors import DataError, GroupTuneError
 from core.io import write_json
 from core.models import prefix
@@ -74,22 +73,9 @@ from core.train.run import (
     run_fingerprint,
     save_checkpoint,
 )
-from core.train.twins import copy_twin, find_twin, run_digest
+from core.train.twins import copy_twin, find_twin, known_without_model, run_digest
 
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
-
-
-def select_tasks(cfg, task_names: list[str]) -> list[Task]:
-    """Load only the named tasks (validated, subsampled), in the order given."""
-    if not task_names:
-        raise GroupTuneError("an adapter needs at least one task")
-    if len(set(task_names)) != len(task_names):
-        raise GroupTuneError(f"task listed twice in {task_names}")
-    specs = {t.name: t for t in cfg.tasks}
-    unknown = [t for t in task_names if t not in specs]
-    if unknown:
-        raise GroupTuneError(f"unknown task(s) {unknown}; the config has {sorted(specs)}")
-    return load_tasks(cfg.model_copy(update={"tasks": [specs[t] for t in task_names]}))
 
 
 def check_train_data(name: str, train: list[Encoded]) -> None:
@@ -340,6 +326,10 @@ def _train_adapter(
     out = ws.adapter_dir(name)
     if restart:
         shutil.rmtree(out, ignore_errors=True)
+    else:
+        known = known_without_model(cfg, ws, name, task_names, offsets)
+        if known is not None:
+            return known
     run = _setup(cfg, ws, name, task_names)
     run.progress, run.checkpoint_seconds = progress, checkpoint_seconds
     if offsets is not None:  # what the adapter learns depends on them: part of its identity
