@@ -313,5 +313,51 @@ def test_paper_preset_builds_splits():
     rows = [HAND_ROWS["rte"]] * 10
     task = build_task("rte", rows, rows[:3])
     assert (
-        len(task.rows("val")) == 2 and len(task.rows("train")) == 8 and len(task.rows("test")) == 3
+        len(task.rows("val")) == 1 and len(task.rows("train")) == 9 and len(task.rows("test")) == 3
     )
+
+
+LABEL_FIELD = {"winogrande": ("answer", ["1", "2"]), "storycloze": ("answer_right_ending", [1, 2]),
+               "hellaswag": ("label", ["0", "1", "2", "3"]), "cb": ("label", [0, 1, 2])}  # fmt: skip
+
+
+def _hub_like(name: str, n: int) -> list[dict]:
+    """n rows shaped like the Hub dataset's, every label present."""
+    field, values = LABEL_FIELD.get(name, ("label", [0, 1]))
+    return [{**HAND_ROWS[name], field: values[i % len(values)]} for i in range(n)]
+
+
+def test_the_paper_preset_builds_its_ten_tasks_from_local_datasets_folders(tmp_path):
+    """Offline, as a user with saved copies of the Hub datasets: each task from its
+    save_to_disk folder, with the paper's splits (train 90/10 -> train/val, validation -> test;
+    Story Cloze, which has no train split, trains on validation and tests on test)."""
+    import datasets
+
+    from core.data.sources import load_tasks
+
+    for name, preset in PAPER_TASKS.items():
+        first, second = preset.splits
+        splits = {first: _hub_like(name, 20), second: _hub_like(name, 6)}
+        dd = datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in splits.items()})
+        dd.save_to_disk(str(tmp_path / "hf" / name))
+    specs = [{"name": n, "path": f"hf/{n}"} for n in PAPER_TASKS]
+    cfg = parse_config({"tasks": specs}, base_dir=tmp_path)
+    tasks = {t.name: t for t in load_tasks(cfg)}
+    assert list(tasks) == list(PAPER_TASKS)
+    for name, task in tasks.items():
+        sizes = {s: len(task.rows(s)) for s in ("train", "val", "test")}
+        assert sizes == {"train": 18, "val": 2, "test": 6}, name
+        assert task.labels == PAPER_TASKS[name].labels and task.template.endswith("Answer:")
+        assert {r["label"] for r in task.rows("train")} == set(task.labels), name
+
+
+def test_story_cloze_without_its_manual_download_says_what_to_do(tmp_path):
+    import datasets
+
+    from core.data.sources import load_tasks
+
+    rows = datasets.Dataset.from_list(_hub_like("storycloze", 6))
+    datasets.DatasetDict({"train": rows}).save_to_disk(str(tmp_path / "sc"))  # the wrong splits
+    cfg = parse_config({"tasks": [{"name": "storycloze", "path": "sc"}]}, base_dir=tmp_path)
+    with pytest.raises(DataError, match="no validation, test split.*rocstories"):
+        load_tasks(cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.data.tasks import Task, check_rows
 from core.errors import DataError
@@ -24,6 +25,8 @@ class Preset:
     format_row: Callable[[dict], dict]
     template: str = "{text}\nAnswer:"
     description: str = ""
+    splits: tuple[str, str] = ("train", "validation")  # -> our train + val, and our test
+    manual: str = ""  # what to do when the Hub cannot serve it
 
 
 def _cb(r):
@@ -95,7 +98,15 @@ PAPER_TASKS: dict[str, Preset] = {
     "winogrande": Preset(
         ("allenai/winogrande", "winogrande_xl"), {"1": " 1", "2": " 2"}, _winogrande
     ),
-    "storycloze": Preset(("LSDSem/story_cloze", "2016"), {"1": " 1", "2": " 2"}, _storycloze),
+    "storycloze": Preset(
+        ("LSDSem/story_cloze", "2016"),
+        {"1": " 1", "2": " 2"},
+        _storycloze,
+        splits=("validation", "test"),  # it has no train split: the paper trains on validation
+        manual="Story Cloze is not downloadable from the Hub: request it at "
+        "https://cs.rochester.edu/nlp/rocstories/, then load_dataset('LSDSem/story_cloze', "
+        "'2016', data_dir=...) and save_to_disk it, and give that folder as the task's path",
+    ),
     "hellaswag": Preset(("Rowan/hellaswag", None), {k: f" {k}" for k in "ABCD"}, _hellaswag),
 }
 
@@ -108,12 +119,13 @@ def format_rows(name: str, hub_rows: list[dict]) -> list[dict]:
 
 
 def build_task(name: str, train_rows: list[dict], eval_rows: list[dict], seed: int = 0) -> Task:
-    """A preset task from Hub train rows (-> train + val) and validation rows (-> test)."""
+    """A preset task from Hub train rows (-> train + val, 90/10 as the paper) and validation
+    rows (-> test)."""
     preset = PAPER_TASKS[name]
     train = format_rows(name, train_rows)
     rng = random.Random(f"{seed}-{name}")
     rng.shuffle(train)
-    n_val = max(1, min(len(train) // 5, 500))
+    n_val = max(1, min(len(train) // 10, 500))
     return Task(
         name=name,
         template=preset.template,
@@ -124,16 +136,27 @@ def build_task(name: str, train_rows: list[dict], eval_rows: list[dict], seed: i
     )
 
 
-def load_paper_task(name: str, seed: int = 0) -> Task:
-    """Load one of the paper's tasks from the Hub (needs a connection)."""
+def load_paper_task(name: str, seed: int = 0, path: str | Path | None = None) -> Task:
+    """One of the paper's tasks from the Hub (online), or from `path`: a `datasets` folder
+    (save_to_disk) shaped like the Hub's dataset, with the same splits and columns."""
     import datasets
 
     preset = PAPER_TASKS[name]
+    where = str(path) if path is not None else f"{preset.hub[0]} on the Hub"
+    hint = preset.manual or "Offline, use the sample tasks in sample_data/ or a saved copy"
     try:
-        ds = datasets.load_dataset(*preset.hub)
+        ds = (
+            datasets.load_from_disk(str(path))
+            if path is not None
+            else datasets.load_dataset(*preset.hub)
+        )
     except Exception as err:
+        raise DataError(f"preset task {name!r}: loading {where} failed: {err}. {hint}.") from None
+    missing = [s for s in preset.splits if s not in ds]
+    if missing:
         raise DataError(
-            f"preset task {name!r} loads {preset.hub[0]} from the Hub, which failed: {err}. "
-            "Offline, use the sample tasks in sample_data/ instead."
-        ) from None
-    return build_task(name, list(ds["train"]), list(ds["validation"]), seed=seed)
+            f"preset task {name!r}: {where} has no {', '.join(missing)} split (it has "
+            f"{', '.join(ds)}). {hint}."
+        )
+    train, test = preset.splits
+    return build_task(name, list(ds[train]), list(ds[test]), seed=seed)

@@ -173,14 +173,22 @@ def load_hf_dataset(ref: str, spec: TaskSpec, seed: int = 0) -> Task:
     return _log_notes(Task(spec.name, template, labels, splits, source=ref, notes=notes), ref)
 
 
+def _saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")
+    )
+
+
 def load_task(spec: TaskSpec, cfg: ExperimentConfig) -> Task:
     """Resolve a config task entry: preset, sample task by name, file, folder or dataset."""
     from core.data import presets
 
-    if spec.path is None and spec.name in presets.PAPER_TASKS:
-        return presets.load_paper_task(spec.name)
     ref = spec.path or str(Path(cfg.data.root) / spec.name)
     path = cfg.resolve(ref) if not ref.startswith("hf:") else None
+    if spec.name in presets.PAPER_TASKS and spec.path is None and not (path and path.exists()):
+        return presets.load_paper_task(spec.name, seed=cfg.data.seed)  # from the Hub
+    if spec.name in presets.PAPER_TASKS and path is not None and _saved_dataset(path):
+        return presets.load_paper_task(spec.name, seed=cfg.data.seed, path=path)
     if spec.split is not None and (path is None or path.is_dir()):
         raise DataError(
             f"task {spec.name!r}: a split column is for one-file tasks; {ref} has its own "
