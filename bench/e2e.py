@@ -88,22 +88,16 @@ def run(config: Path, ws: Path) -> dict:
     }
 
 
-def keep_earlier(rerun: set[str]) -> dict:
-    """Runs of the last result file that this invocation does not redo, with their command
-    and machine, so that rerunning one path does not erase the other's measurement."""
+def keep_earlier(rerun: set[str]) -> list[dict]:
+    """The measurements of the last result file that this invocation does not redo, each with
+    its command and machine, so that rerunning one path does not erase another's."""
     path = ROOT / "bench" / "results" / "e2e.json"
     if not path.exists():
-        return {}
+        return []
     old = json.loads(path.read_text())
-    runs = {k: v for k, v in old.get("runs", {}).items() if k not in rerun}
-    if not runs:
-        return old.get("earlier", {})
-    return {
-        "command": old.get("command"),
-        "machine": old.get("machine"),
-        "runs": runs,
-        **({"speedup": old["speedup"]} if "speedup" in old else {}),
-    }
+    kept = {k: v for k, v in old.get("runs", {}).items() if k not in rerun}
+    entry = {key: old[key] for key in ("command", "machine", "speedup") if key in old}
+    return ([{**entry, "runs": kept}] if kept else []) + list(old.get("earlier", []))
 
 
 def main() -> None:
