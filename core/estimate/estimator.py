@@ -27,7 +27,7 @@ Linearised model on validation rows, at update w of shape (k,):
     accuracy = mean(argmax_c ẑ_c == gold)   (never "p̂ > 0.5")
 The base values are the same at w = 0.
 
-Features follow the contract of `core.store.TaskFeatures` (duck-typed here): train_h (n,),
+Features follow the contract of `core.gradients.store.TaskFeatures` (duck-typed here): train_h (n,),
 train_g (n, k), train_gold (n,), val_z (m, C), val_lse (m,), val_h (m,), val_G (m, C, k),
 val_Glse (m, k) or None, val_gold (m,), target, k, meta.
 """

@@ -1,6 +1,6 @@
 """How far to trust the estimate: fine-tune a few estimated subsets for real and compare.
 
-The estimator (core.affinity, estimates/results.csv) predicts each task's val loss and accuracy
+The estimator (core.estimate.affinity, estimates/results.csv) predicts each task's val loss and accuracy
 after fine-tuning on a subset S, from first-order features. It assumes the update stays in the
 linear regime: A at its seeded init, B small. Here N of the subsets the estimator itself
 sampled (estimates/subsets.json, so each has a prediction), picked so that every task appears
@@ -11,7 +11,7 @@ with the next training seed (`subset-<hash>-s<seed>`), and compared:
   per (subset, task)  loss_rel_error = |predicted − real| / real   (val loss; real = val nll)
                       accuracy_abs_error = |predicted − real|       (val accuracy)
   summary             means of both, Pearson correlation of predicted vs real (3+ points),
-                      and what grouping depends on (core.agreement): within-task correlation
+                      and what grouping depends on (core.validate.agreement): within-task correlation
                       of loss and accuracy, same-task order agreement, error of the loss drop;
                       the same between the two real seeds is the noise ceiling
   per subset update   weight_change = ‖scaling·B·A‖_F / ‖W‖_F over the adapted matrices
@@ -33,7 +33,7 @@ one `grouptune train-subset --task T ... --seed S` job per subset and seed, wait
 (`--no-jobs`: inline).
 `validate_estimate(cfg, ws, n)` is the whole step; <ws>/validation.json (atomic) holds
 {"subsets", "rows", "summary", "verdict", "settings", "requested", "affinity_fingerprint",
-"created"}; core.trust is the dashboard's (torch-free) view of it.
+"created"}; core.validate.trust is the dashboard's (torch-free) view of it.
 """
 
 from __future__ import annotations
