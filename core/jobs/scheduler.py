@@ -90,21 +90,20 @@ def submit(
     name: str,
     step: str,
     argv: Iterable[str],
-    module: str = "core.cli",
-    depends_on: Iterable[int] = (),
-    resources: dict | None = None,
+    *,
     backend: str | Backend | None = None,
     max_jobs: int | None = None,
-    cwd: str | os.PathLike | None = None,
+    **job,
 ) -> int:
     """Queue `python -m <module> <argv...>` as a job, start what can run, return the job id.
 
-    `depends_on`: ids of jobs that must be done first. `resources`: {"cpus": n, "gpus": n}
-    (used by Ray). `cwd`: where relative paths in argv resolve (default: here).
+    `job`: JobStore.submit's module, depends_on (ids of jobs that must be done first),
+    resources ({"cpus": n, "gpus": n, "slots": 0 for drivers}) and cwd (where relative paths
+    in argv resolve; default: here).
     """
     backend = _backend(backend)
     store = JobStore(db_path(db))
-    job_id = store.submit(name, step, argv, module, depends_on, resources, backend.name, cwd)
+    job_id = store.submit(name, step, argv, backend=backend.name, **job)
     dispatch(store.path, max_jobs, backend)
     return job_id
 
