@@ -118,38 +118,46 @@ def md_sensitivity() -> list[str]:
     return lines + table(head, rows) + [""]
 
 
+def md_e2e(e2e: dict | None) -> list[str]:
+    """bench/e2e.py's runs, the current and the earlier ones with their recipe."""
+    if not e2e:
+        return []
+    lines = []
+    earlier = e2e.get("earlier") or []
+    runs = list(e2e["runs"].items())
+    for old in earlier:
+        runs += [(f"{k} ({old.get('recipe', 'earlier')})", v) for k, v in old["runs"].items()]
+    rows = [
+        [k, fmt(v["wall_seconds"], ".0f"), fmt(v["estimation_seconds"], ".0f")]
+        + [fmt(v["accuracy"]["ensemble"]["mean"]), fmt(v["accuracy"]["baseline"]["mean"])]
+        for k, v in runs
+    ]
+    lines += table(
+        ["grouptune run quick.yaml", "wall s", "estimation s", "ensemble acc", "baseline acc"],
+        rows,
+    )
+    measured = [e2e, *earlier]
+    with_speedup = next((m for m in measured if "speedup" in m), None)
+    if with_speedup:
+        speedup = with_speedup["speedup"]
+        when = f" ({with_speedup['recipe']})" if "recipe" in with_speedup else ""
+        lines += [
+            "",
+            f"Fast path over plain path{when}: {speedup['total']}x end to end, "
+            f"{speedup['estimation']}x for the estimation stage. Target: the quick run under "
+            "600 s on 2 CPU cores.",
+        ]
+    lines += [""]
+    return lines
+
+
 def md_fastpath() -> list[str]:
     """The CPU fast path's targets (issue 8) from e2e.json, fastpath.json and memory.json."""
     e2e, fast, mem = load_result("e2e"), load_result("fastpath"), load_result("memory")
     if not (e2e or fast or mem):
         return []
     lines = ["## CPU fast path (bench/e2e.py, bench/fastpath.py, bench/memory.py)", ""]
-    if e2e:
-        earlier = e2e.get("earlier") or []
-        runs = list(e2e["runs"].items())
-        for old in earlier:
-            runs += [(f"{k} ({old.get('recipe', 'earlier')})", v) for k, v in old["runs"].items()]
-        rows = [
-            [k, fmt(v["wall_seconds"], ".0f"), fmt(v["estimation_seconds"], ".0f")]
-            + [fmt(v["accuracy"]["ensemble"]["mean"]), fmt(v["accuracy"]["baseline"]["mean"])]
-            for k, v in runs
-        ]
-        lines += table(
-            ["grouptune run quick.yaml", "wall s", "estimation s", "ensemble acc", "baseline acc"],
-            rows,
-        )
-        measured = [e2e, *earlier]
-        with_speedup = next((m for m in measured if "speedup" in m), None)
-        if with_speedup:
-            speedup = with_speedup["speedup"]
-            when = f" ({with_speedup['recipe']})" if "recipe" in with_speedup else ""
-            lines += [
-                "",
-                f"Fast path over plain path{when}: {speedup['total']}x end to end, "
-                f"{speedup['estimation']}x for the estimation stage. Target: the quick run under "
-                "600 s on 2 CPU cores.",
-            ]
-        lines += [""]
+    lines += md_e2e(e2e)
     if fast:
         keys = ["features", "train", "zero_shot", "retrain", "total"]
         head = [f"path ({' + '.join(fast['tasks'])})", *keys]
