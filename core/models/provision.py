@@ -28,6 +28,7 @@ import torch
 
 from core.errors import GroupTuneError
 from core.io import read_json, write_json
+from core.locks import artifact_lock
 from core.models.flops import count_parameters
 from core.models.registry import (
     MODELS,
@@ -57,23 +58,6 @@ def _is_complete(folder: Path, spec: ModelSpec) -> bool:
     has_weights = any(folder.glob("*.safetensors"))
     has_tok = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
     return (folder / "config.json").is_file() and has_weights and has_tok
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Hold an exclusive lock on `path` (POSIX), so two processes don't provision at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename below still keeps the folder consistent
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -138,7 +122,7 @@ def fetch_model(
     target = model_dir(name)
     if _is_complete(target, spec):
         return target
-    with _file_lock(target.parent / f".{name}.lock"):
+    with artifact_lock(target.parent / f".{name}.lock", f"the model folder of {name}"):
         if _is_complete(target, spec):  # another process finished it while we waited
             return target
         _remove_leftovers(target)
