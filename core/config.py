@@ -82,7 +82,9 @@ class TaskSpec(_Section):
         None, description="CSV/TSV/JSONL/Parquet file, task folder, or datasets path/id."
     )
     template: str | None = Field(None, description="Prompt with {text} and optional {text_pair}.")
-    labels: dict[str, str] | None = Field(None, description="Label -> answer word (one token).")
+    labels: dict[str, str] | None = Field(
+        None, description="Label -> answer word (any number of tokens; one is cheapest)."
+    )
     description: str | None = None
     columns: TaskColumns | None = Field(
         None, description="{text, text_pair, label}: the file's columns (default: so named)."

@@ -79,9 +79,10 @@ def _show_example(task, model: str) -> None:
     st.markdown(" · ".join(f"`{lab}` → `{w!r}`" for lab, (w, _) in ex["words"].items()))
     for label, (word, n) in ex["words"].items():
         if n is not None and n != 1:
-            st.warning(
-                f"Answer word {word!r} (label `{label}`) is {n} tokens for {model}: pick a word "
-                "that is one token, or `grouptune init` will refuse it."
+            st.info(
+                f"Answer word {word!r} (label `{label}`) is {n} tokens for {model}: it is scored "
+                "by the sum of its tokens' log-probabilities, which costs a forward more per row "
+                "than a one-token word."
             )
     if ex["tokens"] is None:
         st.caption(f"{model} is not on this machine yet (`grouptune fetch-model {model}`).")

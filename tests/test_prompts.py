@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.config import ModelConfig
-from core.data.prompts import answer_token_ids, encode_prompt, pad_batch
+from core.data.prompts import answer_tokens, encode_prompt, pad_batch
 from core.data.tasks import Task
 from core.errors import DataError
 from core.models.loading import load_model
@@ -24,16 +24,27 @@ def _task(labels=None, template="Review: {text}\nSentiment:") -> Task:
     )
 
 
-def test_answer_words_are_single_tokens():
-    ids = answer_token_ids(TOK, _task())
-    assert len(ids) == 2 and TOK.decode([ids[1]]) == " positive"
+def test_one_token_answer_words_need_the_prompt_alone():
+    answers = answer_tokens(TOK, _task())
+    assert answers.single and TOK.decode([answers.ids[1]]) == " positive"
+    assert answers.continuations == [()] and answers.width == 1
 
 
-def test_multi_token_answer_word_is_refused_with_its_pieces():
+def test_multi_token_words_get_one_sequence_per_distinct_beginning():
+    """' very good' and ' very bad' share their first token: one sequence (prompt + ' very')
+    scores both; ' so so' needs its own (prompt + ' so')."""
+    words = {"bad": " very bad", "good": " very good", "so-so": " so so"}
+    answers = answer_tokens(TOK, _task(words))
+    assert [TOK.decode(list(t)) for t in answers.tokens] == list(words.values())
+    assert not answers.single and answers.width == 2
+    assert [TOK.decode(list(c)) for c in answers.continuations] == [" very", " so"]
+    assert answers.sequence_of == [0, 0, 1]
+
+
+def test_two_words_with_the_same_tokens_are_refused():
     with pytest.raises(DataError) as err:
-        answer_token_ids(TOK, _task({"negative": " negative", "positive": " zyxwvut"}))
-    msg = str(err.value)
-    assert "' zyxwvut'" in msg and "label 'positive'" in msg and "field 'labels'" in msg
+        answer_tokens(TOK, _task({"negative": " positive", "positive": " positive"}))
+    assert "are the same tokens" in str(err.value) and "field 'labels'" in str(err.value)
 
 
 def test_long_text_is_cut_to_the_token_budget_not_the_template():

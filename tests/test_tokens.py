@@ -42,17 +42,20 @@ def _task(name, labels):
                 splits={"train": sentiment_rows(4)})  # fmt: skip
 
 
-def test_check_names_every_task_and_word_that_is_not_one_token():
+def test_check_accepts_multi_token_words_and_names_words_it_cannot_tell_apart(caplog):
     cfg = parse_config({"tasks": ["a"], "model": {"name": "tiny-llama", "quantization": "none"}})
     good = _task("good", {"negative": " negative", "positive": " positive"})
-    tokens.check_answer_words(cfg, [good])  # no error
-    bad = _task("nli", {"yes": " yes", "maybe": " maybe", "zero": " 0"})
+    long = _task("nli", {"yes": " yes", "maybe": " maybe", "zero": " 0"})
+    with caplog.at_level("INFO", logger="grouptune.tokens"):
+        tokens.check_answer_words(cfg, [good, long])  # no error: ' maybe' is scored by its tokens
+    assert "task nli: multi-token answer words ' maybe' (2 tokens), ' 0' (2 tokens)" in caplog.text
+    assert "task good" not in caplog.text
+    twins = _task("twins", {"a": " maybe", "b": " maybe"})
     with pytest.raises(DataError) as err:
-        tokens.check_answer_words(cfg, [good, bad])
+        tokens.check_answer_words(cfg, [good, twins])
     msg = str(err.value)
-    assert "2 answer word(s) are not one token for model tiny-llama" in msg
-    assert "task nli, label 'maybe': answer word ' maybe' is 2 tokens" in msg
-    assert "task nli, label 'zero': answer word ' 0' is 2 tokens" in msg
+    assert "1 answer word(s) cannot be scored by model tiny-llama" in msg
+    assert "task twins: answer words ' maybe' and ' maybe' are the same tokens" in msg
     assert err.value.field == "labels"
 
 
@@ -60,9 +63,9 @@ def test_two_words_of_one_token_are_named():
     tok = tokens.local_tokenizer("tiny-llama")
     same = _task("same", {"a": " positive", "b": "<|endoftext|>"})
     assert tokens.answer_word_problems(tok, same) == []
-    twin = _task("twin", {"a": "positive", "b": "positive"})  # core.data.tasks refuses this earlier
+    twin = _task("twin", {"a": "positive", "b": "positive"})
     assert tokens.answer_word_problems(tok, twin) == [
-        "task twin: answer words 'positive' and 'positive' are the same token"
+        "task twin: answer words 'positive' and 'positive' are the same tokens ['positive']"
     ]
 
 
@@ -75,8 +78,8 @@ def test_a_model_not_here_is_not_checked(tmp_path, monkeypatch, caplog):
 
 
 def test_run_checks_the_answer_words_before_queuing_any_job(tmp_path, capsys):
-    """`grouptune run` refuses a multi-token answer word at once, as `init` does, instead of
-    queuing the pipeline and failing inside the gradients job."""
+    """`grouptune run` refuses an answer word it cannot score at once, as `init` does, instead
+    of queuing the pipeline and failing inside the gradients job."""
     from core.cli import main
 
     splits = {
@@ -84,7 +87,7 @@ def test_run_checks_the_answer_words_before_queuing_any_job(tmp_path, capsys):
         "val": sentiment_rows(4, 50),
         "test": sentiment_rows(4, 90),
     }
-    write_task(tmp_path / "tasks", "t", splits, {"negative": " negative", "positive": " maybe"})
+    write_task(tmp_path / "tasks", "t", splits, {"negative": " negative", "positive": ""})
     config = tmp_path / "exp.yaml"
     config.write_text(
         yaml.safe_dump({"name": "x", "model": {"name": "tiny-llama"}, "tasks": ["t"],
@@ -92,5 +95,5 @@ def test_run_checks_the_answer_words_before_queuing_any_job(tmp_path, capsys):
     )  # fmt: skip
     ws = tmp_path / "ws"
     assert main(["run", str(config), "--workspace", str(ws)]) == 2
-    assert "label 'positive': answer word ' maybe' is 2 tokens" in capsys.readouterr().err
+    assert "label 'positive': answer word '' has no tokens" in capsys.readouterr().err
     assert not (ws / "jobs.db").exists()  # nothing was queued

@@ -15,13 +15,15 @@ from conftest import LABELS, make_cfg, make_tasks, rows, write_task
 from safetensors.torch import load_file
 
 from core.config import parse_config
-from core.data.prompts import Encoded
+from core.data.prompts import Answers, Encoded
 from core.errors import DataError, GroupTuneError, StaleError
 from core.recipe import epoch_plan
 from core.train import trainer as training
 from core.train.run import CHECKPOINT_SECONDS
 from core.train.trainer import check_train_data, train_adapter
 from core.workspace import Workspace
+
+TWO_WORDS = Answers(((5,), (6,)))
 
 
 def artifacts(ws, name="baseline") -> dict:
@@ -109,8 +111,8 @@ def test_early_stopping_ends_the_run_where_the_full_run_stops_improving(root):
 
 def test_epoch_plan_is_task_homogeneous_seeded_and_capped(root):
     train = [
-        Encoded("a", "train", [[1]] * 10, np.zeros(10, dtype=np.int64), [5, 6]),
-        Encoded("b", "train", [[1]] * 5, np.zeros(5, dtype=np.int64), [5, 6]),
+        Encoded("a", "train", [[1]] * 10, np.zeros(10, dtype=np.int64), TWO_WORDS),
+        Encoded("b", "train", [[1]] * 5, np.zeros(5, dtype=np.int64), TWO_WORDS),
     ]
     tcfg = make_cfg(root).training.model_copy(update={"batch_size": 4})
     plan = epoch_plan(train, tcfg, 0)
@@ -269,10 +271,10 @@ def test_bad_inputs_raise_clear_errors(root, tmp_path):
     )
     with pytest.raises(DataError, match="single label"):
         train_adapter(mono, ws, "group-0", ["mono"], progress=False)
-    one_label = Encoded("mono", "train", [[1], [2]], np.zeros(2, dtype=np.int64), [5, 6])
+    one_label = Encoded("mono", "train", [[1], [2]], np.zeros(2, dtype=np.int64), TWO_WORDS)
     with pytest.raises(DataError, match="same label"):
         check_train_data("group-0", [one_label])
-    empty = Encoded("void", "train", [], np.zeros(0, dtype=np.int64), [5, 6])
+    empty = Encoded("void", "train", [], np.zeros(0, dtype=np.int64), TWO_WORDS)
     with pytest.raises(DataError, match="no training rows"):
         check_train_data("group-0", [empty])
 

@@ -1,7 +1,9 @@
 """Prompts as token ids: token-budget truncation, answer-word tokens, padded batches.
 
-Every task is next-token classification: the prompt ends right before the answer word, and each
-answer word is ONE token, so the model's logits at the last prompt position score all choices.
+Every task is classification by answer words: the prompt ends right before the answer word, and
+a choice's score is its word's log-probability given the prompt (summed over the word's tokens).
+One-token words are all scored by the logits at the last prompt position; a longer word also
+needs the prompt followed by its first tokens (`Answers`, `Encoded.sequences`).
 """
 
 from __future__ import annotations
@@ -14,25 +16,69 @@ from core.data.tasks import Task
 from core.errors import DataError
 
 
-def answer_token_ids(tokenizer, task: Task) -> list[int]:
-    """Token id of each answer word, in label order; each word must be exactly one token."""
-    ids = []
+@dataclass(frozen=True)
+class Answers:
+    """Each answer word's token ids, in label order, and how one forward scores them all.
+
+    A choice's score is the sum of its tokens' log-probabilities given the prompt. For a word of
+    L tokens that needs the logits at the last L positions of the prompt followed by the word's
+    first L − 1 tokens: its "continuation". Words sharing a continuation share one sequence, so
+    one-token words (continuation empty) need the prompt alone: one sequence per row.
+    """
+
+    tokens: tuple[tuple[int, ...], ...]  # (C,)
+
+    @property
+    def single(self) -> bool:
+        return all(len(t) == 1 for t in self.tokens)
+
+    @property
+    def ids(self) -> list[int]:
+        """The token id of each word (one-token words only)."""
+        assert self.single, "multi-token answer words have no single id"
+        return [t[0] for t in self.tokens]
+
+    @property
+    def continuations(self) -> list[tuple[int, ...]]:
+        """The distinct continuations, in first-use order: the sequences per row."""
+        return list(dict.fromkeys(t[:-1] for t in self.tokens))
+
+    @property
+    def sequence_of(self) -> list[int]:
+        """For each choice, the index of its continuation."""
+        where = {c: i for i, c in enumerate(self.continuations)}
+        return [where[t[:-1]] for t in self.tokens]
+
+    @property
+    def width(self) -> int:
+        """Positions whose logits a forward must keep (the longest word's token count)."""
+        return max(len(t) for t in self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def answer_tokens(tokenizer, task: Task) -> Answers:
+    """The answer words' token ids, in label order. A word must have at least one token and no
+    two words the same tokens (they could not be told apart)."""
+    tokens, seen = [], {}
     for label, word in task.labels.items():
-        toks = tokenizer.encode(word, add_special_tokens=False)
-        if len(toks) != 1:
-            pieces = tokenizer.convert_ids_to_tokens(toks)
+        toks = tuple(tokenizer.encode(word, add_special_tokens=False))
+        if not toks:
             raise DataError(
-                f"answer word {word!r} (label {label!r}) is {len(toks)} tokens {pieces} for this "
-                "tokenizer; pick a word that is one token (a leading space usually helps)",
+                f"answer word {word!r} (label {label!r}) has no tokens",
                 file=f"task {task.name}",
                 field="labels",
             )
-        ids.append(toks[0])
-    if len(set(ids)) != len(ids):
-        raise DataError(
-            "two answer words map to the same token", file=f"task {task.name}", field="labels"
-        )
-    return ids
+        if toks in seen:
+            raise DataError(
+                f"answer words {seen[toks]!r} and {word!r} are the same tokens",
+                file=f"task {task.name}",
+                field="labels",
+            )
+        seen[toks] = word
+        tokens.append(toks)
+    return Answers(tuple(tokens))
 
 
 def _fit_field(tokenizer, text: str, n_tokens: int) -> str:
@@ -71,16 +117,40 @@ def encode_prompt(tokenizer, task: Task, row: dict, max_tokens: int) -> list[int
 
 @dataclass
 class Encoded:
-    """One split of one task as token ids. `gold` indexes `choice_ids`."""
+    """One split of one task as token ids. `gold` indexes the answer words."""
 
     task: str
     split: str
     input_ids: list[list[int]]
     gold: np.ndarray  # (n,)
-    choice_ids: list[int]  # (C,)
+    answers: Answers
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def choice_ids(self) -> list[int]:
+        return self.answers.ids
+
+    def sequences(self) -> Encoded:
+        """Every (row, continuation) sequence as its own row, rows first: what a forward
+        scoring multi-token answer words runs (core.models.scoring.choice_scores). A one-token
+        task is its own prompts."""
+        if self.answers.single:
+            return self
+        if "_sequences" not in self.__dict__:  # built once: batches ask for it again and again
+            conts = self.answers.continuations
+            ids = [list(row) + list(c) for row in self.input_ids for c in conts]
+            gold = np.repeat(self.gold, len(conts))
+            seqs = Encoded(self.task, f"{self.split}-answers", ids, gold, self.answers)
+            self.__dict__["_sequences"] = seqs
+        return self.__dict__["_sequences"]
+
+    def sequence_rows(self, idx) -> np.ndarray:
+        """The indices in `sequences()` of rows `idx`, each row's continuations together."""
+        per = len(self.answers.continuations) if not self.answers.single else 1
+        idx = np.asarray(idx)
+        return (idx[:, None] * per + np.arange(per)[None, :]).reshape(-1)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -94,7 +164,7 @@ def encode_split(tokenizer, task: Task, split: str, max_tokens: int) -> Encoded:
         split=split,
         input_ids=[encode_prompt(tokenizer, task, r, max_tokens) for r in rows],
         gold=np.array(task.gold(split), dtype=np.int64),
-        choice_ids=answer_token_ids(tokenizer, task),
+        answers=answer_tokens(tokenizer, task),
     )
 
 

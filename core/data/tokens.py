@@ -1,9 +1,8 @@
 """Tokens without torch: the tokenizer a model's prompts go through, read from local files.
 
-The Datasets page counts a prompt's tokens with it, and `grouptune init` checks with it that
-every answer word is ONE token (core.data.prompts scores the choices from the logits at the last
-prompt position, so a word of two tokens cannot be scored), reporting a bad word with its task
-before any job runs instead of inside a gradients job.
+The Datasets page counts a prompt's and each answer word's tokens with it, and `grouptune init`
+checks with it that the answer words can be scored (each has tokens, no two the same), reporting
+a bad word with its task before any job runs instead of inside a gradients job.
 
 Only the `tokenizers` library is used (no torch, no transformers: the dashboard imports this).
 The built-in tiny models' tokenizer is built here (core.models.loading wraps this same object for
@@ -172,30 +171,39 @@ def count_tokens(model: str, text: str, revision: str | None = None) -> int | No
 
 # --- answer words ------------------------------------------------------------------------------
 def answer_word_problems(tokenizer, task) -> list[str]:
-    """One line per answer word of `task` that is not exactly one token, or that shares its
-    token with another word (core.data.prompts.answer_token_ids refuses both)."""
+    """One line per answer word of `task` that has no tokens or the same tokens as another word
+    (core.data.prompts.answer_tokens refuses both: such words cannot be told apart)."""
     problems, seen = [], {}
     for label, word in task.labels.items():
-        ids = encode(tokenizer, word)
-        if len(ids) != 1:
+        ids = tuple(encode(tokenizer, word))
+        if not ids:
+            problems.append(
+                f"task {task.name}, label {label!r}: answer word {word!r} has no tokens"
+            )
+        elif ids in seen:
             pieces = [tokenizer.id_to_token(i) for i in ids]
             problems.append(
-                f"task {task.name}, label {label!r}: answer word {word!r} is {len(ids)} tokens "
-                f"{pieces}"
-            )
-        elif ids[0] in seen:
-            problems.append(
-                f"task {task.name}: answer words {seen[ids[0]]!r} and {word!r} are the same token"
+                f"task {task.name}: answer words {seen[ids]!r} and {word!r} are the same "
+                f"tokens {pieces}"
             )
         else:
-            seen[ids[0]] = word
+            seen[ids] = word
     return problems
 
 
+def multi_token_words(tokenizer, task) -> dict[str, int]:
+    """{answer word: tokens} of the words longer than one token. They are scored by the sum of
+    their tokens' log-probabilities, at the cost of one more sequence per row for each distinct
+    beginning (core.data.prompts.Answers)."""
+    lengths = {word: len(encode(tokenizer, word)) for word in task.labels.values()}
+    return {word: n for word, n in lengths.items() if n > 1}
+
+
 def check_answer_words(cfg, tasks) -> None:
-    """Raise one DataError naming every answer word (task, label, word, its pieces) that is not
-    a single token for `cfg.model`'s tokenizer. A model not on this machine yet is not checked
-    (a warning says so; the gradients job checks it then): init never downloads a model."""
+    """Raise one DataError naming every answer word (task, label, word, its pieces) that
+    `cfg.model`'s tokenizer cannot score; log the tasks whose words are several tokens (they
+    cost more forwards). A model not on this machine yet is not checked (a warning says so; the
+    gradients job checks it then): init never downloads a model."""
     tok = local_tokenizer(cfg.model.name, cfg.model.revision)
     if tok is None:
         log.warning(
@@ -208,10 +216,13 @@ def check_answer_words(cfg, tasks) -> None:
     problems = [p for task in tasks for p in answer_word_problems(tok, task)]
     if problems:
         raise DataError(
-            f"{len(problems)} answer word(s) are not one token for model {cfg.model.name}: "
+            f"{len(problems)} answer word(s) cannot be scored by model {cfg.model.name}: "
             + "; ".join(problems)
-            + ". Each answer word must be a single token: try it with or without its leading "
-            "space (' 0' is two tokens for many tokenizers, '0' one) or another word, in the "
-            "task's labels",
+            + ". Give each label its own answer word in the task's labels",
             field="labels",
         )
+    for task in tasks:
+        if longer := multi_token_words(tok, task):
+            words = ", ".join(f"{w!r} ({n} tokens)" for w, n in longer.items())
+            log.info("task %s: multi-token answer words %s, scored by summed log-probability",
+                     task.name, words)  # fmt: skip

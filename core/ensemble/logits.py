@@ -96,7 +96,8 @@ def cached_logits(ws, model, tokenizer, enc: Encoded, adapter: str | None, cfg, 
         h.update(repr(sorted(model_fingerprint(cfg.model).items())).encode())
     else:
         h.update(_adapter_file(model, adapter).read_bytes())
-    h.update(repr((enc.input_ids, enc.choice_ids, enc.gold.tolist())).encode())
+    answers = enc.choice_ids if enc.answers.single else enc.answers.tokens  # keys kept as they were
+    h.update(repr((enc.input_ids, answers, enc.gold.tolist())).encode())
     name = adapter or "base"
     path = ws.path("eval", "cache", name, f"{enc.task}-{enc.split}-{h.hexdigest()[:16]}.npy")
     if path.exists():

@@ -34,26 +34,44 @@ import time
 import numpy as np
 import torch
 
-from core.data.prompts import Encoded, encode_split, pad_batch
+from core.data.prompts import Answers, Encoded, encode_split, pad_batch
 from core.gradients.projection import Projector, make_projector
 from core.models import prefix
+from core.models.scoring import answer_logits, choice_scores
 
 EPS = 1e-6
 _LOGP_MIN, _LOGP_MAX = math.log(EPS), math.log1p(-EPS)
 
 
-def target_quantities(
-    logits: torch.Tensor, choice_ids: torch.Tensor, gold: torch.Tensor, target: str
-) -> dict[str, torch.Tensor]:
-    """z (b, C), lse (b,) and h (b,) from answer-position logits (b, V), as in the module doc."""
-    logits = logits.float()
-    z = logits[:, choice_ids]
-    lse = torch.logsumexp(logits, dim=-1)
+def gold_log_odds(z, lse, gold, target: str):
+    """h (b,) from choice scores z (b, C) and lse (b,) (core.models.scoring.choice_scores)."""
     z_gold = z.gather(1, gold[:, None])[:, 0]
     norm = torch.logsumexp(z, dim=-1) if target == "choices" else lse
     logp = (z_gold - norm).clamp(_LOGP_MIN, _LOGP_MAX)
-    h = logp - torch.log(-torch.expm1(logp))
-    return {"z": z, "lse": lse, "h": h}
+    return logp - torch.log(-torch.expm1(logp))
+
+
+def target_quantities(
+    logits: torch.Tensor, choice_ids: torch.Tensor, gold: torch.Tensor, target: str
+) -> dict[str, torch.Tensor]:
+    """z (b, C), lse (b,) and h (b,) from answer-position logits (b, V) of one-token answer
+    words, as in the module doc."""
+    logits = logits.float()
+    z, lse = logits[:, choice_ids], torch.logsumexp(logits, dim=-1)
+    return {"z": z, "lse": lse, "h": gold_log_odds(z, lse, gold, target)}
+
+
+def answer_quantities(logits, answers: Answers, gold, target: str) -> dict[str, torch.Tensor]:
+    """z, lse and h from core.models.scoring.answer_logits, for answer words of any length (for
+    multi-token words z is each word's log-probability, averaged over its tokens with target
+    "vocab" as in the paper, summed with "choices", and lse is 0)."""
+    z, lse = choice_scores(logits, answers, mean=target == "vocab")
+    return {"z": z, "lse": lse, "h": gold_log_odds(z, lse, gold, target)}
+
+
+def as_answers(choices) -> Answers:
+    """`choices` as Answers; a list of token ids means one-token answer words."""
+    return choices if isinstance(choices, Answers) else Answers(tuple((int(c),) for c in choices))
 
 
 def feature_dims(peft_model) -> list[int]:
@@ -93,7 +111,7 @@ class _BGradHooks:
     of q.sum() over the retained graph and returns (b, k) projected, or (b, D) without projector.
     """
 
-    def __init__(self, peft_model, projector: Projector | None, mask: torch.Tensor):
+    def __init__(self, peft_model, projector: Projector | None, mask: torch.Tensor, per: int = 1):
         from core.models.adapters import lora_b_parameters, lora_layers
 
         self.params = [p for _, p in lora_b_parameters(peft_model)]
@@ -101,6 +119,7 @@ class _BGradHooks:
         self.modules = [layer.lora_B["default"] for _, layer in lora_layers(peft_model)]
         self.block = [index[id(m.weight)] for m in self.modules]
         self.projector, self.mask = projector, mask.bool()
+        self.per = per  # sequences per example (multi-token answer words): their gradients add
         self.inputs: dict[int, torch.Tensor] = {}
         self.handles = []
         self.acc = None
@@ -128,6 +147,8 @@ class _BGradHooks:
         keep = self.mask[:, :, None]  # padded positions contribute exactly nothing
         delta = torch.where(keep, delta.float(), 0.0)
         g = torch.einsum("bto,btr->bor", delta, torch.where(keep, u, 0.0)).reshape(len(u), -1)
+        if self.per > 1:
+            g = g.reshape(len(u) // self.per, self.per, -1).sum(1)
         if self.projector is not None:
             self.acc += self.projector.project_block(i, g)
         else:
@@ -153,14 +174,15 @@ class _BGradHooks:
 def batch_features(
     peft_model,
     batch: dict,
-    choice_ids,
+    choices,
     gold,
     target: str,
     split: str,
     projector: Projector | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Features of one left-padded batch (from core.data.prompts.pad_batch).
+    """Features of one batch from core.models.prefix.model_inputs (left-padded).
 
+    `choices`: the task's Answers (or the token ids of one-token answer words).
     train: {"h": (b,), "g": (b, k)} (+ "z": (b, C), "G": (b, C, k) when
     core.gradients.store.per_choice_train); val: {"z": (b, C), "lse": (b,), "h": (b,), "G": (b, C, k),
     "Glse": (b, k) for target vocab}. Without a projector, k becomes D (unprojected gradients,
@@ -168,42 +190,46 @@ def batch_features(
     """
     from core.gradients.store import per_choice_train
 
+    answers = as_answers(choices)
     device = batch["attention_mask"].device
-    choice = torch.as_tensor(choice_ids, device=device)
     gold = torch.as_tensor(gold, device=device)
-    with _BGradHooks(peft_model, projector, batch["attention_mask"]) as hooks:
-        logits = peft_model(**batch, logits_to_keep=1).logits[:, -1]
-        q = target_quantities(logits, choice, gold, target)
-        C = len(choice)
+    per = 1 if answers.single else len(answers.continuations)
+    with _BGradHooks(peft_model, projector, batch["attention_mask"], per) as hooks:
+        q = answer_quantities(answer_logits(peft_model, batch, answers), answers, gold, target)
+        C = len(answers)
         if split == "train" and per_choice_train(C, target):
             G = [hooks.grads(q["z"][:, c], retain_graph=True) for c in range(C)]
             g = hooks.grads(q["h"], retain_graph=False)
             return {"h": q["h"].detach(), "g": g, "z": q["z"].detach(), "G": torch.stack(G, 1)}
         if split == "train":
             return {"h": q["h"].detach(), "g": hooks.grads(q["h"], retain_graph=False)}
-        n_pass = C + (target == "vocab")
+        vocab_lse = target == "vocab" and answers.single  # multi-token words: lse is 0
+        n_pass = C + vocab_lse
         G = [hooks.grads(q["z"][:, c], retain_graph=c < n_pass - 1) for c in range(C)]
         out = {name: q[name].detach() for name in ("z", "lse", "h")}
         out["G"] = torch.stack(G, dim=1)
-        if target == "vocab":
+        if vocab_lse:
             out["Glse"] = hooks.grads(q["lse"], retain_graph=False)
+        elif target == "vocab":
+            out["Glse"] = torch.zeros_like(out["G"][:, 0])
         return out
 
 
 def reference_example_grads(
-    peft_model, input_ids: list[list[int]], choice_ids, gold, target: str, split: str = "train"
+    peft_model, input_ids: list[list[int]], choices, gold, target: str, split: str = "train"
 ) -> dict[str, np.ndarray]:
     """Only for testing: the same features, unprojected, by one plain backward per example.
 
     Batch of one, no padding, no hooks: autograd's own B gradients, flattened in
-    lora_b_parameters order. Returns the keys of `batch_features` with k = D, as float64 numpy.
+    lora_b_parameters order; a multi-token answer word is scored by its own forward over the
+    prompt and the whole word. Returns the keys of `batch_features` with k = D, float64 numpy.
     """
     from core.gradients.store import per_choice_train
     from core.models.adapters import lora_b_parameters
 
+    answers = as_answers(choices)
     params = [p for _, p in lora_b_parameters(peft_model)]
     device = params[0].device
-    choice = torch.as_tensor(choice_ids, device=device)
     rows: dict[str, list] = {}
 
     def grad(x, retain=True):
@@ -216,23 +242,37 @@ def reference_example_grads(
         )
 
     for ids, y in zip(input_ids, gold, strict=True):
-        batch = pad_batch([ids], 0, device)
-        logits = peft_model(**batch, logits_to_keep=1).logits[:, -1]
-        q = target_quantities(logits, choice, torch.tensor([int(y)], device=device), target)
-        got = {"h": q["h"][0].detach().double()}
+        z, lse = _reference_scores(peft_model, ids, answers, target == "vocab", device)
+        h = gold_log_odds(z[None], lse[None], torch.tensor([int(y)], device=device), target)[0]
+        got = {"h": h.detach().double()}
         if split == "train":
-            got["g"] = grad(q["h"][0])
-        if split == "train" and per_choice_train(len(choice), target):
-            got["z"] = q["z"][0].detach().double()
-            got["G"] = torch.stack([grad(q["z"][0, c]) for c in range(len(choice))])
+            got["g"] = grad(h)
+        if split == "train" and per_choice_train(len(answers), target):
+            got["z"] = z.detach().double()
+            got["G"] = torch.stack([grad(z[c]) for c in range(len(answers))])
         elif split != "train":
-            got.update(z=q["z"][0].detach().double(), lse=q["lse"][0].detach().double())
-            got["G"] = torch.stack([grad(q["z"][0, c]) for c in range(len(choice))])
+            got.update(z=z.detach().double(), lse=lse.detach().double())
+            got["G"] = torch.stack([grad(z[c]) for c in range(len(answers))])
             if target == "vocab":
-                got["Glse"] = grad(q["lse"][0])
+                got["Glse"] = grad(lse) if lse.requires_grad else torch.zeros_like(got["G"][0])
         for name, value in got.items():
             rows.setdefault(name, []).append(value.cpu())
     return {name: torch.stack(v).numpy() for name, v in rows.items()}
+
+
+def _reference_scores(peft_model, ids: list[int], answers: Answers, mean: bool, device):
+    """(z (C,), lse ()) of one prompt, each multi-token word by a forward of prompt + word."""
+    if answers.single:
+        batch = pad_batch([ids], 0, device)
+        logits = peft_model(**batch, logits_to_keep=1).logits[0, -1].float()
+        return logits[answers.ids], torch.logsumexp(logits, dim=-1)
+    scores = []
+    for toks in answers.tokens:
+        seq = torch.tensor([list(ids) + list(toks)], device=device)
+        logp = peft_model(input_ids=seq).logits[0].float().log_softmax(-1)
+        picked = torch.stack([logp[len(ids) - 1 + t, tok] for t, tok in enumerate(toks)])
+        scores.append(picked.mean() if mean else picked.sum())
+    return torch.stack(scores), torch.zeros((), device=device)
 
 
 # --- the step ---------------------------------------------------------------------------------
@@ -281,7 +321,7 @@ def _extract_split(
 
         def compute(batch=batch, idx=idx):
             return batch_features(
-                peft_model, batch, enc.choice_ids, enc.gold[idx], target, enc.split, projector
+                peft_model, batch, enc.answers, enc.gold[idx], target, enc.split, projector
             )
 
         if start == 0:  # count on a throwaway pass: the counter may change low-order bits
@@ -312,7 +352,7 @@ def _open_stores(cfg, ws, todo, tok, peft_model, projector) -> list[tuple]:
             store_key(cfg, task),
             resolved,
             rows={s: len(e) for s, e in encs.items()},
-            C=len(encs["train"].choice_ids),
+            C=len(encs["train"].answers),
             k=projector.k,
             gold={s: e.gold for s, e in encs.items()},
         )

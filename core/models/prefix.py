@@ -206,7 +206,10 @@ def find(model) -> PrefixCache | None:
 
 def model_inputs(model, enc: Encoded, idx, pad_id: int, device) -> dict:
     """Inputs of the rows `idx` of `enc` for `model`: cached states when the model has a prefix
-    cache attached, else left-padded token ids (core.data.prompts.pad_batch)."""
+    cache attached, else left-padded token ids (core.data.prompts.pad_batch). With multi-token
+    answer words each row is its sequences (Encoded.sequences), row by row."""
+    if not enc.answers.single:
+        enc, idx = enc.sequences(), enc.sequence_rows(idx)
     cache = find(model)
     if cache is None:
         return pad_batch([enc.input_ids[i] for i in idx], pad_id, device)

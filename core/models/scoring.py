@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.data.prompts import Encoded, batches
+from core.data.prompts import Answers, Encoded, batches
 from core.progress import track
 
 
@@ -17,23 +17,57 @@ def last_logits(model, batch: dict):
     return model(**batch, logits_to_keep=1).logits[:, -1].float()
 
 
+def answer_logits(model, batch: dict, answers: Answers):
+    """The logits a batch of core.models.prefix.model_inputs needs to score `answers`:
+    (sequences, answers.width, vocab), the last positions of each left-padded sequence."""
+    return model(**batch, logits_to_keep=answers.width).logits
+
+
+def choice_scores(logits, answers: Answers, mean: bool = False):
+    """(z (b, C), lse (b,)) from `answer_logits` of b rows.
+
+    One-token words: z are the words' logits at the answer position and lse the vocabulary's
+    log-normaliser, so log p(word) = z − lse (the stores keep z and lse apart, as before).
+    Longer words: z is each word's log-probability, summed over its tokens (`mean`: averaged,
+    the paper's per-token loss), and lse is 0. Either way a softmax over z is the distribution
+    over the answer words that training, features and evaluation all use.
+    """
+    import torch
+
+    if answers.single:
+        last = logits[:, -1].float()
+        return last[:, answers.ids], torch.logsumexp(last, dim=-1)
+    per, width = len(answers.continuations), answers.width
+    logp = logits.float().log_softmax(-1)
+    logp = logp.reshape(-1, per, width, logp.shape[-1])  # (b, continuations, width, vocab)
+    cols = []
+    for toks, seq in zip(answers.tokens, answers.sequence_of, strict=True):
+        n = len(toks)
+        index = torch.tensor(toks, device=logp.device).expand(len(logp), n)
+        picked = logp[:, seq, width - n :].gather(-1, index[..., None])[..., 0].sum(-1)
+        cols.append(picked / n if mean else picked)
+    z = torch.stack(cols, dim=1)
+    return z, torch.zeros(len(z), device=z.device)
+
+
 def choice_logits(
     model, tokenizer, enc: Encoded, batch_size: int = 16, desc: str | None = None
 ) -> np.ndarray:
-    """(n, C) logits of each answer choice at the answer position, rows in `enc` order."""
+    """(n, C) choice scores (`choice_scores`' z: a softmax over them is the model's answer
+    distribution), rows in `enc` order."""
     import torch
 
     from core.models.prefix import model_inputs
 
     device = model_device(model)
-    choice = torch.tensor(enc.choice_ids, device=device)
-    out = np.zeros((len(enc), len(enc.choice_ids)), dtype=np.float32)
+    out = np.zeros((len(enc), len(enc.answers)), dtype=np.float32)
     was_training = model.training
     model.eval()
     with torch.inference_mode(), track(len(enc), desc or f"score {enc.task}", unit="row") as bar:
         for idx in batches(len(enc), batch_size, enc.lengths):
             batch = model_inputs(model, enc, idx, tokenizer.pad_token_id, device)
-            out[idx] = last_logits(model, batch)[:, choice].cpu().numpy()
+            z, _ = choice_scores(answer_logits(model, batch, enc.answers), enc.answers)
+            out[idx] = z.cpu().numpy()
             bar.update(len(idx))
     model.train(was_training)
     return out

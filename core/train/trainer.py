@@ -44,13 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from core.accounting import Meter, stage_entry
-from core.data.prompts import Encoded, encode_split
+from core.data.prompts import Answers, Encoded, encode_split
 from core.data.sources import select_tasks
 from core.errors import DataError, GroupTuneError
 from core.io import write_json
 from core.models import prefix
 from core.models.flops import count_flops, padded_tokens
-from core.models.scoring import model_device
+from core.models.scoring import answer_logits, choice_scores, model_device
 from core.progress import log_metrics, track
 from core.recipe import (
     GRAD_CLIP,
@@ -93,29 +93,28 @@ def check_train_data(name: str, train: list[Encoded]) -> None:
             )
 
 
-def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch.Tensor, list]:
-    """Left-padded inputs (answer position last), the gold targets (B,) and the answer-word
-    ids the loss normalises over (None: the full vocabulary). Targets are indices into the
-    answer words with training.loss "choices", vocabulary token ids with "vocab"."""
+def make_batch(run: Run, task_index: int, rows: np.ndarray) -> tuple[dict, torch.Tensor]:
+    """Left-padded inputs (answer position last; with multi-token answer words each row's
+    sequences, core.models.prefix.model_inputs) and the gold answers (B,), indices into the
+    task's answer words."""
     enc = run.train[task_index]
     device = model_device(run.model)
     batch = prefix.model_inputs(run.model, enc, rows, run.tokenizer.pad_token_id, device)
-    if run.cfg.training.loss == "choices":
-        return batch, torch.as_tensor(enc.gold[rows], device=device), list(enc.choice_ids)
-    targets = torch.tensor([enc.choice_ids[g] for g in enc.gold[rows]], device=device)
-    return batch, targets, None
+    return batch, torch.as_tensor(enc.gold[rows], device=device)
 
 
-def answer_loss(model, batch: dict, targets: torch.Tensor, choices=None, offset=None):
-    """Mean cross-entropy of the gold answer at the answer position: over the task's answer
-    words (`choices`: their token ids; targets index them) or over the full vocabulary.
-    `offset` (B, C), with choices: added to the answer words' logits first (boosting)."""
-    logits = model(**batch, logits_to_keep=1).logits[:, -1].float()  # (B, vocab)
-    if choices is not None:
-        logits = logits[:, choices]
-    if offset is not None:
-        logits = logits + offset
-    return F.cross_entropy(logits, targets)
+def answer_loss(model, batch: dict, gold: torch.Tensor, answers: Answers, kind: str, offset=None):
+    """Mean cross-entropy of the gold answer: over the task's answer words (`kind` "choices";
+    `offset` (B, C), boosting's, is added to their scores first) or over the full vocabulary
+    ("vocab": −log p of the gold word, per token for a word of several)."""
+    logits = answer_logits(model, batch, answers)
+    if kind == "vocab" and answers.single:
+        targets = torch.as_tensor(answers.ids, device=gold.device)[gold]
+        return F.cross_entropy(logits[:, -1].float(), targets)
+    z, _ = choice_scores(logits, answers, mean=kind == "vocab")
+    if kind == "vocab":
+        return -z.gather(1, gold[:, None]).mean()
+    return F.cross_entropy(z if offset is None else z + offset, gold)
 
 
 def _offset(run: Run, split: str, task_index: int, rows) -> torch.Tensor | None:
@@ -147,8 +146,11 @@ def fit(run: Run, state: TrainState) -> TrainState:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 # -- forward/backward
-                batch, targets, choices = make_batch(run, t, rows)
-                loss = answer_loss(model, batch, targets, choices, _offset(run, "train", t, rows))
+                batch, gold = make_batch(run, t, rows)
+                answers, kind = run.train[t].answers, tcfg.loss
+                loss = answer_loss(
+                    model, batch, gold, answers, kind, _offset(run, "train", t, rows)
+                )
                 loss.backward()
                 # -- step
                 grad_norm = torch.nn.utils.clip_grad_norm_(_trainable(model), GRAD_CLIP)
@@ -367,8 +369,9 @@ def _flop_rates(run: Run) -> dict:
     """FLOPs per padded token of a training step and of a validation forward, measured on the
     first batch of epoch 1 (the same batch however the run was resumed)."""
     t, rows = epoch_plan(run.train, run.cfg.training, 0)[0]
-    batch, targets, choices = make_batch(run, t, rows)
-    train = count_flops(run.model, batch, True, lambda m, b: answer_loss(m, b, targets, choices))
+    batch, gold = make_batch(run, t, rows)
+    answers, kind = run.train[t].answers, run.cfg.training.loss
+    train = count_flops(run.model, batch, True, lambda m, b: answer_loss(m, b, gold, answers, kind))
     val = count_flops(run.model, batch, False)
     return {"train": train.per_token, "val": val.per_token, "method": train.method}
 
