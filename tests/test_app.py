@@ -215,7 +215,9 @@ def test_datasets_upload_maps_a_users_csv_and_jsonl(config_only, monkeypatch, tm
     words = {k: at.text_input(key=f"ds_up_word:gold:{k}").value for k in ("0", "1")}
     assert words == {"0": "0", "1": "1"}  # ' 0' is two tokens for this tokenizer, '0' one
     at.text_input(key="ds_up_word:gold:0").set_value(" negative")
-    at.text_input(key="ds_up_word:gold:1").set_value(" positive").run()
+    at.text_input(key="ds_up_word:gold:1").set_value(" very good").run()  # two tokens: scored
+    assert any("' very good' (label `1`) is 2 tokens for tiny-llama: it is scored by the sum"
+               in i for i in texts(at, "info"))  # fmt: skip
     at.button(key="ds_up_add").click().run()
     assert "Added sentences: 32 rows" in texts(at, "success")[0]
 
@@ -227,7 +229,7 @@ def test_datasets_upload_maps_a_users_csv_and_jsonl(config_only, monkeypatch, tm
     cfg = Workspace(ws).load_config()
     tweets, sentences, _ = load_tasks(cfg)
     assert tweets.labels == {"ann": " one", "bob": " two"} and tweets.template.startswith("Tweet:")
-    assert sentences.labels == {"0": " negative", "1": " positive"}
+    assert sentences.labels == {"0": " negative", "1": " very good"}
     cli("init", "--config", ws / "config.yaml", "--workspace", ws)
     grads = cli("gradients", "--workspace", ws)
     assert {t: r["rows_computed"] for t, r in grads.items()} == {

@@ -16,6 +16,12 @@ and G_c (core.gradients.store.per_choice_train). Val rows store z, lse, h and G_
 z_c + G_c·w and lse + Glse·w, from which both h (either target) and the predicted answer
 argmax_c(z_c + G_c·w) follow without a forward pass.
 
+Answer words of several tokens (core.data.prompts.Answers): z_c is the word's log-probability
+given the prompt, summed over its tokens (target "choices") or averaged over them (target
+"vocab", the paper's mean-over-tokens), and lse = 0, so every formula above holds unchanged.
+Each row is then one sequence per distinct continuation; the hooks add a row's sequences'
+gradients.
+
 Fast path: forward hooks on every lora_B keep its input u_t = A x_t (batch, T, r); a tensor hook
 on its output receives δ_t = ∂q/∂(lora_B output)_t (batch, T, out) during backward, where q is
 the sum over the batch of one per-example quantity. The output of lora_B is multiplied by
