@@ -1,8 +1,9 @@
 """Benchmark: the paper's headline claims measured on GroupTune, side by side in one run.
 
-Config: sample_data/full.yaml (10 tasks) reduced to fit about 40 minutes on 2 CPU cores (row
-caps, 2 epochs, the fast path as in quick.yaml: adapter.top_layers 8 with the frozen-prefix
-cache, float32 compute on the 4-bit base; `--dtype bfloat16` is faster but not exact).
+Config: sample_data/full.yaml (10 tasks) reduced for 2 CPU cores (row caps 100/50/150, at most
+--epochs epochs with early stopping, the fast path as in quick.yaml: adapter.top_layers 8 with
+the frozen-prefix cache, float32 compute on the 4-bit base; `--dtype bfloat16` is faster but
+not exact). Part d on 5 seeds plus m = 2, 3, n on 3 takes about 4 hours; it resumes.
 Steps (the pipeline's own functions; every piece is saved in the workspace and skipped on rerun):
 
   features    core.pipeline.gradients + affinity (the estimator scores its sampled subsets)
@@ -15,9 +16,10 @@ Steps (the pipeline's own functions; every piece is saved in the workspace and s
   c. approx    at each real fine-tuned update of (a), on its tasks' val rows: h0 (B = 0), the
                real h (a real forward), the first-order prediction h0 + g·vec(ΔB) with
                UNPROJECTED g (float32 compute), and the real h with B fine-tuned and A held at A0
-  d. ensemble  for training seeds {0, 1} and two m: one adapter per group of the sweep's
-               partition and one baseline adapter on all tasks; test accuracy of the ensemble
-               (each task by its own group's adapter), the baseline and the zero-shot base
+  d. ensemble  the recommended m on every --seeds seed, and m = 2, 3 and n (one adapter per
+               task) on the first --extra-seeds: group adapters, fitted weights and boosting,
+               against one baseline adapter on all tasks with the same seed; paired-bootstrap
+               gains over test rows and seeds, and training FLOPs both ways
 
 The parts live in claims_parts.py (a-c) and claims_ensemble.py (d); the verdicts in
 claims_verdicts.py; RESULTS.md in claims_markdown.py and claims_others.py.
@@ -25,7 +27,7 @@ claims_verdicts.py; RESULTS.md in claims_markdown.py and claims_others.py.
 Writes bench/results/claims.json and bench/RESULTS.md (generated from the JSON and the other
 bench/results/*.json). Progress lines go to stderr.
 
-    .venv/bin/python bench/claims.py [--subsets 8] [--m 3 2] [--workspace workspaces/bench-claims]
+    .venv/bin/python bench/claims.py [--parts d] [--epochs 5] [--workspace workspaces/bench-claims]
     .venv/bin/python bench/claims.py --smoke        # tiny-llama experiment, temp dir, seconds
     .venv/bin/python bench/claims.py --report-only  # RESULTS.md again from claims.json
 """

@@ -238,6 +238,11 @@ JOB_STEPS = ("gradients", "affinity", "group", *MODEL_STEPS[1:], "report")
 class StepResources(_Section):
     cpus: float = Field(1, gt=0, description="CPUs per job (also its torch threads).")
     gpus: float = Field(0, ge=0, description="GPUs per job; a fraction shares one.")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per job, e.g. {accelerator_type:A100: 0.001} or a "
+        "resource your nodes declare (ray start --resources); the local backend ignores them.",
+    )
 
 
 class JobsConfig(_Section):

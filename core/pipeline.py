@@ -234,7 +234,7 @@ def step_resources(cfg, step: str, gpus_present: bool) -> dict:
     kind = step.split(":")[0]
     given = cfg.jobs.resources.get(kind)
     if given is not None:
-        return given.model_dump()
+        return {k: v for k, v in given.model_dump().items() if v != {}}
     return {"gpus": 1} if gpus_present and kind in MODEL_STEPS else {}
 
 

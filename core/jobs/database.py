@@ -37,6 +37,13 @@ from core.jobs.schema import (
     transaction,
 )
 
+# how long a Ray job may go without a heartbeat before it is reaped: Ray's own retry of a task
+# lost with its node comes first (core.jobs.relay)
+REMOTE_GRACE_S = float(os.environ.get("GROUPTUNE_REMOTE_GRACE_S", "60"))
+# the columns a relayed worker's row reports back (core.jobs.relay)
+RELAYED = ("state", "started", "finished", "host", "pid", "heartbeat", "progress", "eta_s",
+           "message", "error", "exit_code")  # fmt: skip
+
 __all__ = ["HOST", "STATES", "TERMINAL", "JobNotFound", "JobStateError", "JobStore", "pid_alive"]
 
 
@@ -199,6 +206,53 @@ class JobStore:
             conn.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), int(job_id)))
             row = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (int(job_id),))
             return bool(row.fetchone()[0])
+
+    # --- a worker on another node (core.jobs.relay) --------------------------------------------
+    def metrics_after(self, job_id: int, after: int = 0) -> tuple[int, list[dict]]:
+        """(last metric id, the records logged after metric id `after`, in order)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, record FROM metrics WHERE job_id = ? AND id > ? ORDER BY id",
+                (int(job_id), int(after)),
+            ).fetchall()
+        return (rows[-1]["id"] if rows else after), [json.loads(r["record"]) for r in rows]
+
+    def copy_job(self, job: dict) -> None:
+        """Insert `job` (a row of another database) under its own id, queued and without
+        dependencies: the node-local copy a relayed worker runs against."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, name, step, module, argv, resources, backend, cwd, created,"
+                " attempts, log_path, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (int(job["id"]), job["name"], job["step"], job["module"], json.dumps(job["argv"]),
+                 json.dumps(job["resources"] or {}), job["backend"], job["cwd"], job["created"],
+                 job["attempts"], job["log_path"], "relay"),
+            )  # fmt: skip
+
+    def apply_remote(self, job_id: int, fields: dict, records: list[dict]) -> bool:
+        """Write what a worker on another node reported (its row's RELAYED fields and new
+        metrics) unless the job is already finished here; True if a cancel was asked."""
+        cols = [k for k in RELAYED if k in fields]
+        now = time.time()
+        with self._write() as conn:
+            if cols:
+                sets = ", ".join(f"{c} = ?" for c in cols)
+                conn.execute(
+                    f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ('queued', 'running')",
+                    [fields[c] for c in cols] + [int(job_id)],
+                )
+            rows = [(int(job_id), now, json.dumps(r, default=json_default)) for r in records]
+            conn.executemany("INSERT INTO metrics (job_id, ts, record) VALUES (?, ?, ?)", rows)
+            row = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (int(job_id),))
+            return bool(row.fetchone()[0])
+
+    def count_retry(self, job_id: int, message: str) -> None:
+        """Another attempt of a started job, made by the backend itself (Ray's retry)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET attempts = attempts + 1, message = ? WHERE id = ?",
+                (message, int(job_id)),
+            )
 
     # --- state transitions -------------------------------------------------------------------
     def claim_next(self, backend: str, max_running: int | None, claimer: str) -> dict | None:
@@ -368,20 +422,26 @@ class JobStore:
     def reap(self) -> list[int]:
         """Fail running jobs with a stale heartbeat whose process is gone; return their ids.
 
-        A job on another host (Ray) cannot have its pid checked, so its heartbeat decides.
+        A job on another host cannot have its pid checked, so its heartbeat decides. A Ray
+        job gets REMOTE_GRACE_S (at least): Ray itself notices a lost node and retries its task
+        (core.jobs.relay), which takes longer than a few missed heartbeats.
         Claimed-but-unstarted jobs whose dispatcher on this host died go back to the queue.
         """
         now = time.time()
         cutoff = now - self.stale_after * self.heartbeat_s
+        remote_cutoff = min(cutoff, now - REMOTE_GRACE_S)
         with self._read() as conn:  # cheap read first: the common case writes nothing
             stale = conn.execute(
-                "SELECT id, pid, host, heartbeat FROM jobs WHERE state = 'running'"
+                "SELECT id, pid, host, heartbeat, backend FROM jobs WHERE state = 'running'"
                 " AND (heartbeat IS NULL OR heartbeat < ?)",
                 (cutoff,),
             ).fetchall()
             orphans = conn.execute(
                 "SELECT id, claimed_by FROM jobs WHERE state = 'queued' AND claimed_by IS NOT NULL"
             ).fetchall()
+        stale = [
+            r for r in stale if r["backend"] == "local" or (r["heartbeat"] or 0) < remote_cutoff
+        ]
         dead = [r for r in stale if r["host"] != HOST or not pid_alive(r["pid"])]
         lost = [r["id"] for r in orphans if claimer_dead(r["claimed_by"])]
         if not dead and not lost:
@@ -393,8 +453,13 @@ class JobStore:
                 cur = conn.execute(
                     "UPDATE jobs SET state = 'failed', finished = ?, eta_s = NULL,"
                     " error = ? WHERE id = ? AND state = 'running' AND"
-                    " (heartbeat IS NULL OR heartbeat < ?)",
-                    (now, f"worker died (no heartbeat since {since})", r["id"], cutoff),
+                    " (heartbeat IS NULL OR heartbeat <= ?)",  # no beat since it was read
+                    (
+                        now,
+                        f"worker died (no heartbeat since {since})",
+                        r["id"],
+                        r["heartbeat"] or now,
+                    ),
                 )
                 if cur.rowcount:
                     reaped.append(r["id"])

@@ -1,10 +1,13 @@
 """Jobs as Ray tasks, for a cluster (`pip install 'grouptune[ray]'`).
 
-The same jobs, the same worker: each Ray task runs `python -m core.jobs.runner DB ID` as a
+The same jobs, the same worker: each Ray task runs `python -m core.jobs.runner` as a
 subprocess on whichever node Ray picks (with the job's `resources` as num_cpus / num_gpus, so
-Ray also sets CUDA_VISIBLE_DEVICES). State still goes to the SQLite database in the workspace,
-which must therefore be on a file system every node shares, and GroupTune must be importable
-at the same path (or installed) on every node.
+Ray also sets CUDA_VISIBLE_DEVICES). The driver keeps the job database: tasks report state
+through Ray to a JobRelay actor on the driver's node (core.jobs.relay), so no node opens the
+SQLite file. Artifacts go to the workspace path, which every node must reach (a shared
+folder), and GroupTune must be importable at the same path (or installed) on every node.
+A task lost with its node is retried by Ray (`max_retries`, default 2) and resumes from the
+step's checkpoint; `grouptune jobs` shows the attempt.
 
 Ray does the resource accounting, so there is no job limit by default: ready jobs are handed
 to Ray at once and stay `queued` (marked claimed) until Ray starts them. A watcher thread in
@@ -16,24 +19,13 @@ local backend, whose workers are detached).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import traceback
 
 from core.errors import GroupTuneError
 from core.jobs.database import TERMINAL, JobStore
 from core.jobs.launch import child_env, job_cwd
-
-
-def _run_worker(db: str, job_id: int, env: dict[str, str], cwd: str) -> int:
-    """The Ray task: one worker process for one job, on the node Ray chose; its exit code."""
-    cmd = [sys.executable, "-m", "core.jobs.runner", db, str(job_id), "--no-dispatch"]
-    full_env = {**os.environ, **env}  # Ray's CUDA_VISIBLE_DEVICES etc. plus ours
-    return subprocess.run(
-        cmd, env=full_env, cwd=cwd if os.path.isdir(cwd) else None, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-    ).returncode  # fmt: skip
+from core.jobs.relay import JobRelay, run_relayed
 
 
 def use_token_file(path: str | os.PathLike) -> None:
@@ -62,6 +54,8 @@ class RayBackend:
         num_gpus: int | None = None,
         object_store_memory: int = 100 * 2**20,
         auth_token_file: str | os.PathLike | None = None,
+        max_retries: int = 2,
+        relay_interval_s: float = 1.0,
         **init_kwargs,
     ):
         # Authentication is Ray's own and stays on: a local instance makes its own token (Ray
@@ -92,8 +86,13 @@ class RayBackend:
             self._task_runtime_env = None
         else:
             self._task_runtime_env = self._runtime_env
-        self._task = ray.remote(max_retries=0)(_run_worker)
+        # Ray retries a task whose worker or node died (not one whose step failed: the job
+        # records that itself); the retry resumes from the step's checkpoint
+        self._task = ray.remote(max_retries=max_retries)(run_relayed)
+        self._relay = self._start_relay()
+        self._interval = relay_interval_s
         self._refs: dict = {}  # ObjectRef -> (db, job_id)
+        self._cancelled: set = set()  # refs ray.cancel was called on
         self._dbs: set[str] = set()  # databases this backend has started jobs of
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -102,6 +101,19 @@ class RayBackend:
             target=self._watch, name="grouptune-ray-watch", daemon=True
         )
         self._watcher.start()
+
+    def _start_relay(self):
+        """The JobRelay actor, on this (the driver's) node, where the database file is."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = self._ray.get_runtime_context().get_node_id()
+        options = {"num_cpus": 0, "max_concurrency": 1}
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=False)
+        if self._task_runtime_env is not None:
+            options["runtime_env"] = self._task_runtime_env
+        relay = self._ray.remote(JobRelay).options(**options).remote()
+        self._ray.get(relay.__ray_ready__.remote())  # up before any task reports to it
+        return relay
 
     @property
     def closed(self) -> bool:
@@ -120,11 +132,13 @@ class RayBackend:
         options = {
             "num_cpus": resources.get("cpus", 1),
             "num_gpus": resources.get("gpus", 0),
+            "resources": resources.get("custom") or None,
             "name": f"grouptune-{job['id']}-{job['step']}",
         }
         if self._task_runtime_env is not None:
             options["runtime_env"] = self._task_runtime_env
-        ref = self._task.options(**options).remote(db, job["id"], env, str(job_cwd(job)))
+        args = (self._relay, str(db), job, env, str(job_cwd(job)), self._interval)
+        ref = self._task.options(**options).remote(*args)
         with self._lock:
             self._refs[ref] = (db, job["id"])
             self._dbs.add(db)
@@ -143,15 +157,26 @@ class RayBackend:
                 self._dispatch_all(dispatch)  # jobs resumed from elsewhere (the CLI, the UI)
                 continue
             try:
+                self._forward_cancels(refs)
                 ready, _ = self._ray.wait(refs, num_returns=1, timeout=0.5)
                 for ref in ready:
                     with self._lock:
                         db, job_id = self._refs.pop(ref)
+                    self._cancelled.discard(ref)
                     self._settle(db, job_id, ref)
                     dispatch(db, backend=self)
             except Exception:
                 if not self._closed:
                     traceback.print_exc()
+
+    def _forward_cancels(self, refs) -> None:
+        """`grouptune jobs cancel` sets a flag in the database; Ray's cancel carries it to the
+        task (core.jobs.relay.run_relayed), which stops its worker cleanly."""
+        for ref in refs:
+            db, job_id = self._refs[ref]
+            if ref not in self._cancelled and JobStore(db).peek(job_id)["cancel_requested"]:
+                self._cancelled.add(ref)
+                self._ray.cancel(ref)
 
     def _dispatch_all(self, dispatch) -> None:
         for db in list(self._dbs):

@@ -142,16 +142,20 @@ def check_ids(ids) -> list[int]:
 
 
 def check_resources(resources: dict | None) -> dict:
+    """{"cpus", "gpus", "slots": numbers >= 0, "custom": {Ray resource name: number >= 0}}."""
     resources = dict(resources or {})
-    unknown = set(resources) - {"cpus", "gpus", "slots"}
+    unknown = set(resources) - {"cpus", "gpus", "slots", "custom"}
     if unknown:
         raise ValueError(
-            f"resources: unknown keys {sorted(unknown)}; use 'cpus', 'gpus' and 'slots'"
+            f"resources: unknown keys {sorted(unknown)}; use 'cpus', 'gpus', 'slots' and 'custom'"
         )
-    for key, value in resources.items():
+    custom = resources.pop("custom", None) or {}
+    if not isinstance(custom, dict) or not all(isinstance(k, str) and k for k in custom):
+        raise ValueError(f"resources['custom'] must map resource names to numbers, got {custom!r}")
+    for key, value in [*resources.items(), *(("custom." + k, v) for k, v in custom.items())]:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"resources['{key}'] must be a number >= 0, got {value!r}")
-    return resources
+    return resources | ({"custom": custom} if custom else {})
 
 
 def json_default(obj):
