@@ -37,9 +37,13 @@ from core.jobs.schema import (
     transaction,
 )
 
-# how long a Ray job may go without a heartbeat before it is reaped: Ray's own retry of a task
-# lost with its node comes first (core.jobs.relay)
-REMOTE_GRACE_S = float(os.environ.get("GROUPTUNE_REMOTE_GRACE_S", "60"))
+
+def remote_grace_s() -> float:
+    """How long a Ray job may go without a heartbeat before it is reaped: Ray's own retry of a
+    task lost with its node comes first (core.jobs.relay). GROUPTUNE_REMOTE_GRACE_S, else 60."""
+    return float(os.environ.get("GROUPTUNE_REMOTE_GRACE_S", "60"))
+
+
 # the columns a relayed worker's row reports back (core.jobs.relay)
 RELAYED = ("state", "started", "finished", "host", "pid", "heartbeat", "progress", "eta_s",
            "message", "error", "exit_code")  # fmt: skip
@@ -423,13 +427,13 @@ class JobStore:
         """Fail running jobs with a stale heartbeat whose process is gone; return their ids.
 
         A job on another host cannot have its pid checked, so its heartbeat decides. A Ray
-        job gets REMOTE_GRACE_S (at least): Ray itself notices a lost node and retries its task
+        job gets `remote_grace_s()` (at least): Ray itself notices a lost node and retries its task
         (core.jobs.relay), which takes longer than a few missed heartbeats.
         Claimed-but-unstarted jobs whose dispatcher on this host died go back to the queue.
         """
         now = time.time()
         cutoff = now - self.stale_after * self.heartbeat_s
-        remote_cutoff = min(cutoff, now - REMOTE_GRACE_S)
+        remote_cutoff = min(cutoff, now - remote_grace_s())
         with self._read() as conn:  # cheap read first: the common case writes nothing
             stale = conn.execute(
                 "SELECT id, pid, host, heartbeat, backend FROM jobs WHERE state = 'running'"

@@ -76,8 +76,8 @@ class RayBackend:
         if not ray.is_initialized():
             init_kwargs.setdefault("runtime_env", self._runtime_env)
             if address is None:
-                ray.init(
-                    num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                ray.init(  # "local": a new instance, never one found running on this machine
+                    address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                     object_store_memory=object_store_memory, **init_kwargs,
                 )  # fmt: skip
                 self.owns_instance = True
