@@ -348,8 +348,9 @@ def test_ray_backend_runs_the_same_jobs(ws, monkeypatch):
 def test_a_clusters_token_file_is_passed_not_auth_turned_off(tmp_path, monkeypatch):
     from core.jobs.ray_backend import use_token_file
 
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):  # recorded, so undone after the test
+        monkeypatch.setenv(name, "")  # (delenv of an unset name records nothing to undo)
+        monkeypatch.delenv(name)
     with pytest.raises(GroupTuneError, match="not a readable file"):
         use_token_file(tmp_path / "missing")
     token = tmp_path / "token"
