@@ -77,11 +77,11 @@ def init_cmd(
     """Create (or update) an experiment workspace from a config, checking every task loads."""
     from core.data.sources import load_tasks
     from core.data.tasks import answer_word_overlaps
-    from core.data.tokens import check_answer_words
+    from core.data.tokens import check_tokens
 
     cfg, ws = _context(config, workspace)
     tasks = load_tasks(cfg)
-    check_answer_words(cfg, tasks)  # here, not first inside a gradients job
+    check_tokens(cfg, tasks)  # here, not first inside a gradients job
     overlaps = answer_word_overlaps(tasks)
     result = {
         "workspace": str(ws.root),
@@ -291,10 +291,10 @@ def run_cmd(
     """The whole pipeline as background jobs, in dependency order; prints the report."""
     from core import pipeline
     from core.data.sources import load_tasks
-    from core.data.tokens import check_answer_words
+    from core.data.tokens import check_tokens
 
     cfg, ws = _context(config, workspace)
-    check_answer_words(cfg, load_tasks(cfg))  # as `init` does: before any job is queued
+    check_tokens(cfg, load_tasks(cfg))  # as `init` does: before any job is queued
     engine = None
     if backend != "local":
         from core.jobs import get_backend

@@ -47,12 +47,12 @@ def test_check_accepts_multi_token_words_and_names_words_it_cannot_tell_apart(ca
     good = _task("good", {"negative": " negative", "positive": " positive"})
     long = _task("nli", {"yes": " yes", "maybe": " maybe", "zero": " 0"})
     with caplog.at_level("INFO", logger="grouptune.tokens"):
-        tokens.check_answer_words(cfg, [good, long])  # no error: ' maybe' is scored by its tokens
+        tokens.check_tokens(cfg, [good, long])  # no error: ' maybe' is scored by its tokens
     assert "task nli: multi-token answer words ' maybe' (2 tokens), ' 0' (2 tokens)" in caplog.text
     assert "task good" not in caplog.text
     twins = _task("twins", {"a": " maybe", "b": " maybe"})
     with pytest.raises(DataError) as err:
-        tokens.check_answer_words(cfg, [good, twins])
+        tokens.check_tokens(cfg, [good, twins])
     msg = str(err.value)
     assert "1 answer word(s) cannot be scored by model tiny-llama" in msg
     assert "task twins: answer words ' maybe' and ' maybe' are the same tokens" in msg
@@ -72,7 +72,7 @@ def test_two_words_of_one_token_are_named():
 def test_a_model_not_here_is_not_checked(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("GROUPTUNE_CACHE", str(tmp_path / "empty"))
     cfg = parse_config({"tasks": ["a"], "model": {"name": "smollm2-135m"}})
-    tokens.check_answer_words(cfg, [_task("t", {"a": " not one token", "b": " b"})])
+    tokens.check_tokens(cfg, [_task("t", {"a": " not one token", "b": " b"})])
     assert "answer words not checked: model smollm2-135m is not on this machine" in caplog.text
     assert tokens.count_tokens("smollm2-135m", "hello") is None
 
@@ -97,3 +97,17 @@ def test_run_checks_the_answer_words_before_queuing_any_job(tmp_path, capsys):
     assert main(["run", str(config), "--workspace", str(ws)]) == 2
     assert "label 'positive': answer word '' has no tokens" in capsys.readouterr().err
     assert not (ws / "jobs.db").exists()  # nothing was queued
+
+
+def test_a_template_too_long_for_the_token_budget_is_named_before_any_job():
+    cfg = parse_config({"tasks": ["a"], "model": {"name": "tiny-llama", "quantization": "none"},
+                        "data": {"max_tokens": 12}})  # fmt: skip
+    short = _task("short", {"negative": " negative", "positive": " positive"})
+    tokens.check_tokens(cfg, [short])  # "Review: \nSentiment:" leaves room for the text
+    wordy = Task(name="wordy", template="Read the review below with care. Review: {text}\nSentiment:",
+                 labels=short.labels, splits={"train": sentiment_rows(4)})  # fmt: skip
+    with pytest.raises(DataError) as err:
+        tokens.check_tokens(cfg, [short, wordy])
+    assert err.value.field == "data.max_tokens"
+    assert str(err.value).startswith("field 'data.max_tokens': task wordy: the template alone is")
+    assert "task short" not in str(err.value)

@@ -81,6 +81,9 @@ def answer_tokens(tokenizer, task: Task) -> Answers:
     return Answers(tuple(tokens))
 
 
+MIN_TEXT_TOKENS = 4  # what data.max_tokens must leave for the text after the template
+
+
 def _fit_field(tokenizer, text: str, n_tokens: int) -> str:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return text if len(ids) <= n_tokens else tokenizer.decode(ids[: max(n_tokens, 0)])
@@ -96,7 +99,7 @@ def encode_prompt(tokenizer, task: Task, row: dict, max_tokens: int) -> list[int
         tokenizer.encode(task.render({"text": "", "text_pair": ""}), add_special_tokens=False)
     )
     budget = max_tokens - fixed
-    if budget < 4:
+    if budget < MIN_TEXT_TOKENS:
         raise DataError(
             f"the template alone is {fixed} tokens, over the budget of {max_tokens}",
             file=f"task {task.name}",

@@ -199,10 +199,25 @@ def multi_token_words(tokenizer, task) -> dict[str, int]:
     return {word: n for word, n in lengths.items() if n > 1}
 
 
-def check_answer_words(cfg, tasks) -> None:
-    """Raise one DataError naming every answer word (task, label, word, its pieces) that
-    `cfg.model`'s tokenizer cannot score; log the tasks whose words are several tokens (they
-    cost more forwards). A model not on this machine yet is not checked (a warning says so; the
+def template_problems(tokenizer, task, max_tokens: int) -> list[str]:
+    """A line when `task`'s template alone leaves less than MIN_TEXT_TOKENS of data.max_tokens
+    for the text (core.data.prompts.encode_prompt refuses every row then)."""
+    from core.data.prompts import MIN_TEXT_TOKENS
+
+    fixed = len(encode(tokenizer, task.render({"text": "", "text_pair": ""})))
+    if max_tokens - fixed >= MIN_TEXT_TOKENS:
+        return []
+    return [
+        f"task {task.name}: the template alone is {fixed} tokens, which leaves less than "
+        f"{MIN_TEXT_TOKENS} of data.max_tokens = {max_tokens} for the text"
+    ]
+
+
+def check_tokens(cfg, tasks) -> None:
+    """What needs `cfg.model`'s tokenizer, before any job: raise one DataError naming every
+    answer word (task, label, word, its pieces) it cannot score, and one naming every template
+    too long for data.max_tokens; log the tasks whose words are several tokens (they cost more
+    forwards). A model not on this machine yet is not checked (a warning says so; the
     gradients job checks it then): init never downloads a model."""
     tok = local_tokenizer(cfg.model.name, cfg.model.revision)
     if tok is None:
@@ -220,6 +235,12 @@ def check_answer_words(cfg, tasks) -> None:
             + "; ".join(problems)
             + ". Give each label its own answer word in the task's labels",
             field="labels",
+        )
+    long = [p for task in tasks for p in template_problems(tok, task, cfg.data.max_tokens)]
+    if long:
+        raise DataError(
+            "; ".join(long) + ": shorten the template or raise data.max_tokens",
+            field="data.max_tokens",
         )
     for task in tasks:
         if longer := multi_token_words(tok, task):
