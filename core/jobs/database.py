@@ -233,9 +233,9 @@ class JobStore:
                  job["attempts"], job["log_path"], "relay"),
             )  # fmt: skip
 
-    def apply_remote(self, job_id: int, fields: dict, records: list[dict]) -> bool:
+    def apply_remote(self, job_id: int, fields: dict, records: list[dict]) -> None:
         """Write what a worker on another node reported (its row's RELAYED fields and new
-        metrics) unless the job is already finished here; True if a cancel was asked."""
+        metrics) unless the job is already finished here."""
         cols = [k for k in RELAYED if k in fields]
         now = time.time()
         with self._write() as conn:
@@ -247,8 +247,6 @@ class JobStore:
                 )
             rows = [(int(job_id), now, json.dumps(r, default=json_default)) for r in records]
             conn.executemany("INSERT INTO metrics (job_id, ts, record) VALUES (?, ?, ?)", rows)
-            row = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (int(job_id),))
-            return bool(row.fetchone()[0])
 
     def count_retry(self, job_id: int, message: str) -> None:
         """Another attempt of a started job, made by the backend itself (Ray's retry)."""

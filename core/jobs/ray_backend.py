@@ -93,6 +93,7 @@ class RayBackend:
         self._interval = relay_interval_s
         self._refs: dict = {}  # ObjectRef -> (db, job_id)
         self._cancelled: set = set()  # refs ray.cancel was called on
+        self._stores: dict[str, JobStore] = {}  # opened once: the watcher reads them often
         self._dbs: set[str] = set()  # databases this backend has started jobs of
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -174,7 +175,7 @@ class RayBackend:
         task (core.jobs.relay.run_relayed), which stops its worker cleanly."""
         for ref in refs:
             db, job_id = self._refs[ref]
-            if ref not in self._cancelled and JobStore(db).peek(job_id)["cancel_requested"]:
+            if ref not in self._cancelled and self._store(db).peek(job_id)["cancel_requested"]:
                 self._cancelled.add(ref)
                 self._ray.cancel(ref)
 
@@ -185,8 +186,13 @@ class RayBackend:
             except Exception:
                 traceback.print_exc()
 
+    def _store(self, db: str) -> JobStore:
+        if db not in self._stores:
+            self._stores[db] = JobStore(db)
+        return self._stores[db]
+
     def _settle(self, db: str, job_id: int, ref) -> None:
-        store = JobStore(db)
+        store = self._store(db)
         try:
             code = self._ray.get(ref)
             why = f"worker exited with code {code} without recording an outcome"
