@@ -33,6 +33,61 @@ def get_reporter() -> Reporter | None:
     return _reporter
 
 
+class _Stopwatch:
+    """Wall time during which some stage work was open: bars nest, so it is their union."""
+
+    def __init__(self):
+        self.depth = 0
+        self.since = 0.0
+        self.seconds = 0.0
+
+    def enter(self) -> None:
+        if self.depth == 0:
+            self.since = time.monotonic()
+        self.depth += 1
+
+    def leave(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.seconds += time.monotonic() - self.since
+
+
+_compute = _Stopwatch()
+_phases: dict[str, float] = {}
+
+
+class computing:
+    """Marks a block as a stage's compute (every `track` is one): what bench/e2e.py weighs
+    against the job's whole run time to find the start-up tax."""
+
+    def __enter__(self) -> computing:
+        _compute.enter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _compute.leave()
+
+
+def add_time(phase: str, seconds: float) -> None:
+    """Count `seconds` of this process towards `phase` (e.g. "model_load")."""
+    _phases[phase] = _phases.get(phase, 0.0) + seconds
+
+
+def timings() -> dict[str, float]:
+    """Seconds of compute (open bars and `computing` blocks) and of each phase so far; the
+    worker reports them once per job, and resets them (`reset_timings`) between jobs."""
+    open_s = time.monotonic() - _compute.since if _compute.depth else 0.0
+    return {"compute_s": round(_compute.seconds + open_s, 3)} | {
+        f"{k}_s": round(v, 3) for k, v in _phases.items()
+    }
+
+
+def reset_timings() -> None:
+    global _compute
+    _compute = _Stopwatch()
+    _phases.clear()
+
+
 def _bars_enabled() -> bool:
     return os.environ.get("GROUPTUNE_PROGRESS", "1") != "0"
 
@@ -46,6 +101,8 @@ class track:
         self.done = 0
         self.start = time.monotonic()
         self._last_report = 0.0
+        self._open = True
+        _compute.enter()
         self._bar = tqdm(
             total=self.total, desc=desc, unit=unit, file=sys.stderr, disable=not _bars_enabled()
         )
@@ -78,6 +135,9 @@ class track:
     def close(self) -> None:
         self._bar.close()
         self._report("finished", force=True)
+        if self._open:
+            self._open = False
+            _compute.leave()
 
     def __enter__(self) -> track:
         return self

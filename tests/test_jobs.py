@@ -297,6 +297,24 @@ def test_store_refuses_a_newer_schema_and_bad_input(ws):
         JobStore(ws / "jobs.db")
 
 
+def test_each_job_reports_where_its_time_went(ws):
+    """The worker's last metrics record splits the job's time: the process's start, the step,
+    and the compute inside it (open progress bars), as bench/e2e.py's startup_share reads it."""
+    counted = job(ws, "count", "12", "--checkpoint", "c.json", "--delay", "0.05")
+    slept = job(ws, "sleep", "0.3")
+    jobs = wait(ws, [counted, slept], timeout=60)
+    store = JobStore(ws / "jobs.db")
+    for job_id in (counted, slept):
+        t = store.metrics(job_id)[-1]["timing"]
+        row = jobs[job_id]
+        assert row["started"] - 0.05 <= t["process_started"] <= t["step_started"]
+        assert t["step_started"] <= t["step_finished"] <= row["finished"]
+        assert t["compute_s"] <= t["step_finished"] - t["step_started"]
+    counting = store.metrics(counted)[-1]["timing"]
+    assert counting["compute_s"] >= 12 * 0.05  # the bar was open while it counted
+    assert store.metrics(slept)[-1]["timing"]["compute_s"] == 0  # no bar: all of it is tax
+
+
 def test_cli_list_show_logs_and_errors(ws):
     ok = job(ws, "count", "3", "--checkpoint", "c.json", step="count")
     bad = job(ws, "fail", step="fail")

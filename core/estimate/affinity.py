@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from contextlib import nullcontext
 from itertools import combinations
 from math import comb
 
@@ -35,7 +34,7 @@ from core.errors import ConfigError, GroupTuneError
 from core.estimate import fitter
 from core.estimate.estimator import check_features, check_same_k, predict
 from core.io import write_json, write_text
-from core.progress import track
+from core.progress import computing, track
 
 SEP = "+"  # joins task names in the table; never part of a task name (see core.io.safe_name)
 ENUMERATE_LIMIT = 5000  # up to this many possible subsets, sample from the full list
@@ -134,7 +133,7 @@ def score_subsets(
     for name, tf in used.items():  # once per task, not once per subset
         check_features(tf, name)
     rows = []
-    bar = track(len(subsets), "affinity", unit="subset") if progress else nullcontext()
+    bar = track(len(subsets), "affinity", unit="subset") if progress else computing()
     with bar:
         for sid, (subset, feats) in enumerate(zip(subsets, feats_of, strict=True)):
             result = fit(feats)

@@ -89,8 +89,12 @@ def run_job(db: str | os.PathLike, job_id: int) -> int:
     reporter = DbReporter(store, job_id)
     progress.set_reporter(reporter)
     beat = Heartbeat(store, job_id, store.heartbeat_s, reporter, interrupts.interrupt_main)
+    progress.reset_timings()
+    step_started = time.time()
     with beat:
         state, exit_code, error = _run_step(job, interrupts)
+    # where the job's time went, for `grouptune jobs show` and bench/e2e.py's startup_share
+    reporter.metrics({"timing": _timing(step_started)})
     progress.set_reporter(None)
     try:
         reporter.flush()
@@ -108,6 +112,28 @@ def run_job(db: str | os.PathLike, job_id: int) -> int:
         store.mark_failed(job_id, error, exit_code)
     print(f"=== job {job_id} {state} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===", flush=True)
     return 0 if state == "done" else 1
+
+
+def _timing(step_started: float) -> dict:
+    """The step's start and end (epoch seconds), the process's start when the OS says (Linux),
+    and the seconds of compute and model loading inside the step (core.progress)."""
+    return {
+        "process_started": _process_started(),
+        "step_started": round(step_started, 3),
+        "step_finished": round(time.time(), 3),
+        **progress.timings(),
+    }
+
+
+def _process_started() -> float | None:
+    """When this process started (epoch seconds, to 10 ms), from /proc; None elsewhere."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    age = uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks
+    return round(time.time() - age, 3)
 
 
 def _run_step(job: dict, interrupts: _Interrupts) -> tuple[str, int | None, str | None]:

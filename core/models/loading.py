@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +18,7 @@ from core.models.flops import count_parameters
 from core.models.provision import resolve_model
 from core.models.registry import MODELS
 from core.models.tiny import build_tiny_config, build_tiny_model, builtin_tokenizer, cap_length
+from core.progress import add_time
 
 
 def _finish_tokenizer(tok):
@@ -75,6 +77,13 @@ def load_model(model_cfg: ModelConfig, *, attn_implementation: str | None = None
     bitsandbytes quantization happens in `from_pretrained`. `attn_implementation` (e.g. "eager",
     "sdpa") is passed to transformers; None keeps its default.
     """
+    start = time.perf_counter()
+    model, tok = _load_model(model_cfg, attn_implementation)
+    add_time("model_load", time.perf_counter() - start)  # part of a job's start-up tax
+    return model, tok
+
+
+def _load_model(model_cfg: ModelConfig, attn_implementation: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if os.environ.get("GROUPTUNE_PROGRESS") == "0":  # jobs and tests: no per-weight bar in logs

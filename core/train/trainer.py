@@ -51,7 +51,7 @@ from core.io import write_json
 from core.models import prefix
 from core.models.flops import count_flops, padded_tokens
 from core.models.scoring import answer_logits, choice_scores, model_device
-from core.progress import log_metrics, track
+from core.progress import computing, log_metrics, track
 from core.recipe import (
     GRAD_CLIP,
     epoch_plan,
@@ -224,14 +224,10 @@ def _log(run: Run, state: TrainState, record: dict) -> None:
     log_metrics(record)
 
 
-class _NullTracker:
+class _NullTracker(computing):
+    """No bar (e.g. a boosting round's inner training), but still the stage's compute."""
+
     def update(self, n: int = 1, message: str | None = None) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
         pass
 
 
