@@ -11,7 +11,11 @@ Per run: total wall time, the estimation stage (gradients + affinity + group job
 time from the job database, and the report's test accuracies (which must agree between the
 two paths). Writes bench/results/e2e.json.
 
-    .venv/bin/python bench/e2e.py [--paths fast plain] [--no-added-task]
+    .venv/bin/python bench/e2e.py [--paths fast plain] [--no-added-task] [--tag before]
+
+Each run also says how much of its wall time was not a stage's compute (`startup_share`: worker
+start, imports, model loads, skip checks, data, writes and the gaps between jobs), from the
+timing record each worker writes at the end of its job.
 """
 
 from __future__ import annotations
@@ -49,17 +53,50 @@ def write_config(name: str, cache: bool, extra_task: str | None = None) -> Path:
 
 
 def job_times(ws: Path, since: float) -> list[dict]:
-    """Each job finished after `since`: step and seconds it ran."""
+    """Each job finished after `since`: step, seconds it ran, and the worker's timing record
+    (core.jobs.runner): seconds before the step began, in model loads, and in compute."""
     con = sqlite3.connect(ws / "jobs.db")
     con.row_factory = sqlite3.Row
-    rows = con.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    rows = [dict(r) for r in con.execute("SELECT * FROM jobs ORDER BY id").fetchall()]
+    timing = {}
+    for job_id, record in con.execute("SELECT job_id, record FROM metrics ORDER BY id"):
+        timing.update({job_id: json.loads(record)["timing"]} if "timing" in record else {})
     con.close()
     out = []
     for r in rows:
-        r = dict(r)
-        if r.get("started") and r.get("finished") and r["finished"] >= since:
-            out.append({"step": r["step"], "seconds": round(r["finished"] - r["started"], 1)})
+        if not (r.get("started") and r.get("finished") and r["finished"] >= since):
+            continue
+        t = timing.get(r["id"], {})
+        out.append(
+            {
+                "step": r["step"],
+                "seconds": round(r["finished"] - r["started"], 1),
+                "before_step_s": round(t["step_started"] - r["started"], 2) if t else None,
+                "model_load_s": round(t.get("model_load_s", 0.0), 2),
+                "compute_s": round(t.get("compute_s", 0.0), 2),
+            }
+        )
     return out
+
+
+def startup_tax(jobs: list[dict], wall: float) -> dict:
+    """Where the run's wall time went that was not a stage's compute: its share, and the parts
+    (worker start and imports before the step, model loads, the rest of each step outside its
+    compute: imports, skip checks, data and writes; and the time between jobs)."""
+    compute = sum(j["compute_s"] for j in jobs)
+    before = sum(j["before_step_s"] or 0.0 for j in jobs)
+    loads = sum(j["model_load_s"] for j in jobs)
+    in_jobs = sum(j["seconds"] for j in jobs)
+    return {
+        "startup_share": round(1 - compute / wall, 3),
+        "compute_seconds": round(compute, 1),
+        "tax_seconds": {
+            "worker_start": round(before, 1),
+            "model_loads": round(loads, 1),
+            "rest_of_steps": round(in_jobs - before - loads - compute, 1),
+            "between_jobs": round(wall - in_jobs, 1),
+        },
+    }
 
 
 def run(config: Path, ws: Path) -> dict:
@@ -79,6 +116,7 @@ def run(config: Path, ws: Path) -> dict:
     report = json.loads(proc.stdout)
     return {
         "wall_seconds": wall,
+        **startup_tax(jobs, wall),
         "estimation_seconds": round(
             sum(j["seconds"] for j in jobs if j["step"].split(":")[0] in ESTIMATION), 1
         ),
@@ -108,6 +146,9 @@ def main() -> None:
     ap.add_argument(
         "--no-added-task", action="store_true", help="skip the rerun with a seventh task"
     )
+    ap.add_argument(
+        "--tag", default="", help="suffix of the runs' names, e.g. 'before' to keep a baseline"
+    )
     args = ap.parse_args()
     shutil.rmtree(HERE, ignore_errors=True)
     HERE.mkdir(parents=True)
@@ -115,8 +156,11 @@ def main() -> None:
     for path in args.paths:
         say(f"{path}: grouptune run (fresh workspace)")
         config = write_config(path, cache=path == "fast")
-        results[path] = run(config, HERE / f"ws-{path}")
-        say(f"{path}: {results[path]['wall_seconds']} s")
+        key = f"{path} {args.tag}".strip()
+        results[key] = run(config, HERE / f"ws-{path}")
+        say(
+            f"{key}: {results[key]['wall_seconds']} s, startup_share {results[key]['startup_share']}"
+        )
     if "fast" in results and not args.no_added_task:
         say("fast + rotten_tomatoes: grouptune run again with a seventh task")
         config = write_config("fast-plus", cache=True, extra_task="rotten_tomatoes")
