@@ -17,6 +17,7 @@ from torch import nn
 
 from core.config import AdapterConfig, ModelConfig
 from core.errors import ConfigError, GroupTuneError
+from core.models import quantized
 from core.models.adapters import (
     adapter_fingerprint,
     attach_adapter,
@@ -151,6 +152,38 @@ def test_qlora_4bit_forward_backward(name):
     assert math.isfinite(_train_step(pm, tok).item())
     for pname, p in lora_b_parameters(pm):
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_a_4bit_base_is_quantised_once_then_loaded_bit_for_bit(tmp_path, monkeypatch, capsys):
+    import bitsandbytes as bnb
+
+    monkeypatch.setenv("GROUPTUNE_CACHE", str(tmp_path))
+    monkeypatch.delenv("GROUPTUNE_QUANTIZED_CACHE", raising=False)
+    cfg = _cfg("tiny-llama", "4bit")
+    folder = quantized.cache_folder(cfg, "cpu")
+    fresh, tok = load_model(cfg)  # quantises, and fills the cache
+    assert (folder / "config.json").is_file() and quantized.load_cached(folder) is not None
+    cached, _ = load_model(cfg)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in cached.modules())
+    assert cached.name_or_path == fresh.name_or_path  # adapters record the model, not the cache
+    ids = tok(["the cat sat on the mat"], return_tensors="pt")
+    with torch.no_grad():
+        want = fresh(**ids).logits
+        assert torch.equal(cached(**ids).logits, want)
+    a, b = fresh.state_dict(), cached.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    (folder / "model.safetensors").write_bytes(b"not weights")  # a damaged cache is rebuilt
+    rebuilt, _ = load_model(cfg)
+    assert "does not load" in capsys.readouterr().err
+    with torch.no_grad():
+        assert torch.equal(rebuilt(**ids).logits, want)
+    assert quantized.load_cached(folder) is not None
+    # another compute dtype is another cache; none for unquantised or 8-bit models, or when off
+    assert quantized.cache_folder(cfg.model_copy(update={"dtype": "bfloat16"}), "cpu") != folder
+    assert quantized.cache_folder(_cfg("tiny-llama", "8bit"), "cpu") is None
+    monkeypatch.setenv("GROUPTUNE_QUANTIZED_CACHE", "0")
+    assert quantized.cache_folder(cfg, "cpu") is None
 
 
 def test_qlora_8bit_forward_backward():

@@ -13,6 +13,7 @@ from core.errors import ConfigError, GroupTuneError
 if TYPE_CHECKING:
     from core.config import ModelConfig
 
+from core.models import quantized
 from core.models.device import configure_cpu, pick_device, pick_dtype
 from core.models.flops import count_parameters
 from core.models.provision import resolve_model
@@ -84,7 +85,7 @@ def load_model(model_cfg: ModelConfig, *, attn_implementation: str | None = None
 
 
 def _load_model(model_cfg: ModelConfig, attn_implementation: str | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if os.environ.get("GROUPTUNE_PROGRESS") == "0":  # jobs and tests: no per-weight bar in logs
         from transformers.utils import logging as hf_logging
@@ -108,10 +109,8 @@ def _load_model(model_cfg: ModelConfig, attn_implementation: str | None):
         path, _ = resolve_model(model_cfg.name, model_cfg.revision)
         tok = builtin_tokenizer() if spec is not None and spec.builtin else None
         tok = tok or AutoTokenizer.from_pretrained(path)
-        if quant != "none":
-            kwargs["quantization_config"] = _bnb_config(quant, dtype)
         kwargs["device_map"] = {"": str(device)}  # load straight onto the device
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = _from_pretrained(model_cfg, path, device, kwargs)
     keep_bnb_training_layout(model)
     tok = _finish_tokenizer(tok)
     cap_length(tok, model.config)
@@ -119,6 +118,25 @@ def _load_model(model_cfg: ModelConfig, attn_implementation: str | None):
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
     return model, tok
+
+
+def _from_pretrained(model_cfg: ModelConfig, path, device, kwargs: dict):
+    """The model from its folder; a 4-bit one from the quantised cache when it is there (and
+    put there when it is not: core.models.quantized)."""
+    from transformers import AutoModelForCausalLM
+
+    if model_cfg.quantization == "none":
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    folder = quantized.cache_folder(model_cfg, device)
+    model = quantized.load_cached(folder, **kwargs) if folder else None
+    if model is None:
+        config = _bnb_config(model_cfg.quantization, kwargs["dtype"])
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, **kwargs)
+        if folder:
+            quantized.save_cached(folder, model)
+    else:  # what adapters record as their base is the model, not the cache
+        model.config.name_or_path = model.name_or_path = str(path)
+    return model
 
 
 def keep_bnb_training_layout(model) -> None:
