@@ -252,6 +252,12 @@ class JobsConfig(_Section):
         "group, train, boost, evaluate, report). Unset: 1 CPU, and 1 GPU for the model steps "
         "(gradients, train, boost, evaluate) when the machine or the Ray cluster has GPUs.",
     )
+    reuse_workers: bool = Field(
+        False,
+        description="Local backend: a worker that finishes a job runs the next ready job of "
+        "the workspace itself, so the chain pays process start and imports once. Off: one "
+        "fresh process per job, the robust default (nothing a step leaves in memory lasts).",
+    )
 
 
 class ExperimentConfig(_Section):

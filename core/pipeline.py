@@ -246,6 +246,9 @@ def _submitter(cfg, ws: Workspace, backend):
     def _submit(ws: Workspace, step: str, argv: list[str], depends_on=(), backend=backend) -> int:
         argv = [*argv, "--workspace", str(ws.root)]
         kw = {"depends_on": depends_on, "backend": backend}
+        kw["reuse_workers"] = (
+            cfg.jobs.reuse_workers and getattr(backend, "name", "local") == "local"
+        )
         return submit(ws.root, step, step, argv, resources=step_resources(cfg, step, gpus), **kw)
 
     return _submit

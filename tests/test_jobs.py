@@ -315,6 +315,30 @@ def test_each_job_reports_where_its_time_went(ws):
     assert store.metrics(slept)[-1]["timing"]["compute_s"] == 0  # no bar: all of it is tax
 
 
+def test_a_reused_worker_runs_the_chain_of_ready_jobs_itself(ws):
+    """With reuse_workers one process runs each job as it becomes ready, in order, with the
+    same outcomes (its own log per job, failures stopping their dependents)."""
+    first = job(ws, "count", "5", "--checkpoint", "a.json", reuse_workers=True)
+    second = job(ws, "count", "7", "--checkpoint", "b.json", depends_on=[first])
+    failing = job(ws, "fail", "--message", "third breaks", depends_on=[second])
+    blocked = job(ws, "sleep", "0", depends_on=[failing])
+    jobs = wait(ws, [first, second, failing, blocked], timeout=60)
+    assert [jobs[i]["state"] for i in (first, second, failing, blocked)] == [
+        "done",
+        "done",
+        "failed",
+        "failed",
+    ]
+    assert len({jobs[i]["pid"] for i in (first, second, failing)}) == 1  # one process
+    assert read_json(ws / "b.json") == {"value": 7, "sum_sq": 140}
+    assert "third breaks" in jobs[failing]["error"] and "depends on job" in jobs[blocked]["error"]
+    assert "its job 2" in read_log(jobs[second]) and "counted to 5" not in read_log(jobs[second])
+    # without it, each job has its own process
+    alone = [job(ws, "sleep", "0", step=f"alone-{i}") for i in range(2)]
+    pids = {j["pid"] for j in wait(ws, alone, timeout=60).values()}
+    assert len(pids) == 2
+
+
 def test_cli_list_show_logs_and_errors(ws):
     ok = job(ws, "count", "3", "--checkpoint", "c.json", step="count")
     bad = job(ws, "fail", step="fail")

@@ -257,14 +257,16 @@ class JobStore:
             )
 
     # --- state transitions -------------------------------------------------------------------
-    def claim_next(self, backend: str, max_running: int | None, claimer: str) -> dict | None:
+    def claim_next(
+        self, backend: str, max_running: int | None, claimer: str, workers_only: bool = False
+    ) -> dict | None:
         """Take the oldest queued `backend` job whose dependencies are done, if below the limit.
 
         One write transaction, so two dispatchers never take the same job and the running
         count cannot be exceeded. On the way, queued jobs whose dependency failed or was
         cancelled become failed (they can never start). Local jobs become running at once
         (the caller then records the worker's pid); other backends keep the job queued and
-        mark it claimed until their worker starts.
+        mark it claimed until their worker starts. `workers_only` passes over driver jobs.
         """
         with self._write() as conn:
             self._fail_blocked(conn)
@@ -284,7 +286,8 @@ class JobStore:
                 (backend,),
             ).fetchall()
             for row in queued:
-                if full and (json.loads(row["resources"] or "{}") or {}).get("slots", 1) != 0:
+                driver = (json.loads(row["resources"] or "{}") or {}).get("slots", 1) == 0
+                if (full and not driver) or (workers_only and driver):
                     continue
                 if all(states.get(d) == "done" for d in json.loads(row["depends_on"])):
                     now = time.time()

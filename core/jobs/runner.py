@@ -20,6 +20,7 @@ same argv, and it is the step that finds its checkpoint and continues from it.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import runpy
 import signal
@@ -205,12 +206,18 @@ def _enter_job(job: dict, db: Path) -> None:
         sys.path.insert(0, str(cwd))  # as `python -m` typed in that directory would have it
 
 
+_jobs_in_this_process = 0
+
+
 def _header(job: dict) -> str:
+    global _jobs_in_this_process
+    _jobs_in_this_process += 1
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     command = " ".join(["python", "-m", job["module"], *job["argv"]])
+    reused = f", its job {_jobs_in_this_process}" if _jobs_in_this_process > 1 else ""
     return (
         f"=== job {job['id']} ({job['step']}) attempt {job['attempts']}: {command}"
-        f" | pid {os.getpid()} on {HOST} at {when} ==="
+        f" | pid {os.getpid()}{reused} on {HOST} at {when} ==="
     )
 
 
@@ -236,26 +243,48 @@ def main(argv: list[str] | None = None) -> int:
         "--no-dispatch", action="store_true", help="do not start queued jobs when this one ends"
     )
     args = parser.parse_args(argv)
+    code = _run_guarded(args.db, args.job_id)
+    if code == 2 or args.no_dispatch:
+        return code
     try:
-        code = run_job(args.db, args.job_id)
+        from core.jobs.scheduler import REUSE_WORKERS_ENV, dispatch
+
+        if os.environ.get(REUSE_WORKERS_ENV) == "1":
+            while (job_id := _claim_next_here(args.db)) is not None:
+                code = _run_guarded(args.db, job_id)
+        dispatch(args.db)
+    except Exception:
+        traceback.print_exc()
+    return code
+
+
+def _run_guarded(db: str, job_id: int) -> int:
+    """run_job, with the worker's own failures (not the step's) recorded on the job."""
+    try:
+        return run_job(db, job_id)
     except JobNotFound as exc:
         print(f"grouptune runner: {exc}", file=sys.stderr)
         return 2
-    except BaseException as exc:  # the worker's own failure, not the step's: record it
+    except BaseException as exc:
         traceback.print_exc()
         try:
-            JobStore(args.db).mark_failed(args.job_id, f"worker error: {exc!r}")
+            JobStore(db).mark_failed(job_id, f"worker error: {exc!r}")
         except Exception:
             traceback.print_exc()
-        code = 1
-    if not args.no_dispatch:
-        try:
-            from core.jobs.scheduler import dispatch
+        return 1
 
-            dispatch(args.db)
-        except Exception:
-            traceback.print_exc()
-    return code
+
+def _claim_next_here(db: str) -> int | None:
+    """Claim the next ready job (not a driver) for this very process, within the same limit a
+    dispatcher keeps: a chain of jobs that pays process start and imports once."""
+    store = JobStore(db)
+    limit = int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
+    job = store.claim_next("local", limit, f"{HOST}:{os.getpid()}", workers_only=True)
+    if job is None:
+        return None
+    store.set_pid(job["id"], os.getpid())
+    gc.collect()  # what the last step left (its model) goes before the next one loads
+    return job["id"]
 
 
 if __name__ == "__main__":

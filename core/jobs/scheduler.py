@@ -21,6 +21,8 @@ from pathlib import Path
 from core.jobs.backends import Backend, LocalBackend
 from core.jobs.database import HOST, TERMINAL, JobStore, pid_alive
 
+REUSE_WORKERS_ENV = "GROUPTUNE_REUSE_WORKERS"  # set for workers that run a chain of jobs
+
 
 def db_path(db: str | os.PathLike) -> Path:
     """The database file for `db`: the path itself, or `<db>/jobs.db` for a folder."""
@@ -62,14 +64,23 @@ def _backend(backend: str | Backend | None) -> Backend:
 
 
 def dispatch(
-    db: str | os.PathLike, max_jobs: int | None = None, backend: str | Backend | None = None
+    db: str | os.PathLike,
+    max_jobs: int | None = None,
+    backend: str | Backend | None = None,
+    reuse_workers: bool = False,
 ) -> list[int]:
-    """Start every queued job of `backend` that may run now; return the ids started."""
+    """Start every queued job of `backend` that may run now; return the ids started.
+
+    With `reuse_workers` (local backend) each worker goes on to run the next ready jobs
+    itself (core.jobs.runner), and so do the workers it starts.
+    """
     path = str(db_path(db))
     backend = _backend(backend)
     limit = max_jobs if max_jobs is not None else backend.default_limit()
     # the worker dispatches the next jobs when it ends: it must use the same limit
     extra_env = {"GROUPTUNE_MAX_JOBS": str(max_jobs)} if max_jobs is not None else {}
+    if reuse_workers:
+        extra_env[REUSE_WORKERS_ENV] = "1"
     store = JobStore(path)
     claimer = f"{HOST}:{os.getpid()}"
     started = []
@@ -93,18 +104,19 @@ def submit(
     *,
     backend: str | Backend | None = None,
     max_jobs: int | None = None,
+    reuse_workers: bool = False,
     **job,
 ) -> int:
     """Queue `python -m <module> <argv...>` as a job, start what can run, return the job id.
 
     `job`: JobStore.submit's module, depends_on (ids of jobs that must be done first),
     resources ({"cpus": n, "gpus": n, "slots": 0 for drivers}) and cwd (where relative paths
-    in argv resolve; default: here).
+    in argv resolve; default: here). `reuse_workers`: see `dispatch`.
     """
     backend = _backend(backend)
     store = JobStore(db_path(db))
     job_id = store.submit(name, step, argv, backend=backend.name, **job)
-    dispatch(store.path, max_jobs, backend)
+    dispatch(store.path, max_jobs, backend, reuse_workers)
     return job_id
 
 
