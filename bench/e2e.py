@@ -4,6 +4,10 @@ Runs the whole pipeline as the product runs it (background jobs, one at a time) 
 fresh workspaces, one after the other on the same machine:
   fast    sample_data/quick.yaml as shipped (top 8 layers, frozen-prefix cache on)
   plain   the same with adapter.cache_lower_layers: false (every pass through all 30 layers)
+  cold    fast without the quantised-base cache (GROUPTUNE_QUANTIZED_CACHE=0): every job
+          quantises the base again, as every job did before that cache
+  chain   fast with jobs.reuse_workers: true (one worker runs each next ready job itself)
+  ray     fast with --backend ray (a local Ray instance): must give fast's report
 and then, in the fast workspace, once more with a seventh task added (rotten_tomatoes), which
 must compute only that task's features and what depends on them.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -41,10 +46,21 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def write_config(name: str, cache: bool, extra_task: str | None = None) -> Path:
+# what each path changes from sample_data/quick.yaml as shipped: config, environment, CLI flags
+PATHS = {
+    "fast": {},
+    "plain": {"config": {"adapter": {"cache_lower_layers": False}}},
+    "cold": {"env": {"GROUPTUNE_QUANTIZED_CACHE": "0"}},
+    "chain": {"config": {"jobs": {"reuse_workers": True}}},
+    "ray": {"args": ["--backend", "ray"]},
+}
+
+
+def write_config(name: str, changes: dict, extra_task: str | None = None) -> Path:
     cfg = yaml.safe_load((ROOT / "sample_data" / "quick.yaml").read_text())
     cfg["data"]["root"] = str(ROOT / "sample_data" / "tasks")
-    cfg["adapter"]["cache_lower_layers"] = cache
+    for section, values in changes.items():
+        cfg.setdefault(section, {}).update(values)
     if extra_task:
         cfg["tasks"].append(extra_task)
     path = HERE / f"{name}.yaml"
@@ -99,15 +115,16 @@ def startup_tax(jobs: list[dict], wall: float) -> dict:
     }
 
 
-def run(config: Path, ws: Path) -> dict:
+def run(config: Path, ws: Path, env: dict | None = None, args: list[str] = ()) -> dict:
     exe = str(Path(sys.executable).with_name("grouptune"))
     since = time.time()
     start = time.perf_counter()
     proc = subprocess.run(
-        [exe, "run", str(config), "--workspace", str(ws), "--json"],
+        [exe, "run", str(config), "--workspace", str(ws), "--json", *args],
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     wall = round(time.perf_counter() - start, 1)
     if proc.returncode != 0:
@@ -142,7 +159,7 @@ def main() -> None:
     from machine import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--paths", nargs="+", default=["fast", "plain"], choices=["fast", "plain"])
+    ap.add_argument("--paths", nargs="+", default=["fast", "plain"], choices=list(PATHS))
     ap.add_argument(
         "--no-added-task", action="store_true", help="skip the rerun with a seventh task"
     )
@@ -155,15 +172,16 @@ def main() -> None:
     results = {}
     for path in args.paths:
         say(f"{path}: grouptune run (fresh workspace)")
-        config = write_config(path, cache=path == "fast")
+        spec = PATHS[path]
+        config = write_config(path, spec.get("config", {}))
         key = f"{path} {args.tag}".strip()
-        results[key] = run(config, HERE / f"ws-{path}")
+        results[key] = run(config, HERE / f"ws-{path}", spec.get("env"), spec.get("args", []))
         say(
             f"{key}: {results[key]['wall_seconds']} s, startup_share {results[key]['startup_share']}"
         )
     if "fast" in results and not args.no_added_task:
         say("fast + rotten_tomatoes: grouptune run again with a seventh task")
-        config = write_config("fast-plus", cache=True, extra_task="rotten_tomatoes")
+        config = write_config("fast-plus", {}, extra_task="rotten_tomatoes")
         results["fast, one task added"] = run(config, HERE / "ws-fast")
     out = {
         "command": "python bench/e2e.py " + " ".join(sys.argv[1:]),
@@ -179,7 +197,23 @@ def main() -> None:
             "total": round(p["wall_seconds"] / f["wall_seconds"], 2),
             "estimation": round(p["estimation_seconds"] / f["estimation_seconds"], 2),
         }
-        out["same_accuracy"] = f["accuracy"] == p["accuracy"]
+    if "fast" in results:  # every path must give the shipped path's report
+        same = {
+            k: (r["accuracy"], r["groups"])
+            == (results["fast"]["accuracy"], results["fast"]["groups"])
+            for k, r in results.items()
+            if k != "fast" and "added" not in k
+        }
+        out["same_report_as_fast"] = same
+    if "cold" in results and "fast" in results:
+        out["startup"] = {
+            k: {
+                "wall_seconds": results[k]["wall_seconds"],
+                "startup_share": results[k]["startup_share"],
+            }
+            for k in ("cold", "fast", "chain", "ray")
+            if k in results
+        }
     (ROOT / "bench" / "results" / "e2e.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=2))
 

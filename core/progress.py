@@ -7,6 +7,7 @@ fraction, ETA, message and metrics to the job database. The engine never knows w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -56,9 +57,9 @@ _compute = _Stopwatch()
 _phases: dict[str, float] = {}
 
 
-class computing:
-    """Marks a block as a stage's compute (every `track` is one): what bench/e2e.py weighs
-    against the job's whole run time to find the start-up tax."""
+class computing(contextlib.ContextDecorator):
+    """Marks a block (or, as a decorator, a function) as a stage's compute; every `track` is
+    one. bench/e2e.py weighs it against the job's whole run time to find the start-up tax."""
 
     def __enter__(self) -> computing:
         _compute.enter()

@@ -50,6 +50,23 @@ def test_run_completes_as_jobs_and_prints_the_report(tmp_path):
     assert json.loads(again.stdout)["accuracy"] == report["accuracy"]
 
 
+def test_reused_workers_give_the_same_report_with_fewer_processes(tmp_path):
+    reports, pids = {}, {}
+    for reuse in (False, True):
+        config = write_tiny_experiment(tmp_path / str(reuse), jobs={"reuse_workers": reuse})
+        ws = tmp_path / str(reuse) / "ws"
+        proc = _grouptune_run(config, ws)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports[reuse] = json.loads(proc.stdout)
+        jobs = open_store(ws).list()
+        assert jobs and all(j["state"] == "done" for j in jobs)
+        pids[reuse] = [j["pid"] for j in jobs]
+    for key in ("accuracy", "f1", "groups", "flops"):
+        assert reports[True][key] == reports[False][key], key
+    assert len(set(pids[False])) == len(pids[False])  # the default: a process per job
+    assert len(set(pids[True])) < len(pids[True]) / 2  # mostly one chain
+
+
 def _train_job(ws, config) -> int:
     argv = ["train", "--config", str(config), "--workspace", str(ws), "--adapter", "baseline"]
     return submit(ws, "train baseline", "train:baseline", argv, cwd=ROOT)

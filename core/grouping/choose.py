@@ -15,6 +15,7 @@ from core.grouping.partition import (
     labels_to_groups,
     validate_affinity,
 )
+from core.progress import computing
 
 Predict = Callable[[list[list[str]]], dict[str, dict[str, float]]]
 
@@ -33,6 +34,7 @@ def _checked_prediction(pred, names: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+@computing()  # the group step's compute: a partition and a what-if prediction per m
 def sweep(
     T,
     names,

@@ -108,6 +108,7 @@ def show(job_id: int, workspace: Path = WorkspaceOpt, as_json: bool = JsonOpt) -
             **job,
             "metrics_count": len(metrics),
             "last_metrics": metrics[-1] if metrics else None,
+            "timing": store.timing(job_id),
         }
 
     job = _run(as_json, load)
@@ -133,9 +134,22 @@ def show(job_id: int, workspace: Path = WorkspaceOpt, as_json: bool = JsonOpt) -
         ("worker", f"pid {job['pid']} on {job['host']}" if job["pid"] else "-"),
         ("log", job["log_path"]),
         ("metrics", f"{job['metrics_count']} records, last {job['last_metrics'] or '-'}"),
+        ("time went", _time_went(job["timing"])),
     ]
     for key, value in rows:
         typer.echo(f"{key:>11}: {value}")
+
+
+def _time_went(t: dict | None) -> str:
+    """The worker's timing record in words: start-up before the step, model loads, compute."""
+    if not t:
+        return "-"
+    step = t["step_finished"] - t["step_started"]
+    start = t["step_started"] - t["process_started"] if t.get("process_started") else None
+    parts = [f"{start:.1f} s process start" if start is not None else None]
+    parts += [f"{step:.1f} s step: {t.get('compute_s', 0):.1f} s compute"]
+    parts += [f"{t['model_load_s']:.1f} s model load" if t.get("model_load_s") else None]
+    return ", ".join(p for p in parts if p)
 
 
 @jobs_app.command("logs")

@@ -172,7 +172,18 @@ class JobStore:
         return [decode(r) for r in rows]
 
     def metrics(self, job_id: int) -> list[dict]:
-        """Metrics records of a job in the order they were logged, each with its time `ts`."""
+        """The step's metrics records in the order they were logged, each with its time `ts`
+        (not the worker's timing record: see `timing`)."""
+        records = self._records(job_id)
+        return [r for r in records if "timing" not in r]
+
+    def timing(self, job_id: int) -> dict | None:
+        """Where the job's last attempt spent its time, as its worker reported at the end
+        (core.jobs.runner: process and step start, compute and model-load seconds), or None."""
+        timings = [r["timing"] for r in self._records(job_id) if "timing" in r]
+        return timings[-1] if timings else None
+
+    def _records(self, job_id: int) -> list[dict]:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT ts, record FROM metrics WHERE job_id = ? ORDER BY id", (int(job_id),)
