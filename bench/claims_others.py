@@ -50,6 +50,10 @@ OTHER = {
         + ", ".join(f"{k} {v['wall_seconds']} s" for k, v in d["runs"].items())
         + (f"; fast path {d['speedup']['total']}x" if "speedup" in d else "")
     ),
+    "quantized_load": lambda d: (
+        f"one 4-bit SmolLM2 load: quantising {d['median_seconds']['off']} s, from the quantised "
+        f"cache {d['median_seconds']['on']} s ({d['speedup']}x)"
+    ),
     "zero_shot_full": lambda d: (
         "zero-shot SmolLM2 on the full sample tasks' test splits: mean "
         f"accuracy {d['zero_shot']['mean']['accuracy']:.3f} over "
@@ -147,8 +151,53 @@ def md_e2e(e2e: dict | None) -> list[str]:
             f"{speedup['estimation']}x for the estimation stage. Target: the quick run under "
             "600 s on 2 CPU cores.",
         ]
-    lines += [""]
+    lines += [""] + md_startup(e2e)
     return lines
+
+
+STARTUP_PATHS = {
+    "cold": "one process per job, quantising in every job (as before the cache)",
+    "fast": "one process per job, quantised-base cache (the default)",
+    "chain": "jobs.reuse_workers: true",
+    "ray": "--backend ray, a local instance (2 jobs at once)",
+}
+
+
+def md_startup(e2e: dict) -> list[str]:
+    """The start-up tax of each path of one bench/e2e.py invocation (issue 16)."""
+    startup = e2e.get("startup")
+    if not startup:
+        return []
+    head = ["path", "wall s", "startup share", "worker start s", "model loads s"]
+    head += ["rest of steps s", "no job running s"]
+    rows = [
+        [
+            f"{k}: {STARTUP_PATHS.get(k, k)}",
+            fmt(v["wall_seconds"], ".0f"),
+            f"{v['startup_share']:.1%}",
+        ]
+        + [fmt(x, ".1f") for x in v["tax_seconds"].values()]
+        for k, v in startup.items()
+    ]
+    same = e2e.get("same_report_as_fast") or {}
+    lines = ["Start-up tax: the share of worker time that is not a stage's compute (goal < 5%)."]
+    lines += ["", *table(head, rows), ""]
+    lines += [
+        "Same report (accuracies, groups) as fast: "
+        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items())
+        + ". One run per path, one after the other, in one invocation."
+    ]
+    load = load_result("quantized_load")
+    if load:
+        med = load["median_seconds"]
+        lines += [
+            "",
+            f"One SmolLM2 4-bit load, imports excluded (bench/quantized_load.py, median of "
+            f"{len(load['load_seconds']['on'])} fresh processes each, alternating): quantising "
+            f"{med['off']:.2f} s, from the quantised cache {med['on']:.2f} s "
+            f"({load['speedup']}x).",
+        ]
+    return lines + [""]
 
 
 def md_fastpath() -> list[str]:

@@ -9,6 +9,7 @@ fetch_model('smollm2-135m')"`).
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 
 import pytest
@@ -163,6 +164,9 @@ def test_a_4bit_base_is_quantised_once_then_loaded_bit_for_bit(tmp_path, monkeyp
     folder = quantized.cache_folder(cfg, "cpu")
     fresh, tok = load_model(cfg)  # quantises, and fills the cache
     assert (folder / "config.json").is_file() and quantized.load_cached(folder) is not None
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # a shared cache stays readable
     cached, _ = load_model(cfg)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in cached.modules())
     assert cached.name_or_path == fresh.name_or_path  # adapters record the model, not the cache

@@ -60,7 +60,7 @@ def _is_complete(folder: Path, spec: ModelSpec) -> bool:
     return (folder / "config.json").is_file() and has_weights and has_tok
 
 
-def _publish(tmp: Path, target: Path) -> None:
+def publish_folder(tmp: Path, target: Path) -> None:
     """Move the finished folder `tmp` to `target` with a rename (atomic on one file system).
 
     An existing incomplete or outdated `target` is moved aside first and deleted afterwards.
@@ -168,7 +168,7 @@ def _provision_builtin(spec: ModelSpec, target: Path) -> None:
         _save(
             tmp, model, tok, spec, source="builtin", tiny_version=TINY_VERSION, builder=spec.builder
         )
-        _publish(tmp, target)
+        publish_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -247,7 +247,7 @@ def _provision_gguf_wheel(
             parameters=count_parameters(model),
         )
         del model
-        _publish(tmp, target)
+        publish_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

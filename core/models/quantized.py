@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from core.locks import artifact_lock
 from core.models.fingerprint import model_fingerprint
+from core.models.provision import publish_folder
 from core.models.registry import cache_dir
 
 if TYPE_CHECKING:
@@ -77,10 +78,6 @@ def save_cached(folder: Path, model) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
         try:
             model.save_pretrained(tmp)
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            publish_folder(tmp, folder)  # readable by others, like the model cache itself
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
