@@ -267,6 +267,13 @@ def _wait_ok(ws: Workspace, ids: list[int], backend=None) -> None:
         )
 
 
+def baseline_after(groups: list[list[str]], tasks: list[str], train_jobs: list[int]) -> list[int]:
+    """The group job whose adapter is the baseline's twin (a group of every task, as at m = 1),
+    for the baseline's job to wait on: then it copies the finished twin instead of training
+    the same adapter again beside it (jobs run at once on Ray or with GROUPTUNE_MAX_JOBS)."""
+    return [job for g, job in zip(groups, train_jobs, strict=True) if sorted(g) == sorted(tasks)]
+
+
 def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     """Run every stage as background jobs in dependency order; return report.json.
 
@@ -304,9 +311,8 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
         _submit(ws, f"train:group-{i}", ["train", "--adapter", f"group-{i}"], backend=backend)
         for i in range(len(groups))
     ]
-    trains.append(
-        _submit(ws, "train:baseline", ["train", "--adapter", "baseline"], backend=backend)
-    )
+    after = baseline_after(groups, [t.name for t in cfg.tasks], trains)
+    trains.append(_submit(ws, "train:baseline", ["train", "--adapter", "baseline"], after, backend))
     # boosting rounds: each on the ensemble of the group adapters and the rounds before it
     boosts, after = [], trains[:-1]
     for r in range(cfg.ensemble.boosting):

@@ -67,6 +67,21 @@ def test_reused_workers_give_the_same_report_with_fewer_processes(tmp_path):
     assert len(set(pids[True])) < len(pids[True]) / 2  # mostly one chain
 
 
+def test_the_baseline_waits_for_its_twin_when_jobs_run_at_once(tmp_path):
+    """At m = 1 the one group adapter is the baseline's twin: with two jobs at once the
+    baseline must still be copied from it, not trained again beside it."""
+    config = write_tiny_experiment(tmp_path, grouping={"m": 1})
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"]
+    env = {**ENV, "GROUPTUNE_MAX_JOBS": "2"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {j["step"]: j for j in open_store(ws).list()}
+    assert jobs["train:group-0"]["id"] in jobs["train:baseline"]["depends_on"]
+    record = json.loads((ws / "adapters" / "baseline" / "grouptune.json").read_text())
+    assert record["copied_from"] == "group-0"
+
+
 def _train_job(ws, config) -> int:
     argv = ["train", "--config", str(config), "--workspace", str(ws), "--adapter", "baseline"]
     return submit(ws, "train baseline", "train:baseline", argv, cwd=ROOT)
