@@ -216,11 +216,21 @@ def main() -> None:
         action="store_true",
         help="recount the result file's runs from their workspaces' job databases (no runs)",
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="rerun only --paths and keep the result file's other current runs beside them",
+    )
     args = ap.parse_args()
     if args.recount:
         return recount()
-    shutil.rmtree(HERE, ignore_errors=True)
-    HERE.mkdir(parents=True)
+    result_file = ROOT / "bench" / "results" / "e2e.json"
+    old = json.loads(result_file.read_text()) if args.merge and result_file.exists() else {}
+    for path in args.paths if args.merge else []:
+        shutil.rmtree(HERE / f"ws-{path}", ignore_errors=True)
+    if not args.merge:
+        shutil.rmtree(HERE, ignore_errors=True)
+    HERE.mkdir(parents=True, exist_ok=True)
     results = {}
     for path in args.paths:
         say(f"{path}: grouptune run (fresh workspace)")
@@ -228,6 +238,7 @@ def main() -> None:
         config = write_config(path, spec.get("config", {}))
         key = f"{path} {args.tag}".strip()
         results[key] = run(config, HERE / f"ws-{path}", spec.get("env"), spec.get("args", []))
+        results[key]["command"] = "python bench/e2e.py " + " ".join(sys.argv[1:])
         say(
             f"{key}: {results[key]['wall_seconds']} s, startup_share {results[key]['startup_share']}"
         )
@@ -240,9 +251,15 @@ def main() -> None:
         "machine": machine_info(),
         "runs": results,
     }
-    kept = keep_earlier(set(results))
-    if kept:
-        out["earlier"] = kept
+    if args.merge:  # the other current runs stay current; each run names its command
+        out["runs"] = {**old.get("runs", {}), **results}
+        results = out["runs"]
+        out["command"] = old.get("command", out["command"])
+        out["earlier"] = old.get("earlier", [])
+    else:
+        kept = keep_earlier(set(results))
+        if kept:
+            out["earlier"] = kept
     if {"fast", "plain"} <= set(results):
         f, p = results["fast"], results["plain"]
         out["speedup"] = {
