@@ -159,7 +159,7 @@ STARTUP_PATHS = {
     "cold": "one process per job, quantising in every job (as before the cache)",
     "fast": "one process per job, quantised-base cache (the default)",
     "chain": "jobs.reuse_workers: true",
-    "ray": "--backend ray, a local instance (2 jobs at once)",
+    "ray": "--backend ray, a local instance (one CPU per job)",
 }
 
 
@@ -185,7 +185,13 @@ def md_startup(e2e: dict) -> list[str]:
     lines += [
         "Same report (accuracies, groups) as fast: "
         + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items())
-        + ". One run per path, one after the other, in one invocation."
+        + ". One run per path, one after the other"
+        + "".join(
+            f"; {k} rerun later by `{e2e['runs'][k]['command']}`"
+            for k in startup
+            if e2e["runs"][k].get("command")
+        )
+        + "."
     ]
     load = load_result("quantized_load")
     if load:
