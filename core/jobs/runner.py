@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 
 from core import progress
+from core.jobs.backends import LocalBackend
 from core.jobs.database import HOST, JobNotFound, JobStore
 from core.jobs.heartbeat import Heartbeat
 from core.jobs.launch import job_cwd
@@ -278,7 +279,7 @@ def _claim_next_here(db: str) -> int | None:
     """Claim the next ready job (not a driver) for this very process, within the same limit a
     dispatcher keeps: a chain of jobs that pays process start and imports once."""
     store = JobStore(db)
-    limit = int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
+    limit = LocalBackend().default_limit()  # the dispatcher's own rule, not a copy of it
     job = store.claim_next("local", limit, f"{HOST}:{os.getpid()}", workers_only=True)
     if job is None:
         return None

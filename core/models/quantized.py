@@ -2,8 +2,8 @@
 
 bitsandbytes quantises while `from_pretrained` loads the weights. For SmolLM2-135M on 2 CPU
 cores that takes 2-5 s, and every job paid it. Its 4-bit weights (with their quant states)
-serialise through `save_pretrained` and load back bit for bit in about 0.4 s
-(tests/test_models.py). There is one folder per model fingerprint, device kind and library
+serialise through `save_pretrained` and load back bit for bit (tests/test_models.py) in
+0.77 s instead of 2.34 s (bench/quantized_load.py). There is one folder per model fingerprint, device kind and library
 versions, under `cache_dir()/quantized/`, published with an atomic rename.
 
 A folder that fails to load is rebuilt. `GROUPTUNE_QUANTIZED_CACHE=0` turns the cache off.
