@@ -386,6 +386,9 @@ def _mount_jobs() -> None:
     app.add_typer(jobs_app, name="jobs", help="Background jobs: list, show, logs, cancel, resume.")
 
 
+_mount_jobs()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one clear line and exit 2, never a traceback.
 

@@ -161,7 +161,7 @@ def chosen_groups(ws: Workspace) -> list[list[str]]:
 # --- training and evaluation ------------------------------------------------------------------
 def train(cfg, ws: Workspace, which: str = "all") -> dict:
     """Train adapters: "all", "groups", "baseline" or one adapter name ("group-0")."""
-    from core.ensemble.manifest import create_manifest, group_adapter_name
+    from core.ensemble.manifest import group_adapter_name, sync_manifest
     from core.train.trainer import train_adapter
 
     groups = chosen_groups(ws) if which != "baseline" else []
@@ -177,7 +177,7 @@ def train(cfg, ws: Workspace, which: str = "all") -> dict:
             _set_aside(ws, name)
     results = {name: train_adapter(cfg, ws, name, tasks) for name, tasks in jobs.items()}
     if groups:
-        create_manifest(cfg, ws, groups)
+        sync_manifest(cfg, ws, groups)  # by whichever group job finishes last
     return {
         name: {"best_epoch": r.get("best_epoch"), "val": r.get("val_metrics", {}).get("mean")}
         for name, r in results.items()

@@ -64,20 +64,27 @@ def _until(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_a_whole_run_across_nodes_gives_the_local_report(cluster, tmp_path):
+@pytest.mark.parametrize("m,local_jobs", [(2, 1), (3, 2)])
+def test_a_whole_run_across_nodes_gives_the_local_report(
+    cluster, tmp_path, monkeypatch, m, local_jobs
+):
+    """m groups forced: the group jobs run at once on the nodes (and locally with local_jobs
+    at once), and the run ends with the same report on both backends."""
     from core.config import load_config
     from core.pipeline import run
     from core.workspace import open_workspace
 
     _, backend = cluster
-    cfg = load_config(write_tiny_experiment(tmp_path))
+    cfg = load_config(write_tiny_experiment(tmp_path, grouping={"m": m}))
     reports = {}
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", str(local_jobs))  # read by the local backend
     for name, engine in (("ray", backend), ("local", None)):
         ws = open_workspace(tmp_path / f"ws-{name}", cfg)
         reports[name] = run(cfg, ws, backend=engine, log=lambda msg: None)
         jobs = open_store(ws.root).list()
         assert {j["state"] for j in jobs} == {"done"}, [(j["step"], j["error"]) for j in jobs]
         assert {j["backend"] for j in jobs} == {name}
+    assert len(reports["ray"]["groups"]) == m
     for key in ("accuracy", "f1", "groups", "flops"):
         assert reports["ray"][key] == reports["local"][key], key
 

@@ -50,6 +50,32 @@ def test_run_completes_as_jobs_and_prints_the_report(tmp_path):
     assert json.loads(again.stdout)["accuracy"] == report["accuracy"]
 
 
+def test_run_with_two_groups_two_jobs_at_once_and_the_jobs_commands(tmp_path):
+    """m = 2 forced, two jobs at once: the group jobs finish in any order, and the manifest is
+    made by the last of them (it once read an adapter another job had not written yet)."""
+    config = write_tiny_experiment(tmp_path, grouping={"m": 2})
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "core.cli", "run", str(config), "--workspace", str(ws), "--json"]
+    env = {**ENV, "GROUPTUNE_MAX_JOBS": "2"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert len(report["groups"]) == 2 and set(report["accuracy"]) >= {"baseline", "ensemble"}
+    manifest = json.loads((ws / "ensemble.json").read_text())
+    assert manifest["groups"] == report["groups"] and set(manifest["digests"]) == {
+        "group-0",
+        "group-1",
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "core.cli", "jobs", "list", "--workspace", str(ws), "--json"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    jobs = json.loads(listed.stdout)
+    steps = {j["step"]: j["state"] for j in jobs}
+    assert steps["train:group-0"] == steps["train:group-1"] == steps["report"] == "done"
+
+
 def test_reused_workers_give_the_same_report_with_fewer_processes(tmp_path):
     reports, pids = {}, {}
     for reuse in (False, True):

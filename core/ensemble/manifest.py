@@ -139,6 +139,31 @@ def create_manifest(cfg, ws, groups: list[list[str]]) -> dict:
     return manifest
 
 
+def group_adapters_ready(ws, groups: list[list[str]]) -> bool:
+    """True when every group-<i> folder holds a finished adapter trained on groups[i]."""
+    from core.io import read_json
+
+    for i, group in enumerate(groups):
+        record = ws.adapter_dir(group_adapter_name(i)) / "grouptune.json"
+        if not record.exists() or sorted(read_json(record)["tasks"]) != sorted(group):
+            return False
+    return True
+
+
+def sync_manifest(cfg, ws, groups: list[list[str]]) -> dict | None:
+    """The manifest, made (or kept) once every group adapter is finished; None before that.
+
+    Group adapters train as separate jobs, possibly at once: each calls this when its own
+    adapter is written, under one lock, so the last of them to finish makes the manifest and
+    none reads an adapter another job is still writing."""
+    from core.locks import artifact_lock, lock_path
+
+    with artifact_lock(lock_path(ws.root, "artifact", "ensemble"), "the ensemble manifest"):
+        if not group_adapters_ready(ws, groups):
+            return None
+        return create_manifest(cfg, ws, groups)
+
+
 def all_adapters(manifest: dict) -> dict[str, str]:
     """Every adapter the manifest names: the group adapters, then the boosting rounds'."""
     boosts = {b["name"]: b["adapter"] for b in manifest.get("boosting", [])}
