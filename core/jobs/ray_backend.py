@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import traceback
 
 from core.errors import GroupTuneError
 from core.jobs.database import TERMINAL, JobStore
 from core.jobs.launch import child_env, job_cwd
 from core.jobs.relay import JobRelay, run_relayed
+
+
+# How long a Ray task may outlive its job's end in the database before it is killed: time for
+# the worker to stop by itself and relay its last state.
+FORCE_AFTER_S = 15.0
 
 
 def use_token_file(path: str | os.PathLike) -> None:
@@ -92,7 +98,7 @@ class RayBackend:
         self._relay = self._start_relay()
         self._interval = relay_interval_s
         self._refs: dict = {}  # ObjectRef -> (db, job_id)
-        self._cancelled: set = set()  # refs ray.cancel was called on
+        self._outlived: dict = {}  # ref -> when its job was first seen finished, task running
         self._stores: dict[str, JobStore] = {}  # opened once: the watcher reads them often
         self._dbs: set[str] = set()  # databases this backend has started jobs of
         self._lock = threading.Lock()
@@ -158,26 +164,32 @@ class RayBackend:
                 self._dispatch_all(dispatch)  # jobs resumed from elsewhere (the CLI, the UI)
                 continue
             try:
-                self._forward_cancels(refs)
+                self._kill_outlived(refs)
                 ready, _ = self._ray.wait(refs, num_returns=1, timeout=0.5)
                 for ref in ready:
                     with self._lock:
                         db, job_id = self._refs.pop(ref)
-                    self._cancelled.discard(ref)
+                    self._outlived.pop(ref, None)
                     self._settle(db, job_id, ref)
                     dispatch(db, backend=self)
             except Exception:
                 if not self._closed:
                     traceback.print_exc()
 
-    def _forward_cancels(self, refs) -> None:
-        """`grouptune jobs cancel` sets a flag in the database; Ray's cancel carries it to the
-        task (core.jobs.relay.run_relayed), which stops its worker cleanly."""
+    def _kill_outlived(self, refs) -> None:
+        """A task still running FORCE_AFTER_S after its job ended in the database (cancelled
+        before it started, or given up by `grouptune jobs cancel` after its grace) is killed
+        with its worker (core.jobs.relay: the worker dies with its task). A cancel itself
+        reaches a running task through the relay's answers, as a clean stop."""
+        now = time.monotonic()
         for ref in refs:
             db, job_id = self._refs[ref]
-            if ref not in self._cancelled and self._store(db).peek(job_id)["cancel_requested"]:
-                self._cancelled.add(ref)
-                self._ray.cancel(ref)
+            if self._store(db).peek(job_id)["state"] not in TERMINAL:
+                continue
+            since = self._outlived.setdefault(ref, now)
+            if now - since >= FORCE_AFTER_S:
+                self._ray.cancel(ref, force=True)
+                self._outlived[ref] = float("inf")  # asked once
 
     def _dispatch_all(self, dispatch) -> None:
         for db in list(self._dbs):

@@ -5,9 +5,14 @@ not work on network file systems). A task runs the ordinary worker (core.jobs.ru
 copy of its job row in a database of its own, in a temporary folder on its node, and every
 `interval_s` sends what changed there (state, pid, host, heartbeat, progress, message, error,
 new metrics) to the driver's `JobRelay` actor, pinned to the driver's node, which writes it to
-the real database. A cancel goes the other way as Ray's own: the driver calls `ray.cancel` on
-the task, which sets the cancel in the local copy, where the worker's heartbeat sees it and
-stops the step as it would locally.
+the real database. A cancel goes back the same way: each report's answer says whether the
+driver's row asks the job to stop (a cancel request, or a state the driver already ended), and
+the task sets the cancel in the local copy, where the worker's heartbeat sees it and stops the
+step as it would locally. A task asks once, waiting, before it starts its worker, so a job
+cancelled while Ray still held it queued never runs. (Ray's own `ray.cancel` is not used to
+stop a running task: it raises KeyboardInterrupt wherever the task happens to be, and one
+raised inside a finaliser is swallowed, which lost cancels. The backend force-kills a task
+only when it outlives its job; core.jobs.ray_backend.)
 
 A node lost mid-job takes its task with it; Ray retries the task on another node (max_retries),
 the relay counts the new attempt, and the step resumes from its checkpoint. A worker dies with
@@ -29,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-from core.jobs.database import RELAYED, JobStore
+from core.jobs.database import RELAYED, TERMINAL, JobStore
 from core.jobs.launch import runner_command
 
 
@@ -40,9 +45,10 @@ class JobRelay:
         self._stores: dict[str, JobStore] = {}
         self._runs: dict[tuple[str, int], str] = {}  # the task run each job last heard from
 
-    def sync(self, db: str, job_id: int, run: str, where: str, fields: dict, records: list):
-        """Apply one report of task run `run`. A new run of a job already heard from is Ray's
-        retry of it (its node was lost): counted as an attempt."""
+    def sync(self, db: str, job_id: int, run: str, where: str, fields: dict, records: list) -> bool:
+        """Apply one report of task run `run`; return True when the job must stop (a cancel was
+        requested, or the driver's row is finished). A new run of a job already heard from is
+        Ray's retry of it (its node was lost): counted as an attempt."""
         if db not in self._stores:
             self._stores[db] = JobStore(db)
         store, key = self._stores[db], (db, int(job_id))
@@ -54,13 +60,17 @@ class JobRelay:
                           " (the run below; its header repeats the submitted attempt) ===\n")  # fmt: skip
         self._runs[key] = run
         store.apply_remote(job_id, fields, records)
+        job = store.peek(job_id)
+        return bool(job["cancel_requested"]) or job["state"] in TERMINAL
 
 
 class _Forwarder:
-    """Sends the local copy's changes to the relay, in order, without waiting for them.
+    """Sends the local copy's changes to the relay, in order, and reads the answers (whether to
+    stop) as they arrive, without waiting for them.
 
     A task never blocks on Ray while its worker runs: Ray would lend the task's CPUs to
-    another task meanwhile. Only the last report is waited for.
+    another task meanwhile. Only the first report (before the worker starts) and the last are
+    waited for.
     """
 
     def __init__(self, local: JobStore, relay, db: str, job_id: int, where: str):
@@ -69,26 +79,32 @@ class _Forwarder:
         row = local.peek(job_id)  # the copy as made (queued, no pid, no heartbeat): not news
         self.sent = {k: row[k] for k in RELAYED if k != "message"}  # "submitted to ray" goes
         self.last_metric = 0
+        self.answers: list = []  # refs of reports whose answer has not been read
+        self.stop = False  # the driver asked the job to stop
 
-    def push(self, wait: bool = False) -> None:
+    def push(self, wait: bool = False) -> bool:
+        """Report what changed (every call: the answer carries the cancel); True once the
+        driver has asked the job to stop."""
         import ray
 
         row = self.local.peek(self.job_id)
         fields = {k: row[k] for k in RELAYED if k not in self.sent or row[k] != self.sent[k]}
         self.last_metric, records = self.local.metrics_after(self.job_id, self.last_metric)
-        if fields or records or wait:
-            args = (self.db, self.job_id, self.run, self.where, fields, records)
-            ref = self.relay.sync.remote(*args)
-            if wait:
-                ray.get(ref)
+        args = (self.db, self.job_id, self.run, self.where, fields, records)
+        self.answers.append(self.relay.sync.remote(*args))
         self.sent.update(fields)
+        ready, self.answers = ray.wait(
+            self.answers, num_returns=len(self.answers), timeout=None if wait else 0
+        )
+        self.stop = self.stop or any(ray.get(ready))
+        return self.stop
 
 
 def run_relayed(relay, db: str, job: dict, env: dict, cwd: str, interval_s: float) -> int:
     """Inside a Ray task: run `job` (a row of the driver's database `db`) through a node-local
-    copy, relaying its state; the worker's exit code. `ray.cancel` of the task (what the driver
-    does for `grouptune jobs cancel`) arrives as KeyboardInterrupt and becomes the copy's cancel
-    request, which the worker's heartbeat turns into a clean stop."""
+    copy, relaying its state; the worker's exit code (0 when it never had to start). A stop
+    asked by the driver (`grouptune jobs cancel`) becomes the copy's cancel request, which the
+    worker's heartbeat turns into a clean stop."""
     import ray
 
     where = f"{os.uname().nodename} (node {ray.get_runtime_context().get_node_id()[:8]})"
@@ -96,19 +112,22 @@ def run_relayed(relay, db: str, job: dict, env: dict, cwd: str, interval_s: floa
         local = JobStore(Path(tmp) / "jobs.db")
         local.copy_job(job)
         forward = _Forwarder(local, relay, db, job["id"], where)
+        if forward.push(wait=True):  # cancelled while Ray held it queued: never start it
+            local.request_cancel(job["id"])
+            forward.push(wait=True)
+            return 0
         proc = subprocess.Popen(
             runner_command(local.path, job["id"], dispatch=False),
             env={**os.environ, **env}, cwd=cwd if os.path.isdir(cwd) else None,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_prepare_worker,
         )  # fmt: skip
-        try:
-            while proc.poll() is None:
-                time.sleep(interval_s)
-                forward.push()
-        except KeyboardInterrupt:
-            local.request_cancel(job["id"])
-            proc.wait()
+        asked = False
+        while proc.poll() is None:
+            time.sleep(interval_s)
+            if forward.push() and not asked:
+                local.request_cancel(job["id"])  # queued: never runs; running: stops
+                asked = True
         forward.push(wait=True)
         return proc.returncode
 
