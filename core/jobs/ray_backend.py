@@ -28,7 +28,6 @@ from core.jobs.database import TERMINAL, JobStore
 from core.jobs.launch import child_env, job_cwd
 from core.jobs.relay import JobRelay, run_relayed
 
-
 # How long a Ray task may outlive its job's end in the database before it is killed: time for
 # the worker to stop by itself and relay its last state.
 FORCE_AFTER_S = 15.0
