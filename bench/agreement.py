@@ -103,8 +103,9 @@ def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
     from core.validate.subsets import adapter_name, seeded
 
     rows, total, done = [], len(subsets) * len(seeds), 0
-    for seed in seeds:
-        for tasks in subsets:
+    # every seed of a subset before the next subset: a partial run covers whole subsets
+    for tasks in subsets:
+        for seed in seeds:
             done += 1
             name = f"{adapter_name(tasks)}-s{seed}"
             start = time.perf_counter()
@@ -132,7 +133,8 @@ def real_runs(cfg, ws, subsets, seeds) -> pd.DataFrame:
 
 
 def sketched(tf, proj):
-    """TaskFeatures with train_g and val_G sketched by `proj` (from unprojected features)."""
+    """TaskFeatures with train_g (train_G) and val_G sketched by `proj` (from unprojected
+    features)."""
     import dataclasses
 
     import torch
@@ -148,16 +150,16 @@ def sketched(tf, proj):
     )
 
 
-def predict_variant(kind: str, feats: dict, subsets, tcfg, param=None) -> pd.DataFrame:
-    from core.estimate.estimator import fit_update, predict
-    from core.estimate.replay import replay
-
+def _rows(subsets, feats, fit_of, scorer) -> pd.DataFrame:
+    """One row per (subset, task): the prediction of fit_of(features of the subset)."""
     rows = []
     for tasks in subsets:
         fs = [feats[t] for t in tasks]
-        fit = replay(fs, tcfg) if kind == "replay" else fit_update(fs, max_norm=param)
+        start = time.perf_counter()
+        fit = fit_of(fs)
+        seconds = time.perf_counter() - start
         for task, tf in zip(tasks, fs, strict=True):
-            p = predict(tf, fit.w)
+            p = scorer(tf, fit)
             rows.append(
                 {
                     "subset": "+".join(tasks),
@@ -166,142 +168,177 @@ def predict_variant(kind: str, feats: dict, subsets, tcfg, param=None) -> pd.Dat
                     "predicted_accuracy": p["accuracy"],
                     "base_loss": p["base_loss"],
                     "norm": fit.norm,
+                    "seconds": seconds,
                 }
             )
     return pd.DataFrame(rows)
 
 
-def variants(cfg, feats, subsets, seeds, args) -> dict:
-    """{name: {seed: predictions}} for every variant (replay is seed-specific)."""
+def replay_orders(feats, subsets, tcfg, orders: int) -> list:
+    """Per subset, the single replays of the expected replay's first `orders` batch orders
+    (core.estimate.replay.order_seeds): [FitResult per order] per subset, and the seconds."""
+    from core.estimate.replay import order_seeds, replay
+
+    out = []
+    for tasks in subsets:
+        fs = [feats[t] for t in tasks]
+        start = time.perf_counter()
+        fits = [replay(fs, tcfg.model_copy(update={"seed": s})) for s in order_seeds(tcfg, orders)]
+        out.append((fits, (time.perf_counter() - start) / orders))
+    return out
+
+
+def averaged(subsets, feats, singles, r: int, mean_w: bool = False) -> pd.DataFrame:
+    """The expected replay over the first r orders, from the stored single replays: the mean
+    of their predictions (core.estimate.estimator.score), or with mean_w the prediction at
+    their mean update."""
+    from core.estimate.estimator import FitResult, predict, score
+
+    rows = []
+    for tasks, (fits, per_order) in zip(subsets, singles, strict=True):
+        ws = [f.w for f in fits[:r]]
+        fit = FitResult(w=np.mean(ws, axis=0), reg=0.0, norm=float(np.mean([f.norm for f in fits[:r]])),
+                        converged=True, n_rows=fits[0].n_rows, members=() if mean_w else tuple(ws))  # fmt: skip
+        for task in tasks:
+            p = predict(feats[task], fit.w) if mean_w else score(feats[task], fit)
+            rows.append(
+                {
+                    "subset": "+".join(tasks),
+                    "task": task,
+                    "predicted_loss": p["loss"],
+                    "predicted_accuracy": p["accuracy"],
+                    "base_loss": p["base_loss"],
+                    "norm": fit.norm,
+                    "seconds": per_order * r,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def variants(cfg, feats, subsets, seeds, args) -> tuple[dict, dict]:
+    """({name: predictions} of the estimates a grouping can use (no real seed's batch order),
+    {name: {seed: predictions}} of the seed-specific replays: "replay-seed" (each seed's own
+    order: seed-matched) and "replay-cross" (the next seed's order, scored on this one))."""
+    from core.estimate.estimator import predict
+    from core.estimate.fitter import argmin_fitter
+    from core.estimate.replay import replay
     from core.gradients.projection import make_projector
     from core.validate.subsets import seeded
 
-    out = {}
+    def at_w(tf, fit):
+        return predict(tf, fit.w)
+
     tc = {s: seeded(cfg, s).training for s in seeds}
-    out["replay"] = {s: predict_variant("replay", feats, subsets, tc[s]) for s in seeds}
+    per_seed = {"replay-seed": {s: _rows(subsets, feats, lambda f, s=s: replay(f, tc[s]), at_w)
+                                for s in seeds}}  # fmt: skip
     if len(seeds) > 1:
-        cross = {s: seeds[(i + 1) % len(seeds)] for i, s in enumerate(seeds)}
-        out["replay-cross"] = {
-            s: predict_variant("replay", feats, subsets, tc[cross[s]]) for s in seeds
-        }
+        nxt = {s: seeds[(i + 1) % len(seeds)] for i, s in enumerate(seeds)}
+        per_seed["replay-cross"] = {s: per_seed["replay-seed"][nxt[s]] for s in seeds}
+    out = {}
+    rmax = max(args.orders)
+    say(f"replay: {rmax} batch orders per subset")
+    singles = replay_orders(feats, subsets, cfg.training, rmax)
+    for r in args.orders:
+        out[f"replay-R{r}"] = averaged(subsets, feats, singles, r)
+    out[f"replay-R{rmax}-meanw"] = averaged(subsets, feats, singles, rmax, mean_w=True)
     for c in args.max_norms:
-        p = predict_variant("argmin", feats, subsets, None, c)
-        out[f"argmin@{c:g}"] = dict.fromkeys(seeds, p)
+        out[f"argmin@{c:g}"] = _rows(subsets, feats, argmin_fitter(None, c), at_w)
     dims = next(iter(feats.values())).meta["resolved"]["dims"]
     for k in args.sketch_k:
         if k >= sum(dims):
             continue
+        say(f"CountSketch k = {k}")
         proj = make_projector("countsketch", dims, k, cfg.features.seed)
         sk = {t: sketched(tf, proj) for t, tf in feats.items()}
-        out[f"replay-cs{k}"] = {s: predict_variant("replay", sk, subsets, tc[s]) for s in seeds}
+        sk_singles = replay_orders(sk, subsets, cfg.training, rmax)
+        for r in sorted({1, rmax}):
+            out[f"replay-R{r}-cs{k}"] = averaged(subsets, sk, sk_singles, r)
         if k == 400:
             for c in (0.1, 1.0):
-                p = predict_variant("argmin", sk, subsets, None, c)
-                out[f"argmin-cs400@{c:g}"] = dict.fromkeys(seeds, p)
-    return out
+                out[f"argmin-cs400@{c:g}"] = _rows(subsets, sk, argmin_fitter(None, c), at_w)
+    return out, per_seed
 
 
-# --- scoring --------------------------------------------------------------------------------
+# --- the split and the scoring --------------------------------------------------------------
 
 
-def real_affinity_corr(pred: pd.DataFrame, real: pd.DataFrame, names) -> float | None:
-    """Correlation of the affinity matrices built from predicted and from real losses, over
-    the task pairs that share a subset (Grad-TAG's check)."""
-    from core.estimate.affinity import affinity_matrix, cooccurrence
-    from core.validate.agreement import MIN_POINTS
-
-    p = pred.rename(columns={"predicted_loss": "loss"})
-    r = real[["subset", "task", "loss"]]
-    Tp, Tr = affinity_matrix(p, names, "loss"), affinity_matrix(r, names, "loss")
-    mask = np.triu(cooccurrence(r, names) > 0, 1)
-    x, y = Tp[mask], Tr[mask]
-    if len(x) < MIN_POINTS or x.std() < 1e-12 or y.std() < 1e-12:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def intervals(df: pd.DataFrame, pred: str = "predicted") -> dict:
-    """95% bootstrap intervals over subsets (core.validate.agreement.bootstrap_interval) of the order
-    agreement and the within-task loss correlation; `df` may pool seeds (subset names carry
-    the seed, so pairs never mix seeds)."""
-    from core.validate.agreement import bootstrap_interval, order_agreement, within_task_corr
-
-    pl = f"{pred}_loss"
+def split(names, subsets, seed: int = 0) -> dict:
+    """Two disjoint parts: "selection" (half the tasks, the even-numbered subsets) chooses
+    the defaults; "held_out" (the other tasks, the odd-numbered subsets) only reports. A
+    part's points are its tasks' rows in its subsets, so no held-out point was ever looked
+    at when choosing."""
+    order = [str(t) for t in np.random.default_rng(seed).permutation(list(names))]
+    half = len(order) // 2
+    keys = ["+".join(s) for s in subsets]
     return {
-        "order_agreement_ci": bootstrap_interval(
-            df, lambda d: order_agreement(d, pl, "real_loss"), n_boot=500
-        ),
-        "within_task_corr_loss_ci": bootstrap_interval(
-            df, lambda d: within_task_corr(d, pl, "real_loss"), n_boot=500
-        ),
+        "selection": {"tasks": sorted(order[:half]), "subsets": keys[0::2]},
+        "held_out": {"tasks": sorted(order[half:]), "subsets": keys[1::2]},
+        "all": {"tasks": sorted(order), "subsets": keys},
     }
 
 
-def _pooled(frames: dict) -> pd.DataFrame:
-    """Per-seed tables as one, each subset named with its seed: a resample draws the subset's
-    rows of every seed together (the unit that was sampled is the subset)."""
-    return pd.concat([f.assign(seed=s) for s, f in frames.items()], ignore_index=True)
+def _part(df: pd.DataFrame, part: dict) -> pd.DataFrame:
+    return df[df["task"].isin(part["tasks"]) & df["subset"].isin(part["subsets"])]
 
 
-def score(preds: dict, real: pd.DataFrame, seeds, names) -> dict:
-    from core.validate.agreement import agreement, per_task
+def score(preds: dict, per_seed: dict, real: pd.DataFrame, parts: dict, n_boot: int) -> dict:
+    """Per part: the leave-one-seed-out ceiling, every estimate against the mean of the real
+    seeds (core.validate.agreement.fair_agreement), and the seed-specific replays against
+    their own (or the next) seed."""
+    from core.validate.agreement import fair_agreement, seed_matched, seeds_wide
 
-    def joined(pred, seed):
-        r = real[real["seed"] == seed][["subset", "task", "loss", "accuracy"]]
-        r = r.rename(columns={"loss": "real_loss", "accuracy": "real_accuracy"})
-        return pred.merge(r, on=["subset", "task"])
-
+    wide = seeds_wide(real)
     out = {}
-    for name, by_seed in preds.items():
-        per_seed = {s: agreement(joined(by_seed[s], s)) for s in seeds}
-        pooled = _pooled({s: joined(by_seed[s], s) for s in seeds})
-        pooled["task"] = pooled["task"] + "@" + pooled["seed"].astype(str)  # pairs within a seed
-        keys = [k for k, v in per_seed[seeds[0]].items() if isinstance(v, float)]
-        mean = {
-            k: float(np.mean([per_seed[s][k] for s in seeds if per_seed[s][k] is not None]))
-            for k in keys
-            if any(per_seed[s][k] is not None for s in seeds)
-        }
-        real0 = real[real["seed"] == seeds[0]]
-        out[name] = {
-            "mean_over_seeds": mean,
-            "per_seed": {str(s): v for s, v in per_seed.items()},
-            "per_task": per_task(joined(by_seed[seeds[0]], seeds[0])),
-            "affinity_corr": real_affinity_corr(by_seed[seeds[0]], real0, names),
-            "mean_norm": float(by_seed[seeds[0]]["norm"].mean()),
-            **intervals(pooled),
-        }
+    for pname, part in parts.items():
+        w = _part(wide, part)
+        res = {"ceiling": None, "variants": {}, "seed_specific": {}}
+        for name, pred in preds.items():
+            cols = pred[["subset", "task", "predicted_loss", "predicted_accuracy"]]
+            fa = fair_agreement(w.merge(cols, on=["subset", "task"]), n_boot=n_boot)
+            res["ceiling"] = {k: v for k, v in fa.items() if k.startswith("ceiling")}
+            res["ceiling"].update(pairs=fa["pairs"], seeds=fa["seeds"], points=fa["points"])
+            res["variants"][name] = {k: v for k, v in fa.items() if not k.startswith("ceiling")}
+            res["variants"][name]["seconds_per_subset"] = float(
+                pred.drop_duplicates("subset")["seconds"].mean()
+            )
+        for name, by_seed in per_seed.items():
+            res["seed_specific"][name] = seed_matched(w, by_seed, n_boot=n_boot)
+        out[pname] = res
     return out
 
 
-def noise_ceiling(real: pd.DataFrame, seeds, base: pd.DataFrame) -> dict | None:
-    """The noise ceiling: the same measures with seed a's real fine-tunes as the prediction of
-    seed b's."""
-    from core.validate.agreement import agreement
+CANDIDATE = ("replay-R", "argmin")  # estimates a grouping can use (not the seed-specific ones)
+CHOICE_RULE = (
+    "on the selection part only: the estimate with the highest order agreement against the "
+    "seeds' mean (ties: within-task loss correlation); R: the smallest number of orders within "
+    "0.01 of the best R's agreement"
+)
 
-    if len(seeds) < 2:
-        return None
-    a, b = (real[real["seed"] == s][["subset", "task", "loss", "accuracy"]] for s in seeds[:2])
-    df = a.merge(b, on=["subset", "task"], suffixes=("_a", "_b"))
-    df = df.rename(
-        columns={
-            "loss_a": "predicted_loss",
-            "accuracy_a": "predicted_accuracy",
-            "loss_b": "real_loss",
-            "accuracy_b": "real_accuracy",
-        }
-    )
-    df = df.merge(base, on=["subset", "task"])
-    return {**agreement(df), **intervals(df)}
+
+def choose(scored: dict) -> dict:
+    """The default, chosen on the selection part only: the estimate with the highest order
+    agreement against the seeds' mean (ties: within-task loss correlation); and the number of
+    orders R: the smallest whose selection agreement is within 0.01 of the best R's."""
+
+    def key(v):
+        return (v["order_agreement_vs_mean"] or 0, v["within_task_corr_loss_vs_mean"] or 0)
+
+    sel = scored["selection"]["variants"]
+    names = [n for n in sel if n.startswith(CANDIDATE)]
+    best = max(names, key=lambda n: key(sel[n]))
+    plain = {int(n[8:]): sel[n] for n in sel if n.startswith("replay-R") and n[8:].isdigit()}
+    top = max(v["order_agreement_vs_mean"] or 0 for v in plain.values())
+    orders = min(r for r, v in plain.items() if (v["order_agreement_vs_mean"] or 0) >= top - 0.01)
+    return {"variant": best, "orders": orders, "rule": CHOICE_RULE}
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "sample_data" / "full.yaml")
     p.add_argument("--workspace", type=Path, default=None)
-    p.add_argument("--subsets", type=int, default=16)
+    p.add_argument("--subsets", type=int, default=40)
     p.add_argument("--subset-size", type=int, default=3)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-train", type=int, default=100)
     p.add_argument("--max-val", type=int, default=50)
     p.add_argument("--max-tokens", type=int, default=80)
@@ -310,9 +347,14 @@ def parse_args():
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--loss", default="choices", choices=["choices", "vocab"])
     p.add_argument("--train-a", action="store_true", help="plain LoRA (A trained too)")
+    p.add_argument("--orders", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+                   help="R values of the expected replay (batch orders averaged)")  # fmt: skip
     p.add_argument("--max-norms", type=float, nargs="*", default=[0.1, 0.3, 1.0, 3.0])
     p.add_argument("--sketch-k", type=int, nargs="*", default=[400, 4096])
+    p.add_argument("--boot", type=int, default=500, help="bootstrap resamples per interval")
     p.add_argument("--real-only", action="store_true", help="only the fine-tunes")
+    p.add_argument("--available", action="store_true",
+                   help="score only the subsets whose fine-tunes are all there (a partial run)")  # fmt: skip
     p.add_argument("--tag", default=None, help="results name: bench/results/agreement-<tag>.json")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default by --tag)")
     p.add_argument("--smoke", action="store_true", help="tiny-llama experiment, seconds")
@@ -321,12 +363,22 @@ def parse_args():
     if args.smoke:
         args.workspace = args.workspace or args.smoke_dir / "ws"
         args.out = args.out or args.smoke_dir / "agreement.json"
-        args.subsets, args.sketch_k = min(args.subsets, 3), [8]
+        args.subsets, args.sketch_k, args.orders, args.boot = min(args.subsets, 6), [8], [1, 2], 50
     else:
         name = "agreement" + (f"-{args.tag}" if args.tag else "")
         args.workspace = args.workspace or ROOT / "workspaces" / f"bench-{name}"
         args.out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     return args
+
+
+def finished(ws, subsets, seeds) -> list:
+    """The subsets whose fine-tunes with every seed are finished."""
+    from core.validate.subsets import adapter_name
+
+    def done(tasks, seed):
+        return (ws.adapter_dir(f"{adapter_name(tasks)}-s{seed}") / "grouptune.json").exists()
+
+    return [t for t in subsets if all(done(t, s) for s in seeds)]
 
 
 def main() -> None:
@@ -346,46 +398,62 @@ def main() -> None:
     gradients(cfg, ws)
     features_s = time.perf_counter() - start
     size = min(args.subset_size, len(names) - 1)
-    subsets = sample_subsets(names, args.subsets, size, seed=1)  # 1: not the affinity step's draw
+    drawn = sample_subsets(names, args.subsets, size, seed=1)  # 1: not the affinity step's draw
+    parts = split(names, drawn)  # by the draw, so a partial run keeps each subset's part
+    subsets = drawn
+    if args.available:
+        subsets = finished(ws, drawn, args.seeds)
+        say(f"scoring the {len(subsets)} subsets fine-tuned with every seed so far")
     real = real_runs(cfg, ws, subsets, args.seeds)
     if args.real_only:
         return
     feats = {t: load_features(ws, t) for t in names}
-    preds = variants(cfg, feats, subsets, args.seeds, args)
-    base = preds["replay"][args.seeds[0]][["subset", "task", "base_loss"]]
+    preds, per_seed = variants(cfg, feats, subsets, args.seeds, args)
+    scored = score(preds, per_seed, real, parts, args.boot)
     result = {
         "command": "python bench/agreement.py " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
         "config": cfg.model_dump(mode="json", exclude={"base_dir"}),
         "subsets": [list(s) for s in subsets],
+        "requested_subsets": args.subsets,
         "seeds": args.seeds,
+        "split": parts,
         "features_seconds": round(features_s, 1),
         "real_fine_tune_seconds": float(real["wall"].drop_duplicates().sum()),
-        "noise_ceiling": noise_ceiling(real, args.seeds, base),
-        "variants": score(preds, real, args.seeds, names),
+        "scores": scored,
+        "chosen": choose(scored),
         "real": real.to_dict(orient="records"),
-        "predictions": {
-            name: {str(seed): df.to_dict(orient="records") for seed, df in by_seed.items()}
-            for name, by_seed in preds.items()
+        "predictions": {name: df.to_dict(orient="records") for name, df in preds.items()},
+        "seed_predictions": {
+            name: {str(s): df.to_dict(orient="records") for s, df in by_seed.items()}
+            for name, by_seed in per_seed.items()
         },
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     show(result)
     say(f"wrote {args.out}")
 
 
 def show(result: dict) -> None:
-    cols = ["order_agreement", "within_task_corr_loss", "within_task_corr_accuracy"]
-    cols += ["drop_rel_error", "paper_rel_error"]
-    ceiling = result["noise_ceiling"] or {}
-    print(f"{'variant':20}" + "".join(f"{c[:22]:>24}" for c in cols) + f"{'affinity_corr':>16}")
-    print(f"{'(noise ceiling)':20}" + "".join(f"{_f(ceiling.get(c)):>24}" for c in cols))
-    for name, v in result["variants"].items():
-        m = v["mean_over_seeds"]
-        line = "".join(f"{_f(m.get(c)):>24}" for c in cols)
-        print(f"{name:20}{line}{_f(v['affinity_corr']):>16}")
+    for pname in ("selection", "held_out", "all"):
+        part = result["scores"][pname]
+        c = part["ceiling"]
+        print(f"\n== {pname}: {c['pairs']} pairs, {c['points']} points, {c['seeds']} seeds")
+        print(
+            f"{'variant':26}{'order vs mean':>16}{'vs others':>12}{'corr loss':>12}{'s/subset':>10}"
+        )
+        print(f"{'(ceiling, LOO)':26}{_f(c['ceiling_order_agreement_loo']):>16}{'':>12}"
+              f"{_f(c['ceiling_corr_loss_loo']):>12}")  # fmt: skip
+        for name, v in part["variants"].items():
+            print(f"{name:26}{_f(v['order_agreement_vs_mean']):>16}"
+                  f"{_f(v['order_agreement_vs_others']):>12}"
+                  f"{_f(v['within_task_corr_loss_vs_mean']):>12}{v['seconds_per_subset']:>10.3f}")  # fmt: skip
+        for name, v in part["seed_specific"].items():
+            print(f"{name + ' (own seed)':26}{_f(v['order_agreement_seed_matched']):>16}{'':>12}"
+                  f"{_f(v['within_task_corr_loss_seed_matched']):>12}")  # fmt: skip
+    print(f"\nchosen on the selection part: {result['chosen']}")
 
 
 def _f(v) -> str:

@@ -89,8 +89,15 @@ def init_cmd(
         "shared_answer_words": [{"tasks": [a, b], "words": w} for a, b, w in overlaps],
     }
     human = f"workspace {ws.root}: {len(tasks)} tasks"
+    sharing: dict[tuple, list[str]] = {}  # one note per set of shared words, not per pair
     for a, b, w in overlaps:
-        human += f"\n  note: {a} and {b} share answer words {w}; their affinity is partly format"
+        names = sharing.setdefault(tuple(w), [])
+        names += [t for t in (a, b) if t not in names]
+    for words, names in sharing.items():
+        human += (
+            f"\n  note: {', '.join(names)} share answer words {list(words)}; their affinity is "
+            "partly format"
+        )
     _emit(result, as_json, human)
 
 
@@ -329,13 +336,17 @@ def validate_estimate_cmd(
     workspace: Path | None = WorkspaceOpt,
     subsets: int = typer.Option(3, "--subsets", help="How many estimated subsets to fine-tune."),
     seeds: int = typer.Option(
-        2, "--seeds", help="Training seeds per subset (a second one measures the noise ceiling)."
+        3,
+        "--seeds",
+        help="Training seeds per subset: the estimate is scored against their mean, and one "
+        "seed against the others' mean is the noise ceiling.",
     ),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="One background job per subset."),
     as_json: bool = JsonOpt,
 ):
-    """Fine-tune N estimated subsets (spread over the tasks) for real; compare with the
-    estimates, within each task, against the noise ceiling of a second training seed."""
+    """Fine-tune N estimated subsets (spread over the tasks) for real with several training
+    seeds; score the estimates against the seeds' mean, within each task, beside the noise
+    ceiling (one seed against the others' mean)."""
     from core.validate.validation import validate_estimate
 
     cfg, ws = _context(config, workspace)

@@ -42,6 +42,10 @@ def report_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _interval(ci, spec: str) -> str:
+    return "" if not ci else f"[{format(ci[0], spec)}, {format(ci[1], spec)}] "
+
+
 def validation_text(result: dict) -> str:
     s, v = result["summary"], result["verdict"]
 
@@ -53,10 +57,15 @@ def validation_text(result: dict) -> str:
         f"mean relative val-loss error   {s['mean_loss_rel_error']:.1%}",
         f"mean abs val-accuracy error    {s['mean_accuracy_abs_error']:.3f}",
         f"predicted vs real loss corr.   {num('loss_correlation')}",
-        f"within-task loss corr.         {num('within_task_corr_loss')} "
-        f"(seed vs seed: {num('noise_ceiling_corr_loss')})",
-        f"same-task order agreement      {num('order_agreement', '.0%')} "
-        f"(seed vs seed: {num('noise_ceiling_order_agreement', '.0%')})",
+        f"against the mean of {s.get('seeds')} training seeds ({s.get('pairs')} same-task pairs):",
+        f"  same-task order agreement    {num('order_agreement_vs_mean', '.0%')} "
+        f"{_interval(s.get('order_agreement_vs_mean_ci'), '.0%')}"
+        f"(one seed vs the others: {num('ceiling_order_agreement_loo', '.0%')})",
+        f"  within-task loss corr.       {num('within_task_corr_loss_vs_mean')} "
+        f"{_interval(s.get('within_task_corr_loss_vs_mean_ci'), '.2f')}"
+        f"(one seed vs the others: {num('ceiling_corr_loss_loo')})",
+        f"  seed-matched replay (each seed's own batch order): order agreement "
+        f"{num('order_agreement_seed_matched', '.0%')}",
         f"largest relative weight change {s['max_weight_change']:.3%}",
         f"largest relative change of A   {s['max_a_change']:.2%}",
         "linear regime: " + ("looks fine" if v["linear_regime"] else "looks broken"),

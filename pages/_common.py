@@ -162,7 +162,9 @@ def show_trust(checked: dict | None, cfg) -> None:
     from core.validate import trust
 
     level, line = trust.verdict_line(checked)
-    {"good": st.success, "partial": st.warning, "noise": st.error}.get(level, st.info)(line)
+    {"good": st.success, "partial": st.warning, "noise": st.error, "thin": st.warning}.get(
+        level, st.info
+    )(line)
     warning = trust.rows_warning(cfg)
     if warning:
         st.warning(warning)

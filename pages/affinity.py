@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.config import parse_config
+from core.config import PROJECTIONS, parse_config
 from core.errors import GroupTuneError
 from core.report.figures import heatmap_figure
 from core.report.frames import affinity_view
@@ -63,14 +63,16 @@ with st.form("af_form"):
     st.caption(
         "replay (default) runs the training recipe itself (batches, AdamW, epochs) on the "
         "linearised model; argmin is the paper's regularised fit, with λ and a max update norm "
-        "(λ = 0: calibrate λ so each update has the max norm). Changing k recomputes the "
-        "gradient features; the other settings only re-run the estimate (seconds)."
+        "(λ = 0: calibrate λ so each update has the max norm). Changing the projection or k "
+        "recomputes the gradient features; the other settings only re-run the estimate."
     )
     e = cfg.estimator
     methods = ["replay", "argmin"]
     method = st.selectbox("Estimator", methods, methods.index(e.method), key="af_method")
-    c1, c2, c3, c4 = st.columns(4)
-    k = c1.number_input("Projection dim k", 8, 16384, cfg.features.k, step=8)
+    c0, c1, c2, c3, c4 = st.columns(5)
+    kinds = list(PROJECTIONS)
+    projection = c0.selectbox("Projection", kinds, kinds.index(cfg.features.projection))
+    k = c1.number_input("Sketch dim k (0 = 4096)", 0, 65536, cfg.features.k or 0, step=8)
     subsets = c2.number_input("Subsets K", 1, 10000, e.subsets)
     size = c3.number_input("Subset size", 2, max(2, len(cfg.tasks)), e.subset_size)
     pairs = c4.checkbox("All pairs instead", e.pairs)
@@ -80,7 +82,7 @@ with st.form("af_form"):
     metric = c3.selectbox("Metric", ["loss", "accuracy"], ["loss", "accuracy"].index(e.metric))
     if st.form_submit_button("Save and re-estimate", type="primary"):
         data = cfg.model_dump(mode="json", exclude={"base_dir"})
-        data["features"]["k"] = int(k)
+        data["features"].update(projection=projection, k=int(k) or None)
         data["estimator"].update(subsets=int(subsets), subset_size=int(size), pairs=pairs)
         data["estimator"].update(reg=reg or None, max_norm=max_norm, metric=metric)
         data["estimator"]["method"] = method
@@ -90,7 +92,11 @@ with st.form("af_form"):
             st.error(str(err))
         else:
             ws.save_config(new)
-            stale = new.features.k != cfg.features.k or any(v != "fresh" for v in grads.values())
+            moved = (new.features.k, new.features.projection) != (
+                cfg.features.k,
+                cfg.features.projection,
+            )
+            stale = moved or any(v != "fresh" for v in grads.values())
             first = [["gradients"]] if stale else []
             _common.submit(ws, [*first, ["affinity"], ["group", "--sweep"]], chain=True)
             st.rerun()
@@ -116,17 +122,19 @@ if checked is not None:
     num = trust.number
     c[0].metric(
         "Order agreement",
-        num(s.get("order_agreement"), ".0%"),
-        help="Pairs of subsets sharing a task, ordered alike by estimate and real val loss "
-        "(50% = chance). Grouping rests on this.",
+        num(s.get("order_agreement_vs_mean"), ".0%"),
+        help="Pairs of subsets sharing a task, ordered alike by the estimate and by the mean of "
+        f"{s.get('seeds')} real fine-tunes' val loss (50% = chance; {s.get('pairs')} pairs). "
+        "Grouping rests on this.",
     )
-    c[1].metric("Seed vs seed", num(s.get("noise_ceiling_order_agreement"), ".0%"),
-                help="The same between two real fine-tunes with different training seeds: "
+    c[1].metric("One seed vs the others", num(s.get("ceiling_order_agreement_loo"), ".0%"),
+                help="The same for one real fine-tune against the mean of the other seeds: "
                 "the noise ceiling.")  # fmt: skip
-    c[2].metric("Within-task loss corr.", num(s.get("within_task_corr_loss")),
-                help=f"Seed vs seed: {num(s.get('noise_ceiling_corr_loss'))}")  # fmt: skip
-    c[3].metric("Loss-drop error", num(s.get("drop_rel_error"), ".0%"),
-                help="Σ|predicted drop − real drop| / Σ|real drop|")  # fmt: skip
+    c[2].metric("Within-task loss corr.", num(s.get("within_task_corr_loss_vs_mean")),
+                help=f"One seed vs the others: {num(s.get('ceiling_corr_loss_loo'))}")  # fmt: skip
+    c[3].metric("Seed-matched", num(s.get("order_agreement_seed_matched"), ".0%"),
+                help="The replay of each seed's own batch order against that seed's run: how "
+                "well one known run is predicted, not what a grouping relies on.")  # fmt: skip
     c = st.columns(5)
     corr = s["loss_correlation"]
     c[0].metric(
@@ -145,7 +153,7 @@ available = trust.available_subsets(ws)
 if checked is None:
     st.info(
         "Not checked yet. This fine-tunes N estimated subsets (spread over the tasks) for real "
-        "with two training seeds (one background job each, about a minute per subset on a CPU) "
+        "with three training seeds (one background job each, about a minute per subset on a CPU) "
         "and compares them with their estimates."
     )
 n = st.number_input(

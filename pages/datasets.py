@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.config import PROJECTIONS
 from core.errors import GroupTuneError
 from core.report.figures import label_balance_figure, word_length_figure
 from core.views.datasets import (
@@ -90,8 +91,14 @@ with st.form("ds_form"):
         value = (getattr(d, key) or 0) if d else 0
         form[key] = col.number_input(f"Max {label} rows (0 = all)", 0, 10**6, value)
     form["max_tokens"] = cols[3].number_input("Max tokens", 8, 8192, d.max_tokens if d else 128)
-    cols = st.columns(5)
-    form["k"] = cols[0].number_input("Projection dim k", 8, 16384, c.features.k if c else 400)
+    cols = st.columns(6)
+    kinds = list(PROJECTIONS)
+    form["projection"] = cols[5].selectbox(
+        "Projection", kinds, kinds.index(c.features.projection) if c else 0
+    )
+    form["k"] = cols[0].number_input(
+        "Sketch dim k (0 = 4096)", 0, 65536, (c.features.k or 0) if c else 0
+    )
     form["subsets"] = cols[1].number_input("Subsets K", 1, 10**4, c.estimator.subsets if c else 30)
     form["subset_size"] = cols[2].number_input(
         "Subset size", 2, 64, c.estimator.subset_size if c else 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.views.affinity import projection_label
 from core.views.jobs import active_items, read_jobs
 from core.views.stages import gradient_table
 from pages import _common
@@ -22,7 +23,7 @@ fresh = int((table["status"] == "fresh").sum())
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Tasks up to date", f"{fresh} / {len(table)}")
-c2.metric("Projection dim k", cfg.features.k)
+c2.metric("Projection", cfg.features.projection, help=projection_label(cfg.features))
 c3.metric("Target", cfg.features.target)
 c4.metric("Max tokens", cfg.data.max_tokens)
 

@@ -43,40 +43,41 @@ def test_real_rows_are_the_kept_epochs_of_the_fine_tunes(smoke):
         assert (row["loss"], row["accuracy"]) == (kept["nll"], kept["accuracy"])
 
 
-def test_ceiling_and_variants_are_recomputable(smoke):
-    from core.validate.agreement import agreement
+def test_scores_are_recomputable_from_the_stored_rows(smoke):
+    from core.validate.agreement import fair_agreement, seed_matched, seeds_wide
 
     _, res = smoke
-    a, b = (real_of(res, s) for s in res["seeds"])
-    both = a.merge(b, on=["subset", "task"], suffixes=("_x", "_real"))
-    base = pd.DataFrame(res["predictions"]["replay"]["0"])[["subset", "task", "base_loss"]]
-    both = both.rename(
-        columns={
-            "loss_x": "x_loss",
-            "accuracy_x": "x_accuracy",
-            "loss_real": "real_loss",
-            "accuracy_real": "real_accuracy",
-        }
+    wide = seeds_wide(pd.DataFrame(res["real"]))
+    part = res["split"]["all"]
+    wide = wide[wide["task"].isin(part["tasks"]) & wide["subset"].isin(part["subsets"])]
+    for name in ("replay-R1", "replay-R2", "argmin@0.1", "replay-R2-cs8"):
+        pred = pd.DataFrame(res["predictions"][name])
+        mine = fair_agreement(wide.merge(pred, on=["subset", "task"]), n_boot=10)
+        got = res["scores"]["all"]["variants"][name]
+        for key in ("order_agreement_vs_mean", "within_task_corr_loss_vs_mean", "pairs"):
+            assert got[key] == pytest.approx(mine[key]), (name, key)
+    ceiling = res["scores"]["all"]["ceiling"]
+    assert ceiling["ceiling_order_agreement_loo"] == pytest.approx(
+        mine["ceiling_order_agreement_loo"]
     )
-    ceiling = agreement(both.merge(base), pred="x")
-    assert res["noise_ceiling"]["order_agreement"] == ceiling["order_agreement"]
-    assert res["noise_ceiling"]["paper_rel_error"] == pytest.approx(ceiling["paper_rel_error"])
-    for name in ("replay", "replay-cross", "argmin@0.1", "replay-cs8"):
-        for seed in res["seeds"]:
-            pred = pd.DataFrame(res["predictions"][name][str(seed)])
-            real = real_of(res, seed).rename(
-                columns={"loss": "real_loss", "accuracy": "real_accuracy"}
-            )
-            mine = agreement(pred.merge(real, on=["subset", "task"]))
-            got = res["variants"][name]["per_seed"][str(seed)]
-            assert got["paper_rel_error"] == pytest.approx(mine["paper_rel_error"])
-            assert got["order_agreement"] == mine["order_agreement"]
+    by_seed = {int(s): pd.DataFrame(v) for s, v in res["seed_predictions"]["replay-seed"].items()}
+    matched = seed_matched(wide, by_seed, n_boot=10)
+    got = res["scores"]["all"]["seed_specific"]["replay-seed"]["order_agreement_seed_matched"]
+    assert got == pytest.approx(matched["order_agreement_seed_matched"])
+
+
+def test_held_out_part_shares_no_task_or_subset_with_the_selection(smoke):
+    _, res = smoke
+    sel, held = res["split"]["selection"], res["split"]["held_out"]
+    assert not set(sel["tasks"]) & set(held["tasks"])
+    assert not set(sel["subsets"]) & set(held["subsets"])
+    assert res["chosen"]["variant"] in res["scores"]["selection"]["variants"]
 
 
 def test_replay_predictions_are_the_product_estimator(smoke):
     from core.config import load_config
-    from core.estimate.estimator import predict
-    from core.estimate.replay import replay
+    from core.estimate.estimator import predict, score
+    from core.estimate.replay import expected_replay, replay
     from core.gradients.store import load_features
     from core.workspace import Workspace
 
@@ -85,8 +86,17 @@ def test_replay_predictions_are_the_product_estimator(smoke):
     cfg = load_config(ws.config_path)
     tasks = res["subsets"][0]
     feats = [load_features(ws, t) for t in tasks]
-    w = replay(feats, cfg.training.model_copy(update={"seed": res["seeds"][1]})).w
-    pred = pd.DataFrame(res["predictions"]["replay"][str(res["seeds"][1])])
+    seed = res["seeds"][1]
+    w = replay(feats, cfg.training.model_copy(update={"seed": seed})).w
+    own = pd.DataFrame(res["seed_predictions"]["replay-seed"][str(seed)])
+    expected = expected_replay(feats, cfg.training, 2)  # the product's estimate, R = 2
+    avg = pd.DataFrame(res["predictions"]["replay-R2"])
     for task, tf in zip(tasks, feats, strict=True):
-        row = pred[(pred["subset"] == "+".join(tasks)) & (pred["task"] == task)].iloc[0]
-        assert row["predicted_loss"] == pytest.approx(predict(tf, w)["loss"], rel=1e-12)
+        key = (own["subset"] == "+".join(tasks)) & (own["task"] == task)
+        assert own[key].iloc[0]["predicted_loss"] == pytest.approx(
+            predict(tf, w)["loss"], rel=1e-12
+        )
+        key = (avg["subset"] == "+".join(tasks)) & (avg["task"] == task)
+        assert avg[key].iloc[0]["predicted_loss"] == pytest.approx(
+            score(tf, expected)["loss"], rel=1e-12
+        )

@@ -6,6 +6,8 @@ import pytest
 from conftest import SAMPLE
 
 from core.config import load_config, parse_config
+
+ESTIMATE_ORDERS = 8  # bench/results/agreement-claims.json "chosen" (the selection part)
 from core.errors import ConfigError, DataError
 from core.io import safe_name, write_json
 from core.workspace import Workspace
@@ -14,7 +16,33 @@ from core.workspace import Workspace
 def test_defaults_and_task_strings():
     cfg = parse_config({"tasks": ["a", {"name": "b", "path": "b.csv"}]})
     assert cfg.task_names == ["a", "b"]
-    assert cfg.model.name == "smollm2-135m" and cfg.features.k == 400
+    assert cfg.model.name == "smollm2-135m"
+
+
+def test_a_config_without_features_gets_the_validated_defaults():
+    """The schema, the presets and the Datasets page make the combination bench/agreement.py
+    validated: exact B-gradients where they fit, the replay averaged over batch orders."""
+    from core.config import AUTO_SKETCH_K, IDENTITY_MAX_DIMS
+    from core.views.datasets import build_config
+
+    cfg = parse_config({"tasks": ["a"]})
+    f, e = cfg.features, cfg.estimator
+    assert (f.projection, f.k, f.target) == ("auto", None, "choices")
+    assert f.resolved(30_720) == ("identity", None)  # SmolLM2-135M, top 8 layers
+    assert f.resolved(IDENTITY_MAX_DIMS + 1) == ("countsketch", AUTO_SKETCH_K)
+    assert f.resolved(786_432) == ("countsketch", AUTO_SKETCH_K)  # an 8B model, every layer
+    assert (e.method, e.orders) == ("replay", ESTIMATE_ORDERS)
+    assert (cfg.training.loss, cfg.training.freeze_a) == ("choices", True)
+    for preset in ("quick.yaml", "full.yaml"):
+        p = load_config(SAMPLE / preset)
+        assert (p.features.projection, p.features.k) == (f.projection, f.k), preset
+        assert (p.estimator.method, p.estimator.orders) == (e.method, e.orders), preset
+    form = {"name": "new", "model": "smollm2-135m", "quantization": "4bit", "max_tokens": 128,
+            "k": 0, "projection": "auto", "subsets": 30, "subset_size": 3, "m": 0,
+            "epochs": 10, "tasks": ["yelp", "imdb"]}  # fmt: skip
+    page = build_config(form, None, {})  # the Datasets page's form with its defaults
+    assert (page.features.projection, page.features.k) == (f.projection, f.k)
+    assert (page.estimator.method, page.estimator.orders) == (e.method, e.orders)
 
 
 @pytest.mark.parametrize(

@@ -279,7 +279,7 @@ def test_evaluate_real_agrees_with_the_linear_model(tiny_task_root, tmp_path):
             "tasks": ["alpha", "beta"],
             "model": {"name": "tiny-llama", "quantization": "none", "device": "cpu"},
             "data": {"root": str(tiny_task_root)},
-            "features": {"k": 32, "batch_size": 8},
+            "features": {"projection": "countsketch", "k": 32, "batch_size": 8},
         }
     )
     ws = Workspace(tmp_path / "ws").ensure()

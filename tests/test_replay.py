@@ -172,3 +172,28 @@ def test_the_kept_epoch_is_the_lowest_val_loss():
     assert is_better(second, first) and not is_better(first, second)
     assert is_better({"accuracy": 0.6, "nll": 0.99}, second)  # a tie in loss: accuracy decides
     assert is_better(first, None)
+
+
+def test_the_expected_replay_is_the_mean_of_its_single_replays():
+    """R batch orders from seeds no real run uses; its prediction of a task is the mean of the
+    single replays' predictions (core.estimate.estimator.score)."""
+    from core.estimate.estimator import score
+    from core.estimate.replay import ORDER_SEED_OFFSET, expected_replay, order_seeds
+
+    rng = np.random.default_rng(1)
+    feats = [linear_task(rng, 8, 24, 10), linear_task(rng, 8, 16, 12, C=3, per_choice=True)]
+    tcfg = TrainingConfig(epochs=2, lr=0.05, batch_size=4, seed=5)
+    seeds = order_seeds(tcfg, 4)
+    assert seeds == [5 + ORDER_SEED_OFFSET + r for r in range(4)]
+    singles = [replay(feats, tcfg.model_copy(update={"seed": s})) for s in seeds]
+    fit = expected_replay(feats, tcfg, 4)
+    assert not np.allclose(singles[0].w, singles[1].w)  # the orders differ
+    for tf in feats:
+        each = [predict(tf, f.w) for f in singles]
+        got = score(tf, fit)
+        for key in ("loss", "accuracy", "base_loss"):
+            assert got[key] == pytest.approx(np.mean([e[key] for e in each]), rel=1e-12)
+    np.testing.assert_allclose(fit.w, np.mean([f.w for f in singles], axis=0))
+    assert fit.flops == sum(f.flops for f in singles)
+    one = expected_replay(feats, tcfg, 1)
+    assert score(feats[0], one) == predict(feats[0], singles[0].w)

@@ -29,7 +29,7 @@ def _cfg(task_root, tasks=("alpha", "beta"), **sections):
         "adapter": {"r": 2, "alpha": 4, "seed": 0},
         "data": {"root": str(task_root), "max_tokens": 64},
         "tasks": list(tasks),
-        "features": {"k": 16, "batch_size": 4},
+        "features": {"projection": "countsketch", "k": 16, "batch_size": 4},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
@@ -75,6 +75,20 @@ def test_identity_projection_stores_the_exact_b_gradients(tiny_task_root, tmp_pa
     enc = encode_split(tok, load_tasks(cfg)[0], "train", cfg.data.max_tokens)
     ref = reference_example_grads(model, enc.input_ids[:3], enc.choice_ids, enc.gold[:3], "choices")
     np.testing.assert_allclose(np.asarray(f.train_g[:3]), ref["g"], rtol=1e-4, atol=1e-6)
+
+
+def test_auto_projection_keeps_a_small_adapter_exact(tiny_task_root, tmp_path):
+    """The default ("auto") on a small adapter is the identity: the same arrays as asking for
+    it by name; and what it resolved to is recorded with the store."""
+    ws_auto, ws_id = Workspace(tmp_path / "auto"), Workspace(tmp_path / "id")
+    auto = _cfg(tiny_task_root, ["alpha"], features={"projection": "auto", "k": None})
+    exact = _cfg(tiny_task_root, ["alpha"], features={"projection": "identity"})
+    extract_features(auto, ws_auto)
+    extract_features(exact, ws_id)
+    a, b = load_features(ws_auto, "alpha"), load_features(ws_id, "alpha")
+    assert a.k == b.k == a.meta["resolved"]["D"]
+    assert a.meta["resolved"]["projection"] == {"kind": "identity", "k": a.k}
+    np.testing.assert_array_equal(np.asarray(a.train_g), np.asarray(b.train_g))
 
 
 def test_three_answer_words_store_per_choice_train_gradients(tmp_path):

@@ -62,42 +62,57 @@ def test_validation_json_matches_adapters_and_estimates(validated):
     table = pd.read_csv(root / "estimates" / "results.csv")
     rows = result["rows"]
     assert len(rows) == sum(len(s) for s in subsets) == result["summary"]["n_points"]
+    seeds = result["settings"]["seeds"]
+    assert seeds == [0, 1, 2]  # three training seeds: the estimate is scored on their mean
     for row in rows:
-        record = json.loads((root / "adapters" / row["adapter"] / "grouptune.json").read_text())
         assert row["adapter"] == adapter_name(row["subset"].split("+"))
-        real = record["val_metrics"][row["task"]]
-        assert row["real_loss"] == real["nll"] and row["real_accuracy"] == real["accuracy"]
+        each = {}
+        for seed in seeds:
+            name = adapter_name(row["subset"].split("+"), None if seed == 0 else seed)
+            record = json.loads((root / "adapters" / name / "grouptune.json").read_text())
+            assert record["config"]["training"]["seed"] == seed
+            each[seed] = record["val_metrics"][row["task"]]
+            assert row["real_by_seed"][str(seed)]["loss"] == each[seed]["nll"]
+        real_loss = np.mean([m["nll"] for m in each.values()])
+        real_acc = np.mean([m["accuracy"] for m in each.values()])
+        assert row["real_loss"] == pytest.approx(real_loss) and row[
+            "real_accuracy"
+        ] == pytest.approx(real_acc)
         (pred,) = table[
             (table["subset"] == row["subset"]) & (table["task"] == row["task"])
         ].itertuples()
         assert row["subset_id"] == pred.subset_id
         assert row["predicted_loss"] == pred.loss and row["predicted_accuracy"] == pred.accuracy
-        assert row["loss_rel_error"] == pytest.approx(abs(pred.loss - real["nll"]) / real["nll"])
-        assert row["accuracy_abs_error"] == pytest.approx(abs(pred.accuracy - real["accuracy"]))
+        assert row["loss_rel_error"] == pytest.approx(abs(pred.loss - real_loss) / real_loss)
+        assert row["accuracy_abs_error"] == pytest.approx(abs(pred.accuracy - real_acc))
     s, df = result["summary"], pd.DataFrame(rows)
     assert s["mean_loss_rel_error"] == pytest.approx(df["loss_rel_error"].mean())
     assert s["mean_accuracy_abs_error"] == pytest.approx(df["accuracy_abs_error"].mean())
     expected_corr = np.corrcoef(df["predicted_loss"], df["real_loss"])[0, 1]
     assert s["loss_correlation"] == pytest.approx(expected_corr)
-    from core.validate.agreement import agreement
+    from core.validate.agreement import fair_agreement, order_agreement, within_task_corr
 
-    mine = agreement(df)
-    for key in ("within_task_corr_loss", "within_task_corr_accuracy", "order_agreement"):
-        assert s[key] == mine[key]
-    assert s["drop_rel_error"] == pytest.approx(mine["drop_rel_error"])
-    if s["order_agreement"] is not None:  # bootstrap over the checked subsets
-        lo, hi = s["order_agreement_ci"]
-        assert lo <= s["order_agreement"] <= hi
-    other = pd.DataFrame(result["other_seed_rows"])  # the second training seed's fine-tunes
-    for row in result["other_seed_rows"]:
-        name = adapter_name(row["subset"].split("+"), 1)
-        record = json.loads((root / "adapters" / name / "grouptune.json").read_text())
-        assert record["config"]["training"]["seed"] == 1
-        assert row["loss"] == record["val_metrics"][row["task"]]["nll"]
-    both = df.merge(other.rename(columns={"loss": "b_loss", "accuracy": "b_accuracy"}))
-    ceiling = agreement(both, pred="b")
-    assert s["noise_ceiling_order_agreement"] == ceiling["order_agreement"]
-    assert s["noise_ceiling_corr_loss"] == ceiling["within_task_corr_loss"]
+    wide = df.drop(columns="real_by_seed")
+    for seed in seeds:
+        for metric in ("loss", "accuracy"):
+            wide[f"{metric}@{seed}"] = [r["real_by_seed"][str(seed)][metric] for r in rows]
+    mine = fair_agreement(wide, n_boot=20)
+    for key in ("order_agreement_vs_mean", "within_task_corr_loss_vs_mean",
+                "ceiling_order_agreement_loo", "ceiling_corr_loss_loo", "pairs", "seeds"):  # fmt: skip
+        assert s[key] == mine[key], key
+    assert s["seeds"] == 3
+    assert s["order_agreement_vs_mean"] == order_agreement(wide, "predicted_loss", "real_loss")
+    # the ceiling by hand: each seed against the mean of the other two, averaged
+    folds = []
+    for seed in seeds:
+        others = [f"loss@{o}" for o in seeds if o != seed]
+        d = wide.assign(o=wide[others].mean(axis=1))
+        folds.append(within_task_corr(d, f"loss@{seed}", "o"))
+    assert s["ceiling_corr_loss_loo"] == pytest.approx(np.mean(folds))
+    if s["order_agreement_vs_mean"] is not None:  # bootstrap over the checked subsets
+        lo, hi = s["order_agreement_vs_mean_ci"]
+        assert lo <= s["order_agreement_vs_mean"] <= hi
+    assert "order_agreement_seed_matched" in s  # kept beside, never the headline
     checks = result["verdict"]["checks"]
     assert result["verdict"]["linear_regime"] == all(c["ok"] is not False for c in checks.values())
     assert checks["loss_rel_error"]["value"] == s["mean_loss_rel_error"]
@@ -156,7 +171,7 @@ def test_verdict_thresholds_on_known_summaries():
         }
         | {"order_gap": {"value": None, "threshold": THRESHOLDS["order_gap"], "ok": None}},
     }
-    behind = verdict({**good, "order_agreement": 0.6, "noise_ceiling_order_agreement": 0.85})
+    behind = verdict({**good, "order_agreement_vs_mean": 0.6, "ceiling_order_agreement_loo": 0.85})
     assert behind["checks"]["order_gap"]["value"] == pytest.approx(0.25)
     assert not behind["linear_regime"] and "25% less often" in behind["reasons"][0]
     moved = verdict({**good, "max_a_change": 0.2, "loss_correlation": None})
@@ -208,13 +223,18 @@ def test_cli_submits_one_training_job_per_subset(estimated):
     assert result == json.loads((ws / "validation.json").read_text())
     jobs = open_store(ws).list()
     first = list(estimated_subsets(Workspace(ws))[0])
-    assert [j["state"] for j in jobs] == ["done", "done"]  # one per training seed
-    assert [j["step"] for j in jobs] == [f"train:{adapter_name(first, s)}" for s in (None, 1)]
-    for job, seed in zip(jobs, ("0", "1"), strict=True):
+    assert [j["state"] for j in jobs] == ["done"] * 3  # one per training seed
+    assert [j["step"] for j in jobs] == [f"train:{adapter_name(first, s)}" for s in (None, 1, 2)]
+    for job, seed in zip(jobs, ("0", "1", "2"), strict=True):
         tasks = ["--task", first[0], "--task", first[1]]
         assert job["argv"] == ["train-subset", *tasks, "--seed", seed, "--workspace", str(ws)]
     assert [s["tasks"] for s in result["subsets"]] == [first]
-    assert result["settings"]["seeds"] == [0, 1]
+    assert result["settings"]["seeds"] == [0, 1, 2]
+    s = result["summary"]
+    for key in ("order_agreement_vs_mean", "ceiling_order_agreement_loo",
+                "within_task_corr_loss_vs_mean", "ceiling_corr_loss_loo", "seeds", "pairs",
+                "order_agreement_vs_mean_ci", "order_agreement_seed_matched"):  # fmt: skip
+        assert key in s, key
 
 
 # --- the trust panel on the Affinity page ---------------------------------------------------------
@@ -234,9 +254,10 @@ def test_trust_panel_plots_validation_json(validated, monkeypatch):
     from core.validate.trust import number, verdict_line
 
     s = result["summary"]
-    assert metrics["Order agreement"] == number(s["order_agreement"], ".0%")
-    assert metrics["Seed vs seed"] == number(s["noise_ceiling_order_agreement"], ".0%")
-    assert metrics["Within-task loss corr."] == number(s["within_task_corr_loss"])
+    assert metrics["Order agreement"] == number(s["order_agreement_vs_mean"], ".0%")
+    assert metrics["One seed vs the others"] == number(s["ceiling_order_agreement_loo"], ".0%")
+    assert metrics["Within-task loss corr."] == number(s["within_task_corr_loss_vs_mean"])
+    assert metrics["Seed-matched"] == number(s["order_agreement_seed_matched"], ".0%")
     shown_lines = " ".join(t for k in ("success", "warning", "error", "info") for t in texts(at, k))
     assert verdict_line(result)[1] in shown_lines
     assert "fewer than 100 train rows" in shown_lines  # 16 rows per tiny task
@@ -255,7 +276,7 @@ def test_trust_panel_launches_validate_estimate(estimated, monkeypatch):
     ws = copy_ws(estimated, "panel_launch", keep_adapters=True)
     at = open_page(ws, "affinity", monkeypatch)
     assert "Not checked yet" in " ".join(texts(at, "info"))
-    assert f"grouptune validate-estimate --subsets 3 --seeds 2 --workspace {ws}" in texts(
+    assert f"grouptune validate-estimate --subsets 3 --seeds 3 --workspace {ws}" in texts(
         at, "code"
     )
     at.number_input(key="af_trust_n").set_value(2)
@@ -263,7 +284,7 @@ def test_trust_panel_launches_validate_estimate(estimated, monkeypatch):
     job = read_jobs(Workspace(ws))[0]
     try:
         assert job["argv"] == [
-            "validate-estimate", "--subsets", "2", "--seeds", "2", "--workspace", str(ws)
+            "validate-estimate", "--subsets", "2", "--seeds", "3", "--workspace", str(ws)
         ]  # fmt: skip
         assert job["resources"] == {"slots": 0}
         assert at.button(key="af_trust_run").disabled  # one validation at a time
@@ -271,33 +292,53 @@ def test_trust_panel_launches_validate_estimate(estimated, monkeypatch):
         assert cancel(ws, job["id"], grace_s=5)["state"] in ("cancelled", "failed", "done")
 
 
-def test_a_new_recipe_trains_the_subset_again(validated):
+def test_a_new_recipe_trains_the_subset_again_and_recomputes_its_estimate(validated):
+    """A changed lr changes what the replay predicts: the stored estimates are recomputed
+    (not compared as they were) before the new fine-tunes are scored against them."""
+    from core.estimate.affinity import table_fingerprint
+    from core.estimate.estimator import score
+    from core.estimate.fitter import fitter
+    from core.gradients.store import load_features
+
     root, result = validated
     ws = Workspace(copy_ws(root, "new_recipe", keep_adapters=True))
     cfg = ws.load_config()
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": 0.01})})
     again = validate_estimate(cfg, ws, 1, jobs=False, progress=False)
-    record = json.loads(
-        (ws.adapter_dir(again["subsets"][0]["adapter"]) / "grouptune.json").read_text()
-    )
+    row = again["rows"][0]
+    record = json.loads((ws.adapter_dir(row["adapter"]) / "grouptune.json").read_text())
     assert record["config"]["training"]["lr"] == 0.01
-    assert again["rows"][0]["real_loss"] == record["val_metrics"][again["rows"][0]["task"]]["nll"]
-    assert again["rows"][0]["predicted_loss"] == result["rows"][0]["predicted_loss"]
+    assert row["real_by_seed"]["0"]["loss"] == record["val_metrics"][row["task"]]["nll"]
+    tasks = row["subset"].split("+")
+    feats = [load_features(ws, t) for t in tasks]
+    fresh = score(feats[tasks.index(row["task"])], fitter(cfg)(feats))
+    assert row["predicted_loss"] == pytest.approx(fresh["loss"], rel=1e-9)
+    old = next(
+        r for r in result["rows"] if (r["subset"], r["task"]) == (row["subset"], row["task"])
+    )
+    assert row["predicted_loss"] != old["predicted_loss"]  # the old lr's estimate is gone
+    metas = {t: load_features(ws, t).meta for t in cfg.task_names}
+    assert again["affinity_fingerprint"]["table"] == table_fingerprint(cfg, metas)
 
 
 def test_trust_verdict_levels_on_known_summaries():
     from core.validate.trust import verdict_line
 
-    def summary(mine, ceiling, ci=None):
-        return {"summary": {"order_agreement": mine, "noise_ceiling_order_agreement": ceiling,
-                            "order_agreement_ci": ci}}  # fmt: skip
+    def summary(mine, ceiling, ci=None, pairs=40):
+        return {"summary": {"order_agreement_vs_mean": mine, "ceiling_order_agreement_loo": ceiling,
+                            "order_agreement_vs_mean_ci": ci, "pairs": pairs, "seeds": 3,
+                            "order_agreement_seed_matched": 1.0}}  # fmt: skip
 
     level, line = verdict_line(summary(0.94, 0.69, [0.82, 1.0]))
-    assert level == "good" and "94%" in line and "82%-100%" in line
-    assert "agree on only 69%" in line  # a soft ceiling is said even when the estimate is good
+    assert level == "good" and "94%" in line and "82%-100%" in line and "of 40 pairs" in line
+    assert "mean of 3 real fine-tunes" in line
+    assert "agrees with the others on only 69%" in line  # a soft ceiling is said
     assert verdict_line(summary(0.9, 0.85))[0] == "good"
     assert "only" not in verdict_line(summary(0.9, 0.85))[1]  # a firm ceiling: no caveat
     assert verdict_line(summary(0.7, 0.85))[0] == "partial"
     assert verdict_line(summary(0.55, 0.85))[0] == "noise"
     assert verdict_line(summary(None, None))[0] == "unchecked"
     assert verdict_line(None)[0] == "unchecked"
+    # the demo's old panel said "100% (95% interval 100%-100%)" from 6 pairs
+    level, line = verdict_line(summary(1.0, 1.0, [1.0, 1.0], pairs=6))
+    assert level == "thin" and "Too few pairs" in line and "100%" not in line

@@ -356,8 +356,9 @@ def test_build_config_validates_and_makes_paths_absolute(real_ws, tmp_path):
     ws = save_experiment(cfg, tmp_path / "elsewhere" / "copy")
     again = ws.load_config()
     assert [t.name for t in load_tasks(again)] == ["reviews_a", "topics", "spam"]
+    assert build_config({**form, "k": 0}, base, {}).features.k is None  # 0: the default
     with pytest.raises(ConfigError, match="features.k"):
-        build_config({**form, "k": 0}, base, {})
+        build_config({**form, "k": -4}, base, {})
 
 
 def test_workspaces_are_listed(tmp_path, monkeypatch):

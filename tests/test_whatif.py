@@ -90,23 +90,25 @@ def test_bad_partitions_are_refused(groups, message):
 
 def test_from_workspace_uses_the_configured_replay(tmp_path):
     """The default estimator: each group's update is the recipe replayed on its union, tasks in
-    the config's order (the order the trainer batches them in)."""
-    from core.estimate.replay import replay
+    the config's order (the order the trainer batches them in), averaged over
+    estimator.orders batch orders (the expected fine-tune)."""
+    from core.estimate.estimator import score
+    from core.estimate.replay import expected_replay
 
     feats = tasks(n_tasks=4)
     cfg = parse_config({"tasks": list(feats), "training": {"epochs": 2, "lr": 0.05}})
-    assert cfg.estimator.method == "replay"
+    assert cfg.estimator.method == "replay" and cfg.estimator.orders > 1
     ws = Workspace(tmp_path).ensure()
     wi = WhatIf.from_workspace(cfg, ws, loader=lambda _ws, n: feats[n])
     out = wi.predict([["t2", "t0"], ["t1", "t3"]])
-    w = replay([feats["t0"], feats["t2"]], cfg.training).w
+    fit = expected_replay([feats["t0"], feats["t2"]], cfg.training, cfg.estimator.orders)
     assert out["t2"] == {
-        **predict(feats["t2"], w),
+        **score(feats["t2"], fit),
         "group": 0,
         "reg": 0.0,
         "norm": out["t2"]["norm"],
     }
-    assert out["t2"]["norm"] == pytest.approx(np.linalg.norm(w)) and out["t2"]["norm"] > 0
+    assert out["t2"]["norm"] == pytest.approx(fit.norm) and out["t2"]["norm"] > 0
 
 
 def test_from_workspace_and_functional_twin(tmp_path):

@@ -256,7 +256,7 @@ def write_update_adapter(cfg, ws, name: str, tasks: list[str], w) -> None:
     from pathlib import Path
 
     from core.estimate.real import apply_update
-    from core.gradients.projection import make_projector
+    from core.gradients.projection import projector_for
     from core.io import write_json
     from core.models.adapters import attach_adapter, lora_b_parameters
     from core.models.fingerprint import model_fingerprint
@@ -266,7 +266,7 @@ def write_update_adapter(cfg, ws, name: str, tasks: list[str], w) -> None:
     peft_model = attach_adapter(model, cfg.adapter)
     params = lora_b_parameters(peft_model)
     dims = [p.numel() for _, p in params]
-    proj = make_projector(cfg.features.projection, dims, cfg.features.k, cfg.features.seed)
+    proj = projector_for(cfg.features, dims)
     apply_update(peft_model, proj.lift(np.asarray(w, dtype=np.float64)), params)
     out = ws.adapter_dir(name)
     shutil.rmtree(out, ignore_errors=True)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from core.errors import ConfigError, GroupTuneError
 from core.estimate import fitter
-from core.estimate.estimator import check_features, check_same_k, predict
+from core.estimate.estimator import check_features, check_same_k, score
 from core.io import write_json, write_text
 from core.progress import computing, track
 
@@ -138,7 +138,7 @@ def score_subsets(
         for sid, (subset, feats) in enumerate(zip(subsets, feats_of, strict=True)):
             result = fit(feats)
             for name, tf in zip(subset, feats, strict=True):
-                scores = predict(tf, result.w)
+                scores = score(tf, result)
                 rows.append(
                     {
                         "subset_id": sid,
@@ -291,7 +291,7 @@ def _task_summaries(features_by_task: dict, fit: fitter.Fitter) -> tuple[dict, d
     for name, tf in features_by_task.items():
         check_features(tf, name)
         result = fit([tf])
-        s = predict(tf, result.w)
+        s = score(tf, result)
         base[name] = {"loss": s["base_loss"], "accuracy": s["base_accuracy"]}
         single[name] = {
             "loss": s["loss"],

@@ -72,6 +72,17 @@ class FitResult:
     n_solves: int = 0
     train_loss: float = float("nan")
     flops: int = 0  # of the fit itself, counted analytically (0: not counted)
+    members: tuple = ()  # an average of fits (the expected replay): each member's w; see score
+
+
+def score(tf, fit: FitResult) -> dict[str, float]:
+    """A fit's linearised val metrics of one task (`predict`): for an average of fits (the
+    expected fine-tune over several batch orders, `fit.members`), the mean of its members'
+    metrics, which estimates the mean over training seeds that real fine-tunes would give."""
+    if not fit.members:
+        return predict(tf, fit.w)
+    each = [predict(tf, w) for w in fit.members]
+    return {key: float(np.mean([e[key] for e in each])) for key in each[0]}
 
 
 def task_name(tf, default: str = "?") -> str:

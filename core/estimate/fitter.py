@@ -11,17 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.estimate.estimator import FitResult, fit_arrays, train_arrays
-from core.estimate.replay import replay
+from core.estimate.replay import expected_replay
 
 Fitter = Callable[[list], FitResult]
 
 
 def fitter(cfg) -> Fitter:
-    """The estimator of cfg.estimator.method: the recipe's replay, or the paper's argmin."""
+    """The estimator of cfg.estimator.method: the recipe's replay averaged over
+    estimator.orders batch orders (the expected fine-tune), or the paper's argmin."""
     e = cfg.estimator
     if e.method == "replay":
-        tcfg = cfg.training
-        return lambda features: replay(features, tcfg)
+        tcfg, orders = cfg.training, e.orders
+        return lambda features: expected_replay(features, tcfg, orders)
     return argmin_fitter(e.reg, e.max_norm)
 
 
@@ -34,5 +35,5 @@ def settings(cfg) -> dict:
     e = cfg.estimator
     if e.method == "replay":
         t = cfg.training.model_dump(mode="json")
-        return {"method": "replay", "training": t}
+        return {"method": "replay", "orders": e.orders, "training": t}
     return {"method": "argmin", "reg": e.reg, "max_norm": e.max_norm}

@@ -37,7 +37,7 @@ def evaluate_real(cfg, ws, task_names: list[str], w) -> dict[str, dict]:
     """
     from core.data.prompts import encode_split
     from core.data.sources import load_tasks
-    from core.gradients.projection import make_projector
+    from core.gradients.projection import projector_for
     from core.models.adapters import attach_adapter, lora_b_parameters
     from core.models.loading import load_model
     from core.models.scoring import choice_logits, metrics_from_logits
@@ -54,7 +54,7 @@ def evaluate_real(cfg, ws, task_names: list[str], w) -> dict[str, dict]:
         stored = (ws.read("features", name, "meta.json") or {}).get("resolved", {}).get("dims")
         if stored is not None and list(stored) != dims:
             raise StaleError(f"features of task {name!r} were made with another adapter layout")
-    proj = make_projector(cfg.features.projection, dims, cfg.features.k, cfg.features.seed)
+    proj = projector_for(cfg.features, dims)
     apply_update(peft_model, proj.lift(np.asarray(w, dtype=np.float64)), params)
     out = {}
     for name in task_names:

@@ -123,6 +123,40 @@ def _replay(features: list, tcfg) -> FitResult:
     )
 
 
+# The expected replay's batch orders come from training seeds this far above the config's,
+# so they never coincide with a seed GroupTune trains (validate-estimate uses seed, seed + 1,
+# …): the estimate is of the fine-tune in expectation, not of the run it will be scored on.
+ORDER_SEED_OFFSET = 10_000
+
+
+def order_seeds(tcfg, orders: int) -> list[int]:
+    """The training seeds whose batch orders the expected replay averages over."""
+    return [tcfg.seed + ORDER_SEED_OFFSET + r for r in range(orders)]
+
+
+def expected_replay(features: list, tcfg, orders: int) -> FitResult:
+    """The replay averaged over `orders` batch orders (order_seeds): an estimate of the
+    fine-tune in expectation over training seeds, which is what a grouping decides about
+    (a group adapter is trained once, with a seed no estimate was given). Returns a FitResult
+    whose `members` are the single replays' updates (core.estimate.estimator.score averages
+    their predictions); w is their mean, norm the mean of their norms."""
+    fits = [
+        replay(features, tcfg.model_copy(update={"seed": seed}))
+        for seed in order_seeds(tcfg, orders)
+    ]
+    return FitResult(
+        w=np.mean([f.w for f in fits], axis=0),
+        reg=0.0,
+        norm=float(np.mean([f.norm for f in fits])),
+        converged=True,
+        n_rows=fits[0].n_rows,
+        iterations=sum(f.iterations for f in fits),
+        n_solves=len(fits),
+        flops=sum(f.flops for f in fits),
+        members=tuple(f.w for f in fits),
+    )
+
+
 def batch_gradient(tf, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Gradient of the mean linearised train loss of `rows` at w (module docstring), (k,)."""
     if getattr(tf, "train_G", None) is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from core.errors import GroupTuneError
 from core.estimate import fitter
-from core.estimate.estimator import FitResult, check_features, check_same_k, predict
+from core.estimate.estimator import FitResult, check_features, check_same_k, score
 
 
 class WhatIf:
@@ -89,7 +89,7 @@ class WhatIf:
             fit, key = self.fit_group(group), frozenset(group)
             for name in group:
                 if (name, key) not in self._scores:
-                    self._scores[name, key] = predict(self.features[name], fit.w)
+                    self._scores[name, key] = score(self.features[name], fit)
                 out[name] = {
                     **self._scores[name, key],
                     "group": i,

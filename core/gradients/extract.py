@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from core.data.prompts import Answers, Encoded, encode_split, pad_batch
-from core.gradients.projection import Projector, make_projector
+from core.gradients.projection import Projector, projector_for
 from core.models import prefix
 from core.models.scoring import answer_logits, choice_scores
 
@@ -350,6 +350,7 @@ def _open_stores(cfg, ws, todo, tok, peft_model, projector) -> list[tuple]:
         k: v for k, v in adapter_fingerprint(cfg.adapter, peft_model).items() if k != "dropout"
     }
     resolved = {"adapter": adapter, "D": projector.D, "dims": projector.dims}
+    resolved["projection"] = {"kind": projector.kind, "k": projector.k}  # what "auto" became
     opened = []
     for task in todo:
         encs = {s: encode_split(tok, task, s, cfg.data.max_tokens) for s in ("train", "val")}
@@ -375,7 +376,7 @@ def load_extraction_model(cfg):
     peft_model = attach_adapter(model, cfg.adapter)
     prepare_for_extraction(peft_model)
     f = cfg.features
-    projector = make_projector(f.projection, feature_dims(peft_model), f.k, f.seed)
+    projector = projector_for(f, feature_dims(peft_model))
     return peft_model, tok, projector
 
 

@@ -216,6 +216,13 @@ class Identity(Projector):
         return w[self.offsets[i] : self.offsets[i + 1]].float()
 
 
+def projector_for(features, dims: list[int], **kwargs) -> Projector:
+    """The projection a FeaturesConfig asks for, for LoRA-B blocks of sizes `dims` ("auto"
+    and a missing k resolved by FeaturesConfig.resolved)."""
+    kind, k = features.resolved(sum(dims))
+    return make_projector(kind, dims, k, features.seed, **kwargs)
+
+
 def make_projector(kind: str, dims: list[int], k: int, seed: int = 0, **kwargs) -> Projector:
     """The projection of `kind` for LoRA-B blocks of sizes `dims` (lora_b_parameters order).
 

@@ -126,3 +126,111 @@ def bootstrap_interval(
         if v is not None:
             values.append(v)
     return percentile_interval(values, level) if values else None
+
+
+# --- scoring the way a grouping decision uses the estimate ----------------------------------
+# A grouping decides about fine-tunes that will be trained once, with a seed no estimate was
+# given, so an estimate is scored against the MEAN of several real training seeds (the expected
+# fine-tune), and its ceiling is what one real fine-tune achieves against the mean of the other
+# seeds (leave one seed out). Scoring a prediction against the one seed whose batch order it
+# copied (seed-matched) measures how well it predicts that run, a different and easier question.
+
+
+def seeds_wide(real: pd.DataFrame) -> pd.DataFrame:
+    """Real fine-tunes, one row per (seed, subset, task) with loss and accuracy, as one row per
+    (subset, task): columns loss@<seed>, accuracy@<seed> and their means real_loss,
+    real_accuracy. Only (subset, task) rows every seed has are kept."""
+    seeds = sorted(real["seed"].unique())
+    wide = real.pivot_table(index=["subset", "task"], columns="seed", values=["loss", "accuracy"])
+    wide = wide.dropna()
+    out = pd.DataFrame(index=wide.index)
+    for metric in ("loss", "accuracy"):
+        for s in seeds:
+            out[f"{metric}@{s}"] = wide[(metric, s)]
+        out[f"real_{metric}"] = wide[metric][seeds].mean(axis=1)
+    return out.reset_index()
+
+
+def seeds_in(wide: pd.DataFrame) -> list:
+    return [c.split("@", 1)[1] for c in wide.columns if c.startswith("loss@")]
+
+
+def _loo(wide: pd.DataFrame, measure, metric: str, pred: str | None = None) -> float | None:
+    """Mean over seeds s of measure(df, <metric>@s, mean of the other seeds' <metric>): one
+    real fine-tune against the others (the ceiling); with `pred`, that column in place of
+    <metric>@s (the estimate against exactly the targets the ceiling is scored on)."""
+    seeds = seeds_in(wide)
+    if len(seeds) < 2:
+        return None
+    values = []
+    for s in seeds:
+        others = [f"{metric}@{o}" for o in seeds if o != s]
+        df = wide.assign(_others=wide[others].mean(axis=1))
+        v = measure(df, pred or f"{metric}@{s}", "_others")
+        if v is not None:
+            values.append(v)
+    return float(np.mean(values)) if values else None
+
+
+def fair_agreement(wide: pd.DataFrame, pred: str = "predicted", n_boot: int = 500) -> dict:
+    """An estimate (columns <pred>_loss, <pred>_accuracy beside seeds_wide's) against the mean
+    of the real seeds, and the leave-one-seed-out ceiling, each with a 95% bootstrap interval
+    over subsets: order_agreement_vs_mean, within_task_corr_loss_vs_mean,
+    within_task_corr_accuracy_vs_mean, order_agreement_vs_others (against each seed's
+    leave-out mean: the ceiling's own targets), ceiling_order_agreement_loo,
+    ceiling_corr_loss_loo, ceiling_corr_accuracy_loo, pairs (same-task subset pairs), seeds,
+    points."""
+    pl, pa = f"{pred}_loss", f"{pred}_accuracy"
+    measures = {
+        "order_agreement_vs_mean": lambda d: order_agreement(d, pl, "real_loss"),
+        "within_task_corr_loss_vs_mean": lambda d: within_task_corr(d, pl, "real_loss"),
+        "within_task_corr_accuracy_vs_mean": lambda d: within_task_corr(d, pa, "real_accuracy"),
+        "order_agreement_vs_others": lambda d: _loo(d, order_agreement, "loss", pl),
+        "ceiling_order_agreement_loo": lambda d: _loo(d, order_agreement, "loss"),
+        "ceiling_corr_loss_loo": lambda d: _loo(d, within_task_corr, "loss"),
+        "ceiling_corr_accuracy_loo": lambda d: _loo(d, within_task_corr, "accuracy"),
+    }
+    out = {
+        "seeds": len(seeds_in(wide)),
+        "points": len(wide),
+        "pairs": _order_counts(wide, "real_loss", "real_loss")[1] if len(wide) else 0,
+    }
+    for name, measure in measures.items():
+        out[name] = measure(wide) if len(wide) else None
+        out[f"{name}_ci"] = (
+            bootstrap_interval(wide, measure, n_boot=n_boot) if out[name] is not None else None
+        )
+    return out
+
+
+def seed_matched(wide: pd.DataFrame, by_seed: dict, n_boot: int = 500) -> dict:
+    """Per-seed predictions (by_seed: {seed: DataFrame of subset, task, predicted_loss,
+    predicted_accuracy}, e.g. the replay of that seed's batch order) against that same seed's
+    fine-tune, averaged over seeds: order_agreement_seed_matched,
+    within_task_corr_loss_seed_matched, with intervals."""
+    cols = {}
+    for s, pred in by_seed.items():
+        p = pred[["subset", "task", "predicted_loss", "predicted_accuracy"]]
+        cols[str(s)] = p.rename(
+            columns={"predicted_loss": f"pl@{s}", "predicted_accuracy": f"pa@{s}"}
+        )
+    df = wide
+    for p in cols.values():
+        df = df.merge(p, on=["subset", "task"])
+
+    def mean_of(measure, metric):
+        def run(d):
+            vals = [measure(d, f"p{metric[0]}@{s}", f"{metric}@{s}") for s in cols]
+            vals = [v for v in vals if v is not None]
+            return float(np.mean(vals)) if vals else None
+
+        return run
+
+    out = {}
+    for name, fn in (
+        ("order_agreement_seed_matched", mean_of(order_agreement, "loss")),
+        ("within_task_corr_loss_seed_matched", mean_of(within_task_corr, "loss")),
+    ):
+        out[name] = fn(df)
+        out[f"{name}_ci"] = bootstrap_interval(df, fn, n_boot=n_boot) if out[name] else None
+    return out

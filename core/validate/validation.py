@@ -1,34 +1,40 @@
 """How far to trust the estimate: fine-tune a few estimated subsets for real and compare.
 
-The estimator (core.estimate.affinity, estimates/results.csv) predicts each task's val loss and accuracy
-after fine-tuning on a subset S, from first-order features. It assumes the update stays in the
-linear regime: A at its seeded init, B small. Here N of the subsets the estimator itself
-sampled (estimates/subsets.json, so each has a prediction), picked so that every task appears
-about equally often, are fine-tuned for real with the group adapters' recipe
-(`core.train.trainer.train_adapter`, adapter `subset-<hash>`) and, for the noise ceiling, once more
-with the next training seed (`subset-<hash>-s<seed>`), and compared:
+The estimator (core.estimate.affinity, estimates/results.csv) predicts each task's val loss and
+accuracy after fine-tuning on a subset S: by default the EXPECTED fine-tune (the recipe replayed
+over several batch orders that no real run uses), since a grouping decides about adapters that
+will be trained once, with a seed no estimate was given. Here N of the subsets the estimator
+itself sampled (estimates/subsets.json, so each has a prediction), picked so that every task
+appears about equally often, are fine-tuned for real with the group adapters' recipe
+(`core.train.trainer.train_adapter`) with several training seeds (the config's: adapter
+`subset-<hash>`; the next ones: `subset-<hash>-s<seed>`), and compared:
 
-  per (subset, task)  loss_rel_error = |predicted − real| / real   (val loss; real = val nll)
+  per (subset, task)  real = the mean over the seeds (each seed's values kept in real_by_seed)
+                      loss_rel_error = |predicted − real| / real   (val loss; real = val nll)
                       accuracy_abs_error = |predicted − real|       (val accuracy)
   summary             means of both, Pearson correlation of predicted vs real (3+ points),
-                      and what grouping depends on (core.validate.agreement): within-task correlation
-                      of loss and accuracy, same-task order agreement, error of the loss drop;
-                      the same between the two real seeds is the noise ceiling
+                      and what grouping depends on (core.validate.agreement.fair_agreement):
+                      order_agreement_vs_mean and within_task_corr_{loss,accuracy}_vs_mean,
+                      with 95% intervals over the subsets, beside the leave-one-seed-out
+                      ceiling (ceiling_*_loo: one real seed against the others' mean), seeds,
+                      pairs; the replay of each seed's own batch order against that seed
+                      (*_seed_matched) is kept beside them, never as the headline
   per subset update   weight_change = ‖scaling·B·A‖_F / ‖W‖_F over the adapted matrices
                       a_change = ‖A − A0‖_F / ‖A0‖_F (A0: a fresh adapter with the config's seed)
 
 Real values are the adapter's best epoch (grouptune.json val_metrics). The loss is comparable
 only with features.target "choices" (both are the NLL over the answer words); with "vocab" the
-prediction is a full-vocabulary cross-entropy and only accuracy is judged.
+prediction is a full-vocabulary cross-entropy and only accuracy is judged. The estimates are
+brought up to date with the config first (a new recipe changes what is predicted).
 
 Verdict: the linear regime looks broken when any check fails (THRESHOLDS):
   mean loss_rel_error > 10%  ·  a_change > 10% (largest subset)  ·  weight_change > 5% (largest;
   the paper measures 0.1-0.2%)  ·  loss correlation < 0.5 (needs 3+ points and some spread)  ·
-  order agreement more than 0.10 below the noise ceiling (needs both seeds).
+  order agreement more than 0.10 below the ceiling (needs 2+ seeds).
 
 N above the number of estimated subsets is clamped (the result keeps `requested`). A subset
 adapter made with another model or recipe is trained again (it only serves this check).
-CLI: `grouptune validate-estimate [--config C] --workspace WS --subsets N [--seeds 2]` submits
+CLI: `grouptune validate-estimate [--config C] --workspace WS --subsets N [--seeds 3]` submits
 one `grouptune train-subset --task T ... --seed S` job per subset and seed, waits, then compares
 (`--no-jobs`: inline).
 `validate_estimate(cfg, ws, n)` is the whole step; <ws>/validation.json (atomic) holds
@@ -51,9 +57,11 @@ from core.validate.subsets import (
     DEFAULT_SEEDS,
     DEFAULT_SUBSETS,
     SEP,
+    estimated_subsets,
     finished_record,
     pick_subsets,
     predictions,
+    seeded,
     seeds_of,
     submit_training,
     subset_adapter,
@@ -73,10 +81,14 @@ THRESHOLDS = {
 MIN_POINTS_FOR_CORRELATION = 3
 
 
-def compare_rows(subsets, records: list[dict], table: pd.DataFrame) -> list[dict]:
-    """Predicted vs real val metrics, one dict per (subset, task); subset_id = estimator's."""
+def compare_rows(subsets, records: dict, table: pd.DataFrame) -> list[dict]:
+    """Predicted vs real val metrics, one dict per (subset, task); subset_id = estimator's.
+
+    records: {seed: [grouptune.json per subset]}; "real" is the mean over the seeds (the
+    expected fine-tune the estimate predicts), "real_by_seed" each seed's values."""
+    seeds = list(records)
     rows = []
-    for tasks, record in zip(subsets, records, strict=True):
+    for i, tasks in enumerate(subsets):
         key = SEP.join(tasks)
         predicted = table[table["subset"] == key].set_index("task")
         missing = [t for t in tasks if t not in predicted.index]
@@ -86,24 +98,41 @@ def compare_rows(subsets, records: list[dict], table: pd.DataFrame) -> list[dict
                 "run `grouptune affinity` again"
             )
         for task in tasks:
-            p, real = predicted.loc[task], record["val_metrics"][task]
+            p = predicted.loc[task]
+            each = {s: records[s][i]["val_metrics"][task] for s in seeds}
+            loss = float(np.mean([m["nll"] for m in each.values()]))
+            acc = float(np.mean([m["accuracy"] for m in each.values()]))
             rows.append(
                 {
                     "subset_id": int(p["subset_id"]),
                     "subset": key,
-                    "adapter": record["name"],
+                    "adapter": records[seeds[0]][i]["name"],
                     "task": task,
                     "predicted_loss": float(p["loss"]),
-                    "real_loss": float(real["nll"]),
-                    "loss_rel_error": abs(float(p["loss"]) - real["nll"]) / real["nll"],
+                    "real_loss": loss,
+                    "loss_rel_error": abs(float(p["loss"]) - loss) / loss,
                     "predicted_accuracy": float(p["accuracy"]),
-                    "real_accuracy": float(real["accuracy"]),
-                    "accuracy_abs_error": abs(float(p["accuracy"]) - real["accuracy"]),
+                    "real_accuracy": acc,
+                    "accuracy_abs_error": abs(float(p["accuracy"]) - acc),
                     "base_loss": float(p["base_loss"]),
                     "base_accuracy": float(p["base_accuracy"]),
+                    "real_by_seed": {
+                        str(s): {"loss": float(m["nll"]), "accuracy": float(m["accuracy"])}
+                        for s, m in each.items()
+                    },
                 }
             )
     return rows
+
+
+def wide_rows(rows: list[dict]) -> pd.DataFrame:
+    """The compared rows with each seed's real loss and accuracy as columns loss@<seed>,
+    accuracy@<seed> (core.validate.agreement.seeds_wide's layout)."""
+    df = pd.DataFrame(rows)
+    for seed in rows[0]["real_by_seed"]:
+        for metric in ("loss", "accuracy"):
+            df[f"{metric}@{seed}"] = [r["real_by_seed"][seed][metric] for r in rows]
+    return df.drop(columns=["real_by_seed"])
 
 
 def correlation(x, y) -> float | None:
@@ -114,54 +143,50 @@ def correlation(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def seed_rows(subsets, records: list[dict]) -> list[dict]:
-    """(subset, task) val loss and accuracy of another seed's fine-tunes."""
-    return [
-        {
-            "subset": SEP.join(tasks),
-            "task": task,
-            "loss": float(rec["val_metrics"][task]["nll"]),
-            "accuracy": float(rec["val_metrics"][task]["accuracy"]),
-        }
-        for tasks, rec in zip(subsets, records, strict=True)
-        for task in tasks
-    ]
+def grouping_measures(rows: list[dict], matched: dict | None = None) -> dict:
+    """What grouping depends on, scored the way a grouping uses the estimate: against the mean
+    of the real seeds, beside the leave-one-seed-out ceiling, with 95% intervals over the
+    checked subsets (core.validate.agreement.fair_agreement); plus, when given (`matched`:
+    {seed: predictions of that seed's own batch order}), the seed-matched figures."""
+    from core.validate.agreement import drop_rel_error, fair_agreement, seed_matched
 
-
-def grouping_measures(rows: list[dict], other_seed: list[dict] | None) -> dict:
-    """What grouping depends on (core.validate.agreement), and the same between two real seeds."""
-    from core.validate.agreement import agreement, bootstrap_interval, order_agreement
-
-    df = pd.DataFrame(rows)
-    mine = agreement(df)
-    out = {k: mine[k] for k in AGREEMENT_KEYS}
-    out["order_agreement_ci"] = bootstrap_interval(  # 95%, over the checked subsets
-        df, lambda d: order_agreement(d, "predicted_loss", "real_loss"), n_boot=500
-    )
-    out["noise_ceiling_order_agreement"] = out["noise_ceiling_corr_loss"] = None
-    out["noise_ceiling_corr_accuracy"] = None
-    if other_seed:
-        other = pd.DataFrame(other_seed).rename(
-            columns={"loss": "other_loss", "accuracy": "other_accuracy"}
-        )
-        ceiling = agreement(df.merge(other, on=["subset", "task"]), pred="other")
-        out["noise_ceiling_order_agreement"] = ceiling["order_agreement"]
-        out["noise_ceiling_corr_loss"] = ceiling["within_task_corr_loss"]
-        out["noise_ceiling_corr_accuracy"] = ceiling["within_task_corr_accuracy"]
+    wide = wide_rows(rows)
+    out = fair_agreement(wide)
+    out["drop_rel_error"] = drop_rel_error(wide, "predicted_loss", "real_loss", "base_loss")
+    if matched:
+        out.update(seed_matched(wide, matched))
+    else:
+        out.update(order_agreement_seed_matched=None, within_task_corr_loss_seed_matched=None)
     return out
 
 
-AGREEMENT_KEYS = (
-    "within_task_corr_loss",
-    "within_task_corr_accuracy",
-    "order_agreement",
-    "drop_rel_error",
-)
+def seed_matched_predictions(cfg, ws, subsets, seeds) -> dict | None:
+    """{seed: predictions} of the replay of each seed's own batch order (the run that seed
+    really trained): what the seed-matched figures score. None for argmin (no batch order)."""
+    if cfg.estimator.method != "replay":
+        return None
+    from core.estimate.estimator import predict
+    from core.estimate.replay import replay
+    from core.gradients.store import load_features
+
+    feats = {t: load_features(ws, t) for t in {t for s in subsets for t in s}}
+    out = {}
+    for seed in seeds:
+        rows = []
+        for tasks in subsets:
+            fs = [feats[t] for t in tasks]
+            w = replay(fs, seeded(cfg, seed).training).w
+            for task, tf in zip(tasks, fs, strict=True):
+                p = predict(tf, w)
+                rows.append({"subset": SEP.join(tasks), "task": task,
+                             "predicted_loss": p["loss"], "predicted_accuracy": p["accuracy"]})  # fmt: skip
+        out[seed] = pd.DataFrame(rows)
+    return out
 
 
-def summarize(rows: list[dict], updates: list[dict], other_seed: list[dict] | None = None) -> dict:
-    """Error means, correlations, within-task agreement and its noise ceiling, and the largest
-    update of any subset."""
+def summarize(rows: list[dict], updates: list[dict], matched: dict | None = None) -> dict:
+    """Error means, correlations, within-task agreement against the seeds' mean and its
+    leave-one-seed-out ceiling, and the largest update of any subset."""
     df = pd.DataFrame(rows)
     return {
         "n_subsets": len(updates),
@@ -174,7 +199,7 @@ def summarize(rows: list[dict], updates: list[dict], other_seed: list[dict] | No
         "mean_real_loss_drop": float((df["base_loss"] - df["real_loss"]).mean()),
         "max_weight_change": max(u["weight_change"] for u in updates),
         "max_a_change": max(u["a_change"] for u in updates),
-        **grouping_measures(rows, other_seed),
+        **grouping_measures(rows, matched),
     }
 
 
@@ -199,7 +224,8 @@ def verdict(summary: dict, loss_comparable: bool = True) -> dict:
 
 
 def _order_gap(summary: dict) -> float | None:
-    mine, ceiling = summary.get("order_agreement"), summary.get("noise_ceiling_order_agreement")
+    mine = summary.get("order_agreement_vs_mean")
+    ceiling = summary.get("ceiling_order_agreement_loo")
     return None if mine is None or ceiling is None else ceiling - mine
 
 
@@ -214,8 +240,9 @@ _REASONS = {
     "weight_change": "a real update changes the adapted weights by {value:.2%} (limit "
     "{limit:.0%}); the estimator assumes a small update",
     "loss_correlation": "predicted and real losses correlate at {value:.2f} (limit {limit})",
-    "order_gap": "the estimate orders a task's subsets {value:.0%} less often like the real "
-    "fine-tunes than a second training seed does (limit {limit:.0%}): groupings rest on noise",
+    "order_gap": "the estimate orders a task's subsets {value:.0%} less often like the mean of "
+    "the real fine-tunes than one real fine-tune does (limit {limit:.0%}): groupings rest on "
+    "noise",
 }
 
 
@@ -291,20 +318,18 @@ def config_rows(cfg) -> dict:
 
 
 def compare(cfg, ws, subsets, requested: int | None = None, seeds=None) -> dict:
-    """Compare the finished subset adapters with their predictions; write validation.json.
-    `seeds`: the training seeds fine-tuned (default the config's); the second one gives the
-    noise ceiling."""
-    seeds = list(seeds or [cfg.training.seed])
+    """Compare the finished subset adapters of every seed with their predictions; write
+    validation.json. `seeds`: the training seeds fine-tuned (default DEFAULT_SEEDS of them,
+    from the config's)."""
+    seeds = list(seeds or seeds_of(cfg, DEFAULT_SEEDS))
     table = predictions(ws)
-    records = [finished_record(ws, tasks) for tasks in subsets]
+    records = {
+        s: [finished_record(ws, t, subset_adapter(cfg, t, s)) for t in subsets] for s in seeds
+    }
     rows = compare_rows(subsets, records, table)
-    other = None
-    if len(seeds) > 1:
-        others = [finished_record(ws, t, subset_adapter(cfg, t, seeds[1])) for t in subsets]
-        other = seed_rows(subsets, others)
     expansion = expansion_point(cfg)
     updates = []
-    for tasks, record in zip(subsets, records, strict=True):
+    for tasks, record in zip(subsets, records[seeds[0]], strict=True):
         change = update_change(
             expansion, ws.adapter_dir(record["name"]) / "adapter_model.safetensors"
         )
@@ -319,7 +344,7 @@ def compare(cfg, ws, subsets, requested: int | None = None, seeds=None) -> dict:
                 **change,
             }
         )
-    summary = summarize(rows, updates, other)
+    summary = summarize(rows, updates, seed_matched_predictions(cfg, ws, subsets, seeds))
     comparable = cfg.features.target == "choices"
     result = {
         "subsets": updates,
@@ -331,12 +356,12 @@ def compare(cfg, ws, subsets, requested: int | None = None, seeds=None) -> dict:
             "loss_comparable": comparable,
             "thresholds": THRESHOLDS,
             "method": cfg.estimator.method,
+            "orders": cfg.estimator.orders if cfg.estimator.method == "replay" else None,
             "reg": cfg.estimator.reg,
             "max_norm": cfg.estimator.max_norm,
             "seeds": seeds,
             "task_rows": config_rows(cfg),
         },
-        "other_seed_rows": other,
         "requested": requested if requested is not None else len(subsets),
         "affinity_fingerprint": (ws.read("affinity.json") or {}).get("fingerprint"),
         "created": time.time(),
@@ -357,9 +382,15 @@ def validate_estimate(
     """The whole step: pick n subsets, fine-tune each with n_seeds training seeds (one
     background job each, or inline with jobs=False), compare, write validation.json; return
     it. Rerunning resumes the fine-tunes."""
+    from core.estimate.affinity import compute_affinity
+
+    estimated_subsets(ws), predictions(ws)  # fail before any work if the estimator never ran
+    # the estimates must be those of this config: a new recipe (lr, epochs, …) or estimator
+    # changes what is predicted, so they are recomputed first (refused if the features are
+    # stale: core.gradients.store)
+    compute_affinity(cfg, ws, progress=False)
     subsets = pick_subsets(ws, n, cfg.task_names)
     seeds = seeds_of(cfg, n_seeds)
-    predictions(ws)  # fail before any training when the predictions are missing
     if len(subsets) < n and progress:
         print(f"only {len(subsets)} estimated subsets: validating all of them", file=sys.stderr)
     if jobs:

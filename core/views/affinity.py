@@ -38,14 +38,25 @@ def pair_evidence(ws: Workspace, a: str, b: str):
     return rows[cols].reset_index(drop=True)
 
 
+def projection_label(features) -> str:
+    """What features.projection and features.k mean, in words."""
+    from core.config import AUTO_SKETCH_K, IDENTITY_MAX_DIMS
+
+    k = features.k or AUTO_SKETCH_K
+    return {
+        "identity": "exact (identity, k = D)",
+        "auto": f"auto: exact while D ≤ {IDENTITY_MAX_DIMS:,}, else CountSketch k = {k}",
+    }.get(features.projection, f"{features.projection}, k = {k}")
+
+
 def estimator_settings(cfg: ExperimentConfig, view: dict | None) -> pd.DataFrame:
     """The estimator's settings: as configured, and as affinity.json was made with."""
     made = (view or {}).get("settings", {})
     e = cfg.estimator
-    k = "D (identity)" if cfg.features.projection == "identity" else cfg.features.k
+    k = projection_label(cfg.features)
     rows = [
         ("estimator", e.method, made.get("method")),
-        ("projection dim k", k, None),
+        ("projection", k, None),
         ("subsets K", e.subsets, made.get("subsets")),
         ("subset size", e.subset_size, made.get("subset_size")),
         ("all pairs", e.pairs, made.get("pairs")),

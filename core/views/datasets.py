@@ -190,7 +190,7 @@ def build_config(form: dict, base: ExperimentConfig | None, uploads: dict[str, P
     sections["data"].update(root=str(SAMPLE_TASKS))
     for key in ("max_train", "max_val", "max_test", "max_tokens"):
         sections["data"][key] = form.get(key) or None
-    sections["features"]["k"] = form["k"]
+    sections["features"].update(projection=form.get("projection", "auto"), k=form.get("k") or None)
     sections["estimator"].update(subsets=form["subsets"], subset_size=form["subset_size"])
     sections["grouping"]["m"] = form.get("m") or None
     sections["training"]["epochs"] = form["epochs"]
