@@ -6,11 +6,11 @@ import pytest
 from conftest import SAMPLE
 
 from core.config import load_config, parse_config
-
-ESTIMATE_ORDERS = 8  # bench/results/agreement-claims.json "chosen" (the selection part)
 from core.errors import ConfigError, DataError
 from core.io import safe_name, write_json
 from core.workspace import Workspace
+
+ESTIMATE_ORDERS = 8  # bench/results/agreement-claims.json "chosen" (the selection part)
 
 
 def test_defaults_and_task_strings():
