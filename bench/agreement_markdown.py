@@ -8,28 +8,48 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+HEAD = ["variant", "order agreement vs the seeds' mean", "vs each seed's leave-out mean",
+        "within-task corr. loss", "within-task corr. acc.", "s / subset"]  # fmt: skip
+PARTS = {
+    "held_out": "Held-out part (reports only)",
+    "selection": "Selection part (chose the default)",
+}
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+
+def _pct(v, ci=None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
 
 
-HEAD = ["variant", "order agreement", "within-task corr. loss", "within-task corr. acc."]
-HEAD += ["loss-drop error", "paper rel. error", "affinity corr."]
+def _num(v, ci=None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def _row(name: str, m: dict, affinity, cis: dict | None = None) -> list[str]:
-    keys = ["order_agreement", "within_task_corr_loss", "within_task_corr_accuracy"]
-    keys += ["drop_rel_error", "paper_rel_error"]
-    pct = {"order_agreement", "drop_rel_error", "paper_rel_error"}
-    cells = []
-    for k in keys:
-        v = m.get(k)
-        cell = "-" if v is None else (f"{v:.1%}" if k in pct else f"{v:.2f}")
-        ci = (cis or {}).get(f"{k}_ci")
-        if v is not None and ci:
-            cell += f" [{ci[0]:.0%}, {ci[1]:.0%}]" if k in pct else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-        cells.append(cell)
-    return [name, *cells, "-" if affinity is None else f"{affinity:.2f}"]
+def _rows(part: dict, chosen: str) -> list[list[str]]:
+    c = part["ceiling"]
+    rows = [["(ceiling: one real seed vs the others' mean)",
+             _pct(c["ceiling_order_agreement_loo"], c.get("ceiling_order_agreement_loo_ci")),
+             "-", _num(c["ceiling_corr_loss_loo"], c.get("ceiling_corr_loss_loo_ci")),
+             _num(c["ceiling_corr_accuracy_loo"]), "-"]]  # fmt: skip
+    for name, v in part["variants"].items():
+        label = f"**{name}** (chosen)" if name == chosen else name
+        rows.append([label,
+                     _pct(v["order_agreement_vs_mean"], v.get("order_agreement_vs_mean_ci")),
+                     _pct(v["order_agreement_vs_others"]),
+                     _num(v["within_task_corr_loss_vs_mean"], v.get("within_task_corr_loss_vs_mean_ci")),
+                     _num(v["within_task_corr_accuracy_vs_mean"]),
+                     f"{v['seconds_per_subset']:.3f}"])  # fmt: skip
+    for name, v in part["seed_specific"].items():
+        what = (
+            "its own seed's run" if name == "replay-seed" else "the next seed's order, on this seed"
+        )
+        rows.append([f"{name} ({what}; not an estimate a grouping can use)",
+                     _pct(v["order_agreement_seed_matched"], v.get("order_agreement_seed_matched_ci")),
+                     "-", _num(v["within_task_corr_loss_seed_matched"]), "-", "-"])  # fmt: skip
+    return rows
 
 
 def markdown_lines() -> list[str]:
@@ -38,37 +58,45 @@ def markdown_lines() -> list[str]:
     if not found:
         return []
     lines = [
-        "## a. Does the estimate track real fine-tuning within each task? (bench/agreement.py)",
+        "## a. Does the estimate predict the expected fine-tune? (bench/agreement.py)",
         "",
-        "The affinity matrix z-scores each task's score across its subsets, so what grouping "
-        "needs is the WITHIN-task agreement: pairs of subsets that share a task, ordered alike "
-        "by the estimate and by real fine-tunes (50% = chance), and the correlation with each "
-        "task's mean removed. The noise ceiling is the same between two real training seeds. "
-        "Every variant is scored on the same real fine-tunes (mean over the seeds; the replay "
-        "predicts each seed's own batch order). Brackets: 95% bootstrap intervals over the "
-        "sampled subsets (both seeds pooled).",
+        "The affinity matrix z-scores each task's score across its subsets, and a grouping "
+        "decides about adapters that will be trained once, with a seed no estimate was given. "
+        "So an estimate is scored against the MEAN of several real training seeds: the share "
+        "of same-task pairs of subsets it orders alike (50% = chance), and the correlation with "
+        "each task's mean removed. The ceiling is one real fine-tune against the mean of the "
+        'other seeds (leave one seed out); "vs each seed\'s leave-out mean" scores the '
+        "estimate on exactly the ceiling's targets. The subsets and tasks are split: defaults "
+        "are chosen on the selection part, and the held-out part only reports. Brackets: 95% "
+        "bootstrap intervals over subsets. The seed-matched replay (the batch order of the run "
+        "it is scored on) is shown beside, never as the estimate.",
         "",
     ]
     for path in found:
         r = json.loads(path.read_text())
+        if "scores" not in r:
+            continue
         d, t = r["config"]["data"], r["config"]["training"]
+        covered = len(r["subsets"])
         lines += [
             f"### `{path.name}`: {len(r['config']['tasks'])} tasks, {d['max_train']} train / "
-            f"{d['max_val']} val rows, {len(r['subsets'])} subsets x seeds {r['seeds']}",
+            f"{d['max_val']} val rows, {covered} of {r.get('requested_subsets', covered)} subsets "
+            f"x seeds {r['seeds']}",
             "",
             f"Recipe: {t['epochs']} epochs, lr {t['lr']}, batch {t['batch_size']}, loss "
             f"{t['loss']}, A frozen: {t['freeze_a']}, LoRA dropout "
             f"{r['config']['adapter']['dropout']}. Command: `{r['command']}`; real fine-tunes "
-            f"{r['real_fine_tune_seconds']:.0f} s, features {r['features_seconds']:.0f} s "
-            f"({r['created']}).",
+            f"{r['real_fine_tune_seconds']:.0f} s ({r['created']}). Chosen on the selection "
+            f"part: **{r['chosen']['variant']}**, R = {r['chosen']['orders']} orders "
+            f"({r['chosen']['rule']}).",
             "",
         ]
-        ceiling = r["noise_ceiling"] or {}
-        rows = [_row("(noise ceiling: seed vs seed)", ceiling, None, ceiling)]
-        rows += [
-            _row(name, v["mean_over_seeds"], v["affinity_corr"], v)
-            for name, v in r["variants"].items()
-        ]
-        lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+        for key, title in PARTS.items():
+            part = r["scores"][key]
+            c = part["ceiling"]
+            lines += [f"{title}: tasks {', '.join(r['split'][key]['tasks'])}; {c['pairs']} "
+                      f"same-task pairs, {c['points']} points.", ""]  # fmt: skip
+            lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+            lines += ["| " + " | ".join(row) + " |" for row in _rows(part, r["chosen"]["variant"])]
+            lines += [""]
     return lines
