@@ -239,6 +239,20 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    mix: dict[str, float] = Field(
+        default_factory=dict,
+        description="Sampling weight per task (default 1): an adapter's epoch keeps its row "
+        "count and gives task t the share n_t·w_t / Σ n·w of it, so weights trade rows between "
+        "tasks. Empty or equal weights: each task's rows once (core.recipe.epoch_plan).",
+    )
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_weights(cls, v: dict) -> dict:
+        bad = {t: w for t, w in v.items() if not (w >= 0 and w < float("inf"))}
+        if bad:
+            raise ValueError(f"weights must be finite and >= 0, got {bad}")
+        return v
 
 
 class EnsembleConfig(_Section):
@@ -326,6 +340,13 @@ class ExperimentConfig(_Section):
             if t.name in seen:
                 raise ValueError(f"duplicate task name {t.name!r} (tasks[{i}])")
             seen.add(t.name)
+        return self
+
+    @model_validator(mode="after")
+    def _mix_names_tasks(self):
+        unknown = sorted(set(self.training.mix) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"training.mix names task(s) {unknown} that are not in tasks")
         return self
 
     @model_validator(mode="after")

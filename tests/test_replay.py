@@ -4,6 +4,8 @@ B-only fine-tune of a tiny model."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -55,14 +57,15 @@ def torch_reference(features, tcfg) -> tuple[np.ndarray, np.ndarray]:
     """The same recipe with torch's optimizer and clipping on the linear model (float64):
     (w of the best epoch by the trainer's rule, w after the last epoch)."""
     X = [tf.train_h for tf in features]
+    names = [tf.meta.get("task", "?") for tf in features]
     w = torch.nn.Parameter(torch.zeros(features[0].k, dtype=torch.float64))
     opt = torch.optim.AdamW([w], lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    steps, step, best, best_w = len(epoch_plan(X, tcfg, 0)), 0, None, w.detach().clone()
+    steps, step, best, best_w = len(epoch_plan(X, tcfg, 0, names)), 0, None, w.detach().clone()
     since = 0  # epochs without a new best: early stopping after tcfg.patience of them
     for epoch in range(tcfg.epochs):
         if tcfg.patience and since >= tcfg.patience:
             break
-        for t, rows in epoch_plan(X, tcfg, epoch):
+        for t, rows in epoch_plan(X, tcfg, epoch, names):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tcfg, steps)
             loss = torch_batch_loss(features[t], torch.as_tensor(rows), w)
@@ -83,16 +86,24 @@ def torch_reference(features, tcfg) -> tuple[np.ndarray, np.ndarray]:
     return best_w.numpy(), w.detach().numpy()
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_replay_equals_torch_adamw_on_the_linear_model(weight_decay):
+@pytest.mark.parametrize(
+    "weight_decay, mix", [(0.0, {}), (0.01, {}), (0.0, {"b": 3.0})], ids=["plain", "wd", "mix"]
+)
+def test_replay_equals_torch_adamw_on_the_linear_model(weight_decay, mix):
     rng = np.random.default_rng(0)
     feats = [linear_task(rng, 12, 21, 9), linear_task(rng, 12, 13, 7, C=3, per_choice=True)]
-    tcfg = TrainingConfig(epochs=3, lr=0.05, batch_size=4, weight_decay=weight_decay, seed=3)
+    feats[0].meta["task"], feats[1].meta["task"] = "a", "b"
+    tcfg = TrainingConfig(
+        epochs=3, lr=0.05, batch_size=4, weight_decay=weight_decay, seed=3, mix=mix
+    )
     fit = replay(feats, tcfg)
     ref, _ = torch_reference(feats, tcfg)
     assert np.linalg.norm(ref) > 0.1  # it moved, and the gradients were clipped on the way
     np.testing.assert_allclose(fit.w, ref, rtol=1e-9, atol=1e-12)
-    assert fit.iterations == 3 * (6 + 4)
+    # 34 rows an epoch; with the mix b's share is 13·3 : 21·1 of them (22 rows, 12 for a)
+    assert fit.iterations == 3 * ((6 + 4) if not mix else (3 + 6))
+    if mix:  # the mix moved the update: it is not the plain replay's
+        assert not np.allclose(fit.w, replay(feats, tcfg.model_copy(update={"mix": {}})).w)
 
 
 def test_replay_keeps_the_epoch_the_trainer_keeps():
@@ -122,11 +133,13 @@ def test_replay_stops_early_where_the_trainer_would():
     np.testing.assert_allclose(early.w, best, rtol=1e-6, atol=1e-9)
 
 
-def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):
+@pytest.mark.parametrize("mix", [None, {"reviews_a": 2.0}], ids=["uniform", "weighted"])
+def test_replay_tracks_a_real_b_only_fine_tune(tmp_path, mix):
     """Tiny Llama, unprojected features, dropout 0, A frozen: the replay points where the real
     B went and predicts the real val-loss drop of every task within 30%. (Entry by entry the
     two differ more: Adam's first steps move every coordinate by about lr, so coordinates whose
-    gradient is nearly 0 take whichever sign the tiny differences give them.)"""
+    gradient is nearly 0 take whichever sign the tiny differences give them.) With
+    training.mix, both trade the same rows between the tasks."""
     from core.gradients.extract import extract_features
     from core.gradients.store import load_features
     from core.models.adapters import lora_b_parameters
@@ -137,7 +150,7 @@ def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):
         tmp_path,
         adapter={"dropout": 0.0},
         features={"projection": "identity"},
-        training={"epochs": 2, "lr": 0.002, "batch_size": 4},
+        training={"epochs": 2, "lr": 0.002, "batch_size": 4, **({"mix": mix} if mix else {})},
     )
     cfg = load_config(path)
     ws = Workspace(tmp_path / "ws").ensure()
@@ -146,6 +159,11 @@ def test_replay_tracks_a_real_b_only_fine_tune(tmp_path):
     feats = [load_features(ws, n) for n in names]
     fit = replay(feats, cfg.training)
     rec = train_adapter(cfg, ws, "pair", names, progress=False)
+    steps = [json.loads(r) for r in (ws.adapter_dir("pair") / "metrics.jsonl").open()]
+    trained = [r["task"] for r in steps if r["kind"] == "step"]
+    sizes = [range(len(tf.train_h)) for tf in feats]
+    planned = [names[t] for e in range(2) for t, _ in epoch_plan(sizes, cfg.training, e, names)]
+    assert trained == planned  # the same batches, task by task, in trainer and replay
 
     from peft import PeftModel
 

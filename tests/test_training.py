@@ -127,6 +127,51 @@ def test_epoch_plan_is_task_homogeneous_seeded_and_capped(root):
     assert len(epoch_plan(train, capped, 0)) == 2
 
 
+def test_a_mix_trades_rows_between_tasks_and_equal_weights_change_nothing(root):
+    """training.mix: the epoch keeps its row count, task t's share ∝ n_t·w_t; equal weights
+    give the plan without a mix, draw for draw."""
+    from core.recipe import mixed_counts
+
+    train = [
+        Encoded("a", "train", [[1]] * 12, np.zeros(12, dtype=np.int64), TWO_WORDS),
+        Encoded("b", "train", [[1]] * 6, np.zeros(6, dtype=np.int64), TWO_WORDS),
+    ]
+    tcfg = make_cfg(root).training.model_copy(update={"batch_size": 4})
+    plain = epoch_plan(train, tcfg, 0, ["a", "b"])
+    for mix in ({"a": 1.0, "b": 1.0}, {"a": 2.5, "b": 2.5}, {}):
+        same = epoch_plan(train, tcfg.model_copy(update={"mix": mix}), 0, ["a", "b"])
+        assert [t for t, _ in same] == [t for t, _ in plain]
+        assert all(np.array_equal(r1, r2) for (_, r1), (_, r2) in zip(same, plain, strict=True))
+    weighted = epoch_plan(train, tcfg.model_copy(update={"mix": {"b": 4.0}}), 0, ["a", "b"])
+    rows = {t: np.concatenate([r for u, r in weighted if u == t]) for t in (0, 1)}
+    assert len(rows[0]) + len(rows[1]) == 18  # the epoch's rows are fixed
+    assert (len(rows[0]), len(rows[1])) == (6, 12)  # shares 12·1 : 6·4
+    assert sorted(np.bincount(rows[1], minlength=6)) == [2] * 6  # b's rows cycled evenly
+    assert mixed_counts([10, 5, 3], [1, 0, 2]) == [11, 0, 7]  # 18 rows as 10 : 0 : 6
+    assert sum(mixed_counts([7, 11, 3], [0.3, 1.7, 2.2])) == 21
+
+
+def test_equal_mix_weights_train_the_same_adapter(root, reference):
+    """Uniform weights are today's recipe: the same run fingerprint, and trained from scratch
+    the adapter is bit for bit the reference's."""
+    from safetensors.numpy import load_file
+
+    ref_ws, ref_record, _ = reference
+    cfg = make_cfg(root, training={"mix": {"alpha": 2.0, "beta": 2.0}})
+    ws = Workspace(root / "uniform").ensure()
+    rec = train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
+    assert rec["fingerprint"]["training"] == ref_record["fingerprint"]["training"]
+    mine = load_file(str(ws.adapter_dir("baseline") / "adapter_model.safetensors"))
+    theirs = load_file(str(ref_ws.adapter_dir("baseline") / "adapter_model.safetensors"))
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    weighted = make_cfg(root, training={"mix": {"beta": 3.0}})
+    wws = Workspace(root / "weighted").ensure()
+    other = train_adapter(weighted, wws, "baseline", ["alpha", "beta"], progress=False)
+    assert other["fingerprint"]["training"]["mix"] == {"alpha": 0.25, "beta": 0.75}
+    moved = load_file(str(wws.adapter_dir("baseline") / "adapter_model.safetensors"))
+    assert any(not np.array_equal(moved[k], theirs[k]) for k in moved)
+
+
 def test_extending_epochs_resumes_exactly(root, reference):
     ws = Workspace(root / "extend").ensure()
     train_adapter(make_cfg(root, training={"epochs": 1}), ws, "baseline", ["alpha", "beta"], False)

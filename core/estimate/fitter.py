@@ -34,6 +34,6 @@ def settings(cfg) -> dict:
     """What an estimate depends on besides the features (part of the affinity fingerprint)."""
     e = cfg.estimator
     if e.method == "replay":
-        t = cfg.training.model_dump(mode="json")
+        t = cfg.training.model_dump(mode="json", exclude=set() if cfg.training.mix else {"mix"})
         return {"method": "replay", "orders": e.orders, "training": t}
     return {"method": "argmin", "reg": e.reg, "max_norm": e.max_norm}

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.special import expit, softmax
 
 from core.errors import GroupTuneError
-from core.estimate.estimator import FitResult, one_blas_thread, predict
+from core.estimate.estimator import FitResult, one_blas_thread, predict, task_name
 from core.recipe import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -95,14 +95,15 @@ def _replay(features: list, tcfg) -> FitResult:
     if not features:
         raise GroupTuneError("the replay needs the features of at least one task")
     sizes = [range(len(tf.train_h)) for tf in features]
-    steps_per_epoch = len(epoch_plan(sizes, tcfg, 0))
+    names = [task_name(tf) for tf in features]  # training.mix is by name
+    steps_per_epoch = len(epoch_plan(sizes, tcfg, 0, names))
     w = np.zeros(int(features[0].k))
     opt, step, seen = AdamW(len(w), tcfg.weight_decay), 0, 0
     best, best_w, history = None, w, []
     for epoch in range(tcfg.epochs):
         if should_stop(history, tcfg.patience):
             break
-        for t, rows in epoch_plan(sizes, tcfg, epoch):
+        for t, rows in epoch_plan(sizes, tcfg, epoch, names):
             rows = np.sort(rows)  # a mean ignores the order; sorted memmap reads are sequential
             grad = batch_gradient(features[t], rows, w)
             w = opt.step(w, clipped(grad), lr_at(step, tcfg, steps_per_epoch))

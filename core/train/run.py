@@ -49,7 +49,12 @@ class Run:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(epoch_plan(self.train, self.cfg.training, 0))
+        return len(epoch_plan(self.train, self.cfg.training, 0, self.names))
+
+    @property
+    def names(self) -> list[str]:
+        """The tasks' names, in training order (training.mix is by name)."""
+        return [enc.task for enc in self.train]
 
 
 @dataclass
@@ -203,7 +208,7 @@ def run_fingerprint(cfg, model, tasks: list[Task]) -> dict:
     return {
         "base_model": model_fingerprint(cfg.model),
         "adapter": adapter_fingerprint(cfg.adapter, model),
-        "training": training_fingerprint(cfg.training),
+        "training": training_fingerprint(cfg.training, [t.name for t in tasks]),
         "data": {
             "max_tokens": cfg.data.max_tokens,
             "tasks": {t.name: t.content_hash() for t in tasks},

@@ -138,7 +138,7 @@ def fit(run: Run, state: TrainState) -> TrainState:
         for epoch in range(state.epoch, tcfg.epochs):
             if should_stop(_val_history(state), tcfg.patience):
                 break  # early stopping (also when resuming a run that had already stopped)
-            for i, (t, rows) in enumerate(epoch_plan(run.train, tcfg, epoch)):
+            for i, (t, rows) in enumerate(epoch_plan(run.train, tcfg, epoch, run.names)):
                 if i < state.batch_in_epoch:
                     continue  # done before the mid-epoch checkpoint we resumed from
                 # -- lr
@@ -364,7 +364,7 @@ def _train_adapter(
 def _flop_rates(run: Run) -> dict:
     """FLOPs per padded token of a training step and of a validation forward, measured on the
     first batch of epoch 1 (the same batch however the run was resumed)."""
-    t, rows = epoch_plan(run.train, run.cfg.training, 0)[0]
+    t, rows = epoch_plan(run.train, run.cfg.training, 0, run.names)[0]
     batch, gold = make_batch(run, t, rows)
     answers, kind = run.train[t].answers, run.cfg.training.loss
     train = count_flops(run.model, batch, True, lambda m, b: answer_loss(m, b, gold, answers, kind))

@@ -138,7 +138,7 @@ def adapter_state(
     data = fp.get("data") or {}
     model = {k: getattr(cfg.model, k) for k in ("name", "revision", "quantization")}
     checks = {
-        "training settings": (fp.get("training"), training_fingerprint(cfg.training)),
+        "training settings": (fp.get("training"), training_fingerprint(cfg.training, tasks)),
         "adapter settings": (saved.get("adapter"), cfg.adapter.model_dump(mode="json")),
         "base model": ({k: (saved.get("model") or {}).get(k) for k in model}, model),
         "token budget": (data.get("max_tokens"), cfg.data.max_tokens),
