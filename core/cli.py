@@ -209,6 +209,38 @@ def group_cmd(
     )
 
 
+@app.command("mix")
+def mix_cmd(
+    config: Path | None = ConfigOpt,
+    workspace: Path | None = WorkspaceOpt,
+    group: int | None = typer.Option(
+        None,
+        "--group",
+        help="A group of the chosen grouping (default: the single adapter on every task).",
+    ),  # fmt: skip
+    weight: list[str] = typer.Option([], "--weight", help="TASK=W (repeat); others 1."),
+    suggest: bool = typer.Option(False, "--suggest", help="Search weights (the estimate)."),
+    objective: str = typer.Option("loss", help="suggest: minimise loss or maximise accuracy."),
+    protect: bool = typer.Option(False, help="suggest: no task below its uniform prediction."),
+    as_json: bool = JsonOpt,
+):
+    """Mixing weights for one adapter's tasks: their predicted effect, or a suggestion."""
+    from core import pipeline
+    from core.cli_text import mix_text
+
+    cfg, ws = _context(config, workspace)
+    weights = {}
+    for item in weight:
+        task, _, value = item.partition("=")
+        try:
+            weights[task] = float(value)
+        except ValueError:
+            raise GroupTuneError(f"--weight expects TASK=NUMBER, got {item!r}") from None
+    extra = {"objective": objective, "protect": protect} if suggest else {}
+    result = pipeline.mix(cfg, ws, group, weights, **extra)
+    _emit(result, as_json, mix_text(result))
+
+
 @app.command("train")
 def train_cmd(
     config: Path | None = ConfigOpt,

@@ -42,6 +42,19 @@ def report_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def mix_text(result: dict) -> str:
+    """Weights and the predicted change of each task's val loss and accuracy against uniform."""
+    lines = [f"{'task':<18}{'weight':>8}{'Δ val loss':>12}{'Δ val acc':>11}"]
+    for task in result["tasks"]:
+        e = result["effect"][task]
+        lines.append(
+            f"{task:<18}{result['weights'][task]:>8.2f}{e['loss']:>+12.4f}{e['accuracy']:>+11.3f}"
+        )
+    m = result["effect"]["mean"]
+    lines.append(f"{'mean':<18}{'':>8}{m['loss']:>+12.4f}{m['accuracy']:>+11.3f}")
+    return "\n".join(lines)
+
+
 def _interval(ci, spec: str) -> str:
     return "" if not ci else f"[{format(ci[0], spec)}, {format(ci[1], spec)}] "
 

@@ -158,6 +158,41 @@ def chosen_groups(ws: Workspace) -> list[list[str]]:
     return chosen["groups"]
 
 
+def mix(cfg, ws: Workspace, group: int | None, weights: dict | None = None, **suggest) -> dict:
+    """Mixing weights for one adapter's tasks (group `group` of the chosen grouping; None: the
+    single adapter on every task): the given weights' predicted effect against uniform, or,
+    with suggest (objective=..., protect=...), weights suggested by the estimate
+    (core.estimate.mixing). Written to groupings/mix-<group|all>.json for the dashboard."""
+    from core.estimate.mixing import effect, predict_mix, suggest_mix
+    from core.gradients.store import load_features
+
+    if group is None:
+        tasks, label = list(cfg.task_names), "all"
+    else:
+        groups = chosen_groups(ws)
+        if not 0 <= group < len(groups):
+            raise GroupTuneError(f"no group {group}: the chosen grouping has {len(groups)}")
+        tasks, label = [t for t in cfg.task_names if t in groups[group]], str(group)
+    unknown = sorted(set(weights or {}) - set(tasks))
+    if unknown:
+        raise GroupTuneError(f"weights for task(s) {unknown} that the adapter does not train on")
+    feats = [load_features(ws, t) for t in tasks]
+    tcfg, orders = cfg.training, cfg.estimator.orders
+    if suggest:
+        out = suggest_mix(feats, tcfg, orders, **suggest)
+    else:
+        predicted, uniform = (
+            predict_mix(feats, tcfg, orders, weights),
+            predict_mix(feats, tcfg, orders, None),
+        )
+        w = {t: float((weights or {}).get(t, 1.0)) for t in tasks}
+        out = {"weights": w, "predicted": predicted, "uniform": uniform}
+        out["effect"] = effect(predicted, uniform)
+    out.update(group=label, tasks=tasks)
+    ws.write(out, "groupings", f"mix-{label}.json")
+    return out
+
+
 # --- training and evaluation ------------------------------------------------------------------
 def train(cfg, ws: Workspace, which: str = "all") -> dict:
     """Train adapters: "all", "groups", "baseline" or one adapter name ("group-0")."""

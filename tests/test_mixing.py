@@ -74,3 +74,34 @@ def test_bad_requests_are_refused():
         suggest_mix(feats, TCFG, 2, objective="f1")
     with pytest.raises(GroupTuneError, match="at least 2 tasks"):
         suggest_mix(feats[:1], TCFG, 2)
+
+
+def test_the_mix_command_on_a_real_workspace(real_ws):
+    """`grouptune mix`: the given weights' prediction, and a suggestion, for a group of the
+    chosen grouping and for the single adapter; written for the dashboard."""
+    from dashboard import cli, copy_workspace
+
+    from core.gradients.store import load_features
+    from core.workspace import Workspace
+
+    ws = Workspace(copy_workspace(real_ws, "mix"))
+    cfg = ws.load_config()
+    groups = ws.read("groupings", "chosen.json")["groups"]
+    big = max(range(len(groups)), key=lambda i: len(groups[i]))
+    tasks = [t for t in cfg.task_names if t in groups[big]]
+    assert len(tasks) >= 2
+    given = cli("mix", "--workspace", ws.root, "--group", big, "--weight", f"{tasks[0]}=3")
+    feats = [load_features(ws, t) for t in tasks]
+    expected = predict_mix(feats, cfg.training, cfg.estimator.orders, {tasks[0]: 3.0})
+    for t in tasks:
+        assert given["predicted"][t] == pytest.approx(expected[t], rel=1e-12)
+    assert given["weights"] == {t: (3.0 if t == tasks[0] else 1.0) for t in tasks}
+    assert ws.read("groupings", f"mix-{big}.json") == given
+    every = cli("mix", "--workspace", ws.root, "--suggest", "--protect")
+    assert every["tasks"] == cfg.task_names and every["group"] == "all"
+    for t in every["tasks"]:
+        assert every["predicted"][t]["loss"] <= every["uniform"][t]["loss"] + 1e-12
+    from core.cli import main
+
+    assert main(["mix", "--workspace", str(ws.root), "--group", "9"]) == 2  # no such group
+    assert main(["mix", "--workspace", str(ws.root), "--weight", "nope=2"]) == 2
