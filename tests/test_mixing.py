@@ -105,3 +105,38 @@ def test_the_mix_command_on_a_real_workspace(real_ws):
 
     assert main(["mix", "--workspace", str(ws.root), "--group", "9"]) == 2  # no such group
     assert main(["mix", "--workspace", str(ws.root), "--weight", "nope=2"]) == 2
+
+
+def test_the_mixing_bench_smoke_run_is_its_fine_tunes(tmp_path):
+    """bench/mixing.py --smoke: the measured change is the weighted minus the uniform adapter's
+    kept-epoch val metrics, per seed; the weighted adapters were trained with the weights."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out, ws = tmp_path / "mixing.json", tmp_path / "ws"
+    proc = subprocess.run(
+        [sys.executable, "bench/mixing.py", "--smoke", "--out", str(out), "--workspace", str(ws)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())["presets"]["quick"]
+
+    def record(seed, variant):
+        path = ws / "quick" / "runs" / f"s{seed}-{variant}" / "adapters" / "baseline"
+        return json.loads((path / "grouptune.json").read_text())
+
+    for seed, change in res["measured_change_per_seed"].items():
+        uni, mix = record(seed, "uniform"), record(seed, "weighted")
+        assert mix["config"]["training"]["mix"] == res["weights"]
+        assert uni["config"]["training"]["mix"] == {}
+        for task, delta in change.items():
+            real = mix["val_metrics"][task]["nll"] - uni["val_metrics"][task]["nll"]
+            assert delta["loss"] == pytest.approx(real, rel=1e-12)
+    for t in res["tasks"]:
+        per_seed = [c[t]["loss"] for c in res["measured_change_per_seed"].values()]
+        assert res["measured_change"][t]["loss"] == pytest.approx(np.mean(per_seed))
+    assert sum(res["weights"].values()) == pytest.approx(len(res["tasks"]), abs=1e-3)
+    assert res["gain_ci"][0] <= res["mean_gain"] <= res["gain_ci"][1]
