@@ -66,8 +66,9 @@ def markdown_lines() -> list[str]:
         "of same-task pairs of subsets it orders alike (50% = chance), and the correlation with "
         "each task's mean removed. The ceiling is one real fine-tune against the mean of the "
         'other seeds (leave one seed out); "vs each seed\'s leave-out mean" scores the '
-        "estimate on exactly the ceiling's targets. The subsets and tasks are split: defaults "
-        "are chosen on the selection part, and the held-out part only reports. Brackets: 95% "
+        "estimate on exactly the ceiling's targets. The tasks are split in two: defaults are "
+        "chosen on the selection tasks' points, and the held-out tasks only report (a stricter "
+        "part also leaves out half the subsets). Brackets: 95% "
         "bootstrap intervals over subsets. The seed-matched replay (the batch order of the run "
         "it is scored on) is shown beside, never as the estimate.",
         "",

@@ -66,11 +66,12 @@ def test_scores_are_recomputable_from_the_stored_rows(smoke):
     assert got == pytest.approx(matched["order_agreement_seed_matched"])
 
 
-def test_held_out_part_shares_no_task_or_subset_with_the_selection(smoke):
+def test_held_out_parts_share_no_task_with_the_selection(smoke):
     _, res = smoke
     sel, held = res["split"]["selection"], res["split"]["held_out"]
-    assert not set(sel["tasks"]) & set(held["tasks"])
-    assert not set(sel["subsets"]) & set(held["subsets"])
+    strict = res["split"]["held_out_strict"]
+    assert not set(sel["tasks"]) & set(held["tasks"]) and strict["tasks"] == held["tasks"]
+    assert set(strict["subsets"]) < set(held["subsets"]) == set(sel["subsets"])
     assert res["chosen"]["variant"] in res["scores"]["selection"]["variants"]
 
 
