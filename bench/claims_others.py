@@ -81,11 +81,12 @@ def md_paper_approximation() -> list[str]:
         f"train rows of {len(r['subsets'])} subsets of `{r['workspace']}`: `{r['command']}`.",
         "",
         "- Paper protocol (the reference's fast_estimate_eval_approximation.py: the estimated "
-        "update rescaled to s·‖θ*_LoRA‖, error (h0 + gᵀΔ − h)² / max(|h|, |h0|)² averaged over "
-        "rows): " + ", ".join(f"s = {k}: {v:.3%}" for k, v in s["paper_protocol"].items()),
+        "update rescaled to s·‖θ*_LoRA‖; RSE ÷ max(|h|, |h0|)² = mean over rows of "
+        "(h0 + gᵀΔ − h)² / max(|h|, |h0|)², the reference script's denominator): "
+        + ", ".join(f"s = {k}: {v:.3%}" for k, v in s["paper_protocol"].items()),
         "- At the real fine-tuned updates (‖ΔB‖ = "
         + ", ".join(f"{x:.2f}" for x in s["real_over_theta"])
-        + " x ‖θ*_LoRA‖): the same error "
+        + " x ‖θ*_LoRA‖): the same RSE ÷ max(|h|, |h0|)² "
         f"{s['real_update_paper_error_train']:.3%}; relative error of the predicted change of h "
         f"{s['real_update_change_error_train']:.1%}",
         "",
