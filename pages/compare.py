@@ -69,6 +69,8 @@ if head["gain_text"]:
         f"**Ensemble − single adapter:** {head['gain_text']} (paired bootstrap over test rows "
         "and training seeds). " + head["gain_verdict"]
     )
+if head["gain_parts_text"]:
+    st.markdown(f"**Where it comes from:** {head['gain_parts_text']}.")
 if report.get("missing"):
     st.warning("Not measured yet: " + "; ".join(report["missing"]))
 if report_state(ws)["state"] == "stale":

@@ -38,6 +38,8 @@ counts = job_counts(jobs)
 c4.metric("Jobs running / queued", f"{counts['running']} / {counts['queued']}")
 if head.get("gain_text"):
     st.caption(f"Ensemble − single adapter: {head['gain_text']}. {head['gain_verdict']}")
+if head.get("gain_parts_text"):
+    st.caption(f"Where it comes from: {head['gain_parts_text']}.")
 
 st.subheader("Where it stands")
 for stage in stage_summary(rows):

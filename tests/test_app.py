@@ -89,6 +89,8 @@ def test_home_shows_the_state_of_every_stage(real_ws, monkeypatch):
     assert metrics["Groups (m)"] == "2"
     assert metrics["Ensemble mean accuracy"] == f"{report['accuracy']['ensemble']['mean']:.3f}"
     assert any(gain_text(report["gain"]) in c for c in texts(at, "caption"))
+    parts = headline(report)["gain_parts_text"]  # the groups' share and boosting's
+    assert parts and any(parts in c for c in texts(at, "caption"))
     rows = at.dataframe[0].value
     assert list(zip(rows["stage"], rows["item"], strict=True)) == [
         *[("gradients", t) for t in ("reviews_a", "reviews_b", "topics")],
@@ -372,6 +374,7 @@ def test_compare_page_matches_report_and_exports(real_ws, monkeypatch):
     head = headline(report)
     shown, (low, high) = " ".join(texts(at, "markdown")), report["gain"]["ci"]
     assert head["gain_text"] in shown and f"[{low:+.1f}, {high:+.1f}]" in shown
+    assert head["gain_parts_text"] in shown
     weights = at.dataframe[2].value
     assert (
         weights.loc["Single QLoRA adapter", "mean accuracy"]

@@ -39,6 +39,27 @@ def test_gain_is_the_paired_bootstrap_of_the_evaluated_rows(real_ws):
     assert set(gain["per_task"]) == set(report["tasks"])
 
 
+def test_the_gain_is_split_into_the_groups_share_and_boostings(real_ws):
+    """gain_parts: the group adapters alone (the ensemble's weights, no boosting) against the
+    baseline on the same rows, and what boosting adds; shown on Home, Compare and the export."""
+    from core.report.tables import headline
+
+    report = read(real_ws, "report.json")
+    ens, base = read(real_ws, "eval", "ensemble.json"), read(real_ws, "eval", "baseline.json")
+    parts, kind = report["gain_parts"], ens["weights_kind"]
+    groups = paired_gain([paired_sample(ens["by_weights_correct"][kind], base["correct"])])
+    assert parts["groups"]["points"] == groups["points"] and parts["groups"]["ci"] == groups["ci"]
+    assert parts["groups"]["points"] == pytest.approx(
+        100 * (report["by_weights"][kind] - report["accuracy"]["baseline"]["mean"])
+    )
+    assert parts["boosting_points"] == pytest.approx(report["gain"]["points"] - groups["points"])
+    assert parts["boosting_rounds"] == len(ens["boosting"])
+    text = headline(report)["gain_parts_text"]
+    assert (
+        f"{groups['points']:+.1f} points" in text and f"add {parts['boosting_points']:+.1f}" in text
+    )
+
+
 def test_weights_forwards_and_boosting_come_from_the_files(real_ws):
     report = read(real_ws, "report.json")
     ens, manifest = read(real_ws, "eval", "ensemble.json"), read(real_ws, "ensemble.json")

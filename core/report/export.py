@@ -104,8 +104,10 @@ def build_html(ws: Workspace) -> str:
     parts = [
         f"<h1>GroupTune report: {html.escape(ws.root.name)}</h1>",
         f"<p class=note>Exported {time.strftime('%Y-%m-%d %H:%M')} from {html.escape(str(ws.root))}"
-        ". Ensemble = one adapter per group of related tasks; baseline = one QLoRA adapter "
-        "trained on every task; zero-shot = the base model without an adapter.</p>",
+        ". Ensemble = one adapter per group of related tasks (here "
+        f"{len(head['groups'] or [])} group(s)) with its fitted weights and boosting rounds; "
+        "baseline = one QLoRA adapter trained on every task; zero-shot = the base model "
+        "without an adapter.</p>",
     ]
     mean = head["mean_accuracy"]
     parts.append(
@@ -118,6 +120,8 @@ def build_html(ws: Workspace) -> str:
             f"<p>Ensemble − single adapter (95% paired bootstrap interval): "
             f"<b>{html.escape(head['gain_text'])}</b>. {html.escape(head['gain_verdict'])}</p>"
         )
+    if head["gain_parts_text"]:
+        parts.append(f"<p>Where it comes from: {html.escape(head['gain_parts_text'])}.</p>")
     if report.get("missing"):
         items = "".join(f"<li>{html.escape(m)}</li>" for m in report["missing"])
         parts.append(f"<p class=note>Not measured yet:</p><ul class=note>{items}</ul>")

@@ -13,6 +13,10 @@ writes report.json:
         seeds: 1, rows, replicates, per_task: {task: {points, wins, losses, ties}}}; null (and
         named in "missing") when either file lacks "correct" (per-row results) or the two
         were scored on different tasks or rows,
+  gain_parts: where the gain comes from: {"weights_kind", "groups": the group adapters alone
+              (the ensemble's weights, no boosting) against the baseline, {points, ci, level,
+              rows, seeds}, "boosting_points": what the boosting rounds add on top,
+              "boosting_rounds"}; null without per-row results,
   boosting: the boosting rounds the evaluated ensemble used (eval/ensemble.json; before an
             evaluation, ensemble.json's list): {name, adapter, tasks, group, step, method,
             train_error_before, train_error_after, ...} each; [] when there are none,
@@ -112,6 +116,24 @@ def seeds_gain(workspaces) -> dict:
     return paired_gain(samples)
 
 
+def _gain_parts(evals: dict, gain: dict | None) -> dict | None:
+    """Where the gain comes from: the group adapters alone (the ensemble's weights, no
+    boosting) against the baseline, with its paired interval, and what boosting adds on top."""
+    ens = evals["ensemble"]
+    kind = (ens or {}).get("weights_kind")
+    if gain is None or kind not in (ens.get("by_weights_correct") or {}):
+        return None
+    groups = paired_gain(
+        [eval_sample({"correct": ens["by_weights_correct"][kind]}, evals["baseline"])]
+    )
+    return {
+        "weights_kind": kind,
+        "groups": {k: groups[k] for k in ("points", "ci", "level", "rows", "seeds")},
+        "boosting_points": gain["points"] - groups["points"],
+        "boosting_rounds": len(ens.get("boosting") or []),
+    }
+
+
 def _gain(evals: dict) -> tuple[dict | None, str | None]:
     """(report "gain", why it is null for "missing", or None)."""
     if evals["ensemble"] is None or evals["baseline"] is None:
@@ -202,6 +224,7 @@ def build_report(ws) -> dict:
         "weights_kind": manifest.get("weights_kind") if manifest else None,
         **_ensemble_extras(evals["ensemble"]),
         "gain": gain,
+        "gain_parts": _gain_parts(evals, gain),
         "boosting": _boosting(evals["ensemble"], manifest),
         **{metric: _metric_table(evals, metric) for metric in METRICS},
         "flops": flops,

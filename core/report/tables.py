@@ -107,6 +107,22 @@ def gain_verdict(gain: dict | None) -> str | None:
     return f"The {level} interval includes 0: this difference cannot be told from noise."
 
 
+def gain_parts_text(parts: dict | None, m: int | None) -> str | None:
+    """Where the ensemble's gain comes from, in words (report.json "gain_parts")."""
+    if not parts:
+        return None
+    g = parts["groups"]
+    low, high = g["ci"]
+    text = (
+        f"the {m or '?'} group adapter(s) alone ({parts['weights_kind']} weights, no boosting) "
+        f"{g['points']:+.1f} points [{low:+.1f}, {high:+.1f}]; "
+        f"{parts['boosting_rounds']} boosting round(s) add {parts['boosting_points']:+.1f}"
+    )
+    if m == 1:
+        text += " (one group: the group adapter is the single adapter's twin, so any gain is boosting's)"
+    return text
+
+
 def headline(report: dict) -> dict:
     """The numbers a stakeholder asks first: mean accuracies, their difference (with its
     interval when per-row results were evaluated), cost ratios."""
@@ -123,6 +139,9 @@ def headline(report: dict) -> dict:
         "gain": gain,
         "gain_text": gain_text(gain),
         "gain_verdict": gain_verdict(gain),
+        "gain_parts_text": gain_parts_text(
+            report.get("gain_parts"), len(report.get("groups") or []) or None
+        ),
         "training_flops_ratio": ratio.get("training_full"),
         "training_flops_ratio_paper": ratio.get("training_paper"),
         "inference_flops_ratio": ratio.get("inference"),
