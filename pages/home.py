@@ -8,6 +8,7 @@ import streamlit as st
 from core.report.tables import headline, load_report
 from core.views.jobs import ACTIVE, job_counts, read_jobs, submit_run
 from core.views.stages import experiment_status, next_step, stage_summary
+from core.views.story import story
 from pages import _common
 
 st.title(":material/hub: GroupTune")
@@ -40,6 +41,40 @@ if head.get("gain_text"):
     st.caption(f"Ensemble − single adapter: {head['gain_text']}. {head['gain_verdict']}")
 if head.get("gain_parts_text"):
     st.caption(f"Where it comes from: {head['gain_parts_text']}.")
+
+tale = story(ws)
+if tale["groups"]:
+    st.subheader("The story in one screen")
+    st.markdown(
+        "**The groups:** "
+        + " · ".join(f"group {i}: {', '.join(g)}" for i, g in enumerate(tale["groups"]))
+    )
+    blocks = tale["blocks"]
+    if blocks and blocks["within"] is not None and blocks["across"] is not None:
+        st.markdown(
+            f"**Why:** tasks in the same group help each other by a mean affinity of "
+            f"{blocks['within']:+.2f}, tasks in different groups {blocks['across']:+.2f} "
+            "(the Affinity page's blocks)."
+        )
+    elif blocks and blocks["within"] is not None:
+        st.markdown(
+            f"**Why:** one group: the estimate found no split that beats one adapter "
+            f"(mean affinity {blocks['within']:+.2f}). {tale['reason'] or ''}"
+        )
+    pvr = pd.DataFrame(tale["predicted_vs_real"])
+    if not pvr.empty and pvr["real val accuracy"].notna().any():
+        st.markdown("**Predicted against real** (val accuracy of each task's group adapter):")
+        st.dataframe(pvr, hide_index=True, key="home_story_pvr")
+    if tale["gain_text"]:
+        cost = (
+            f" for {tale['flops_paper']:.2f}x the single adapter's training FLOPs the paper's "
+            f"way ({tale['flops_full']:.2f}x in full)"
+            if tale["flops_paper"] and tale["flops_full"]
+            else ""
+        )
+        st.markdown(
+            f"**Ensemble against one adapter:** {tale['gain_text']}{cost}. {tale['gain_verdict']}"
+        )
 
 st.subheader("Where it stands")
 for stage in stage_summary(rows):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
@@ -91,7 +92,23 @@ def test_home_shows_the_state_of_every_stage(real_ws, monkeypatch):
     assert any(gain_text(report["gain"]) in c for c in texts(at, "caption"))
     parts = headline(report)["gain_parts_text"]  # the groups' share and boosting's
     assert parts and any(parts in c for c in texts(at, "caption"))
-    rows = at.dataframe[0].value
+    # the story: the groups, why (affinity within vs across groups), predicted vs real
+    chosen = json.loads((real_ws / "groupings" / "chosen.json").read_text())
+    aff = json.loads((real_ws / "affinity.json").read_text())
+    names, T = aff["tasks"], np.asarray(aff["affinity"])
+    where = {t: i for i, g in enumerate(chosen["groups"]) for t in g}
+    within = [T[i, j] for i in range(3) for j in range(i + 1, 3)
+              if where[names[i]] == where[names[j]] and aff["counts"][i][j] > 0]  # fmt: skip
+    markdown = " ".join(texts(at, "markdown"))
+    assert f"mean affinity of {np.mean(within):+.2f}" in markdown
+    story = next(d.value for d in at.dataframe if "real val accuracy" in d.value.columns)
+    for row in story.itertuples():
+        rec = json.loads(
+            (real_ws / "adapters" / f"group-{row.group}" / "grouptune.json").read_text()
+        )
+        assert row._4 == rec["val_metrics"][row.task]["accuracy"]
+        assert row._3 == chosen["predicted"][row.task]["accuracy"]
+    rows = next(d.value for d in at.dataframe if "stage" in d.value.columns)
     assert list(zip(rows["stage"], rows["item"], strict=True)) == [
         *[("gradients", t) for t in ("reviews_a", "reviews_b", "topics")],
         ("affinity", "affinity"),
@@ -115,7 +132,7 @@ def test_home_next_step_submits_the_jobs(real_ws, monkeypatch, no_jobs_start):
     assert [j["argv"] for j in jobs] == [["gradients", "--task", "topics", "--workspace", str(ws)]]
     assert jobs[0]["state"] == "queued"
     at.run()
-    rows = at.dataframe[0].value
+    rows = next(d.value for d in at.dataframe if "stage" in d.value.columns)
     assert rows.set_index("item").loc["topics", "state"] == "queued"
     at.button(key="home_all").click().run()
     driver = read_jobs(Workspace(ws))[-1]
