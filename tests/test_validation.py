@@ -342,3 +342,19 @@ def test_trust_verdict_levels_on_known_summaries():
     # the demo's old panel said "100% (95% interval 100%-100%)" from 6 pairs
     level, line = verdict_line(summary(1.0, 1.0, [1.0, 1.0], pairs=6))
     assert level == "thin" and "Too few pairs" in line and "100%" not in line
+
+
+def test_trust_panel_says_too_few_pairs_on_a_six_pair_check(validated, monkeypatch):
+    """The demo's old panel printed "100% (95% interval 100%-100%)" from 6 pairs: with so few,
+    the panel says the evidence is thin instead of printing a figure."""
+    root, result = validated
+    ws = copy_ws(root, "six_pairs", keep_adapters=True)
+    doc = json.loads(json.dumps(result))
+    doc["summary"].update(
+        order_agreement_vs_mean=1.0, order_agreement_vs_mean_ci=[1.0, 1.0], pairs=6
+    )
+    (ws / "validation.json").write_text(json.dumps(doc))
+    at = open_page(ws, "affinity", monkeypatch)
+    shown = " ".join(t for k in ("success", "warning", "error", "info") for t in texts(at, k))
+    assert "Too few pairs to judge: 6 same-task pairs" in shown
+    assert "100%-100%" not in shown
