@@ -21,6 +21,12 @@ def predict_cmd(
         help="A CSV/TSV/JSONL/Parquet file of rows, read with the task's column mapping "
         "(a label column, if any, gives the accuracy).",
     ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Answer the task's own train, val or test rows, as the workspace loads them "
+        "(`--split test` gives report.json's accuracy).",
+    ),
     text_pair: list[str] | None = typer.Option(
         None, "--text-pair", help="The second text of each TEXT (tasks with {text_pair})."
     ),
@@ -38,6 +44,7 @@ def predict_cmd(
     probability (the same scores `grouptune evaluate` reports)."""
     from core.data.inputs import file_inputs, task_columns, text_inputs
     from core.data.sources import select_tasks
+    from core.data.tasks import SPLITS
     from core.ensemble import results
     from core.ensemble.manifest import load_manifest
     from core.errors import GroupTuneError
@@ -47,10 +54,14 @@ def predict_cmd(
     names = [t for g in load_manifest(ws)["groups"] for t in g]  # no manifest: a clear error
     if task not in names:
         raise GroupTuneError(f"unknown task {task!r}; this workspace's ensemble answers {names}")
-    if bool(texts) == (input_file is not None):
-        raise GroupTuneError("give the text(s) to answer, or --input FILE (one of the two)")
+    if [bool(texts), input_file is not None, split is not None].count(True) != 1:
+        raise GroupTuneError("give the text(s) to answer, --input FILE or --split (one of them)")
     spec = select_tasks(cfg, [task])[0]
-    if input_file is not None:
+    if split is not None:
+        if split not in SPLITS:
+            raise GroupTuneError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+        rows = spec.rows(split)
+    elif input_file is not None:
         rows = file_inputs(input_file, spec, task_columns(cfg, task))
     else:
         rows = text_inputs(spec, list(texts), list(text_pair or []))

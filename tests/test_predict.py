@@ -48,6 +48,8 @@ def test_predict_on_the_test_split_reproduces_the_report(real_ws, tmp_path, task
     assert right == evaluated["correct"][task]  # row by row
     nll = np.mean([-np.log(r["probabilities"][r["label"]]) for r in doc["rows"]])
     assert nll == pytest.approx(evaluated["metrics"][task]["nll"], rel=1e-12, abs=1e-12)
+    own = cli("predict", "--workspace", real_ws, "--task", task, "--split", "test")
+    assert [r["probabilities"] for r in own["rows"]] == [r["probabilities"] for r in doc["rows"]]
 
 
 def test_explain_parts_make_the_answer_and_the_baseline_is_the_evaluated_one(real_ws):

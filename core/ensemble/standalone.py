@@ -32,7 +32,9 @@ FORMAT, VERSION = "grouptune-bundle", 1
 
 
 class Bundle:
-    def __init__(self, folder: str | Path, device: str | None = None):
+    """`load_model=False`: the tokenizer only, for `prompt_ids` (a client of a LoRA server)."""
+
+    def __init__(self, folder: str | Path, device: str | None = None, load_model: bool = True):
         self.folder = Path(folder)
         self.spec = json.loads((self.folder / "bundle.json").read_text(encoding="utf-8"))
         if self.spec.get("format") != FORMAT or self.spec.get("version") != VERSION:
@@ -41,7 +43,7 @@ class Bundle:
         m = self.spec["model"]
         source = self.folder / m["path"] if (self.folder / m["path"]).is_dir() else m["path"]
         self.tokenizer = AutoTokenizer.from_pretrained(source, revision=m.get("revision"))
-        self.model = self._load(source, m)
+        self.model = self._load(source, m) if load_model else None
 
     def _load(self, source, m: dict):
         dtype = getattr(torch, m["dtype"])
