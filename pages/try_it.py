@@ -50,7 +50,13 @@ else:
     if upload is not None:
         try:
             table = parse_table(upload.getvalue(), upload.name)
-            rows = table_inputs(table, task, task_columns(cfg, task.name))[: tryit.MAX_ROWS]
+            rows = table_inputs(table, task, task_columns(cfg, task.name))
+            if len(rows) > tryit.MAX_ROWS:
+                st.caption(
+                    f"The first {tryit.MAX_ROWS} of {len(rows)} rows are answered here; "
+                    "`grouptune predict --input FILE` answers a whole file."
+                )
+                rows = rows[: tryit.MAX_ROWS]
         except GroupTuneError as err:
             st.error(str(err))
 if rows:
@@ -90,13 +96,14 @@ for row in result["rows"]:
     st.code(row["prompt"], language=None)
     a, b = st.columns(2)
     p = row["probabilities"][row["answer"]]
-    a.metric("Ensemble answer", row["answer"], f"p = {p:.3f}", delta_color="off")
+    a.metric("Ensemble answer", row["answer"], f"p = {p:.3f}", "off", delta_arrow="off")
     base = row.get("baseline")
     b.metric(
         "Single adapter (baseline) answer",
         base["answer"] if base else "—",
         f"p = {base['probabilities'][base['answer']]:.3f}" if base else None,
-        delta_color="off",
+        "off",
+        delta_arrow="off",
     )
     a, b = st.columns(2)
     bar = st.column_config.ProgressColumn(
@@ -108,4 +115,12 @@ for row in result["rows"]:
         column_config={"probability": bar},
         key=f"try_probs_{row['row']}",
     )
-    b.dataframe(tryit.votes_frame(row), hide_index=True, key=f"try_votes_{row['row']}")
+    weight = st.column_config.NumberColumn(
+        "weight", format="%.3f", help="a group adapter's weight for this task; a round's step"
+    )
+    b.dataframe(
+        tryit.votes_frame(row),
+        hide_index=True,
+        column_config={"weight": weight, "p(answer)": st.column_config.NumberColumn(format="%.3f")},
+        key=f"try_votes_{row['row']}",
+    )

@@ -176,7 +176,7 @@ def test_try_it_by_typing(real_ws, browser):
     try:
         tab = open_page(browser, app, "try_it")
         select(tab, "Task", "topics")
-        tab.get_by_label("Text").fill("The team won the game on Sunday.")
+        tab.get_by_label("Text", exact=True).fill("The team won the game on Sunday.")
         tab.keyboard.press("Control+Enter")  # a text area's value reaches the server on submit
         wait_rendered(tab)
         tab.get_by_role("button", name="Answer").click()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.inputs import needs_pair
 from core.data.prompts import Encoded, answer_tokens, encode_prompt
 from core.ensemble.manifest import MANIFEST, active_rounds, all_adapters, load_manifest
 from core.errors import DataError, GroupTuneError, StaleError
@@ -98,7 +99,7 @@ class Ensemble:
         index = {lab: i for i, lab in enumerate(t.labels)}
         gold = []
         for i, row in enumerate(rows, start=1):
-            if "text_pair" in _fields(t.template) and not row.get("text_pair"):
+            if needs_pair(t) and not row.get("text_pair"):
                 raise DataError("the task's template needs a second text", row=i, field="text_pair")
             label = row.get("label")
             if label not in (None, "") and str(label) not in index:
@@ -231,12 +232,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     from core.models.scoring import softmax
 
     return softmax(np.asarray(z, dtype=np.float64))
-
-
-def _fields(template: str) -> set[str]:
-    from core.data.tasks import template_parts
-
-    return {name for _, name in template_parts(template) if name}
 
 
 def checked_manifest(cfg, ws) -> dict:
