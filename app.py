@@ -26,6 +26,7 @@ PAGES = [
     ("groups.py", "4 · Groups", ":material/workspaces:"),
     ("training.py", "5 · Training", ":material/model_training:"),
     ("compare.py", "6 · Compare", ":material/leaderboard:"),
+    ("try_it.py", "7 · Try it", ":material/chat:"),
 ]
 
 

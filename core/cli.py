@@ -6,12 +6,12 @@ default workspaces/<name>), and `--json` to print a machine-readable result on s
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import typer
 
+from core.cli_common import ConfigOpt, JsonOpt, WorkspaceOpt, configure, context, emit
 from core.cli_text import group_view, matrix_text, metrics_table, report_text, validation_text
 from core.errors import GroupTuneError
 
@@ -23,40 +23,8 @@ app = typer.Typer(
 )
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment config (YAML).")
-
-
-WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Experiment folder.")
-
-
-JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
-
-
-def _context(config: Path | None, workspace: Path | None):
-    """The config and workspace of a step: from --config, else the workspace's snapshot."""
-    from core.config import load_config
-    from core.workspace import Workspace, open_workspace
-
-    if config is not None:
-        cfg = load_config(config)
-        return cfg, open_workspace(workspace, cfg)
-    if workspace is None:
-        raise GroupTuneError("give --config CONFIG or --workspace DIR (one holding config.yaml)")
-    ws = Workspace(workspace)
-    return ws.load_config(), ws
-
-
-def _emit(result, as_json: bool, human: str | None = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, default=str))
-    else:
-        typer.echo(human if human is not None else json.dumps(result, indent=2, default=str))
-
-
-def _configure(cfg) -> None:
-    from core.models.device import configure_cpu
-
-    configure_cpu(cfg.model.threads)
+# the shared options and helpers (core.cli_common), under the names the commands below use
+_context, _emit, _configure = context, emit, configure
 
 
 @app.command("fetch-model")
@@ -126,17 +94,28 @@ def gradients_cmd(
     config: Path | None = ConfigOpt,
     workspace: Path | None = WorkspaceOpt,
     task: list[str] | None = typer.Option(None, "--task", help="Only these tasks."),
+    background: bool = typer.Option(
+        False,
+        "--background",
+        help="Queue the work as one background job and return at once (nothing is queued when "
+        "every store is fresh or a job is already on it); follow it with `grouptune jobs list`.",
+    ),
     as_json: bool = JsonOpt,
 ):
     """Per-example gradient features of every task (cached; stale or partial stores resume)."""
-    from core import pipeline
     from core.gradients.store import store_status
 
     cfg, ws = _context(config, workspace)
-    _configure(cfg)
     before = store_status(ws, cfg)
     for name, status in before.items():
         typer.echo(f"  {name:<16} {status}", err=True)
+    if background:
+        result = _queue_gradients(ws, before, task)
+        _emit(result, as_json, f"queued job {result['job']}" if result["job"] else result["why"])
+        return
+    from core import pipeline
+
+    _configure(cfg)
     result = pipeline.gradients(cfg, ws, task or None)
     _emit(
         result,
@@ -146,6 +125,20 @@ def gradients_cmd(
             for t, r in result.items()
         ),
     )
+
+
+def _queue_gradients(ws, status: dict[str, str], only: list[str] | None) -> dict:
+    """One `grouptune gradients` job for the stores not fresh (the pages follow its progress);
+    {"job": id or None, "tasks": [...], "why": ...}. Torch-free: the dashboard opens at once."""
+    from core.views.jobs import active_items, read_jobs, submit_step
+
+    todo = [t for t, s in status.items() if s != "fresh" and (not only or t in only)]
+    busy = active_items(read_jobs(ws), "gradients")
+    if not todo or "*" in busy or set(todo) <= busy:
+        why = "a job is already on it" if todo else "every store is fresh"
+        return {"job": None, "tasks": todo, "why": why}
+    argv = ["gradients"] + [w for t in only or [] for w in ("--task", t)]
+    return {"job": submit_step(ws, argv), "tasks": todo, "why": "queued"}
 
 
 @app.command("affinity")
@@ -297,25 +290,6 @@ def report_cmd(
     _emit(report, as_json, report_text(report))
 
 
-@app.command("export")
-def export_cmd(
-    workspace: Path | None = WorkspaceOpt,
-    config: Path | None = ConfigOpt,
-    as_json: bool = JsonOpt,
-):
-    """Write a self-contained HTML report and CSV tables to the workspace's exports/ folder."""
-    from core.report.export import export_report
-
-    _, ws = _context(config, workspace)
-    paths = export_report(ws)
-    result = {
-        "html": str(paths["html"]),
-        "zip": str(paths["zip"]),
-        "csv": {k: str(v) for k, v in paths["csv"].items()},
-    }
-    _emit(result, as_json, f"{result['html']}\n{result['zip']}")
-
-
 @app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
@@ -387,40 +361,16 @@ def validate_estimate_cmd(
     _emit(result, as_json, validation_text(result))
 
 
-@app.command("app")
-def app_cmd(
-    workspace: Path | None = WorkspaceOpt,
-    host: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default)."),
-    port: int = typer.Option(8501),
-):
-    """Launch the dashboard (bound to localhost unless --host says otherwise)."""
-    import os
+def _mount_use() -> None:
+    """The commands that use what was trained, and the dashboard (core.cli_use)."""
+    from core import cli_use
 
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ)
-    if workspace is not None:
-        env["GROUPTUNE_WORKSPACE"] = str(Path(workspace).resolve())
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(root / "app.py"),
-        "--server.address",
-        host,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-    ]
-    typer.echo(f"GroupTune dashboard: http://{host}:{port}")
-    # become the server (exec), so stopping `grouptune app` stops Streamlit too
-    os.chdir(root)
-    os.execvpe(cmd[0], cmd, env)
+    app.command("predict")(cli_use.predict_cmd)
+    app.command("export")(cli_use.export_cmd)
+    app.command("app")(cli_use.app_cmd)
+
+
+_mount_use()
 
 
 def _mount_jobs() -> None:

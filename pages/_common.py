@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.errors import GroupTuneError
 from core.views.datasets import shared_answer_words, uploaded_tasks
-from core.views.jobs import ACTIVE, cli_text, job_targets, read_jobs, submit_step
+from core.views.jobs import ACTIVE, active_items, cli_text, job_targets, read_jobs, submit_step
 from core.views.workspaces import list_workspaces, load_config
 from core.workspace import Workspace
 
@@ -134,6 +134,19 @@ def live_jobs(ws: Workspace, stages: tuple[str, ...] = (), every: float = 2.0) -
             st.progress(min(max(frac, 0.0), 1.0), text=text)
 
     _live()
+
+
+def features_pending(ws: Workspace, needs: str) -> bool:
+    """While a gradients job is queued or running (e.g. the one `make demo` queues as the
+    dashboard opens), say what on this page waits for it, follow its progress, return True."""
+    if not active_items(read_jobs(ws), "gradients"):
+        return False
+    st.info(
+        f"The gradient features are being computed in the background; {needs} when that job "
+        "finishes (progress below). Everything else on this page is ready."
+    )
+    live_jobs(ws, stages=("gradients",))
+    return True
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading gradient features for what-if...")

@@ -32,7 +32,10 @@ st.markdown(f"Status: {_common.state_badge(state['state'])} {state['detail']}")
 _common.answer_word_warning(tasks)
 
 ready = all(v == "fresh" for v in grads.values())
-if view is None or state["state"] == "stale":
+pending = _common.features_pending(
+    ws, "the matrix below is current again and re-estimating is possible"
+)
+if (view is None or state["state"] == "stale") and not (pending and view is not None):
     st.info(
         "The affinity matrix needs the gradient features of every task (Gradients page), "
         f"then: `{cli_text(['affinity'], ws)}`"

@@ -59,7 +59,8 @@ if chosen is None:
     st.stop()
 key = f"grp_edit:{ws.root}:{ws.path('groupings', 'chosen.json').stat().st_mtime}"
 edit = st.session_state.setdefault(key, {"groups": chosen["groups"], "moves": []})
-model = _common.whatif(ws)
+pending = _common.features_pending(ws, "moving a task updates the predictions")
+model = None if pending else _common.whatif(ws)
 predicted = model.predict(edit["groups"]) if model is not None else chosen["predicted"]
 mean = mean_predicted(predicted)
 c1, c2, c3 = st.columns(3)

@@ -40,6 +40,7 @@ PAGES = {
     "groups": "groups",
     "training": "training",
     "compare": "compare",
+    "try_it": "try_it",
 }
 DEMO = {  # a small cut of sample_data/quick.yaml: real tasks and the real model. Full precision:
     # bitsandbytes' 4-bit CPU path is several times slower, and this is about the pictures.

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(ROOT))  # the dashboard's pages/ (when pytest runs from elsewhere)
 from pages import _common  # noqa: E402
 
-PAGES = ["home", "datasets", "gradients", "affinity", "groups", "training", "compare"]
+PAGES = ["home", "datasets", "gradients", "affinity", "groups", "training", "compare", "try_it"]
 
 
 def cli(*argv) -> dict | list | None:

@@ -72,6 +72,7 @@ def test_pages_with_nothing_computed(config_only, monkeypatch, page):
         "groups": "grouptune group",
         "training": "grouptune train --adapter baseline",
         "compare": "grouptune evaluate",
+        "try_it": "grouptune train --workspace",
     }[page]
     assert expected in shown
     if page == "datasets":  # the experiment's own tasks, preselected

@@ -95,6 +95,7 @@ def test_every_page_renders(real_ws, browser, tmp_path):
             "groups": "Task groups",
             "training": "Training",
             "compare": "Compare",
+            "try_it": "Try it",
         }
         for page, title in titles.items():
             tab = open_page(browser, app, page)
@@ -164,6 +165,28 @@ def test_main_path_by_clicking(real_ws, browser, tmp_path):
         got = Path(download.value.path()).read_bytes()
         assert got == (ws / "exports" / "report.html").read_bytes()
         tab.close()
+    finally:
+        app.stop()
+
+
+def test_try_it_by_typing(real_ws, browser):
+    """Type a sentence, press Answer: the page follows the predict job and shows its answer."""
+    ws = copy_workspace(real_ws, "browser_try")
+    app = App(ws)
+    try:
+        tab = open_page(browser, app, "try_it")
+        select(tab, "Task", "topics")
+        tab.get_by_label("Text", exact=True).fill("The team won the game on Sunday.")
+        tab.keyboard.press("Control+Enter")  # a text area's value reaches the server on submit
+        wait_rendered(tab)
+        tab.get_by_role("button", name="Answer").click()
+        tab.get_by_text("Ensemble answer").wait_for(timeout=JOB_TIMEOUT_MS)
+        (job,) = read_jobs(Workspace(ws))
+        assert job["state"] == "done" and job["argv"][:3] == ["predict", "--task", "topics"]
+        doc = json.loads(next((ws / "tryit").glob("*/predictions.json")).read_text())
+        main = tab.get_by_test_id("stMain")
+        answers = main.get_by_test_id("stMetricValue").all_inner_texts()
+        assert answers == [doc["rows"][0]["answer"], doc["rows"][0]["baseline"]["answer"]]
     finally:
         app.stop()
 

@@ -14,18 +14,14 @@ import numpy as np
 
 from core.accounting import Accounting, Meter, stage_entry
 from core.data.prompts import Encoded, encode_split
-from core.ensemble.logits import cached_logits, load_adapters
 from core.ensemble.manifest import (
     MANIFEST,
-    active_rounds,
-    all_adapters,
     create_manifest,
     group_adapter_name,
-    load_manifest,
     own_weights,
 )
 from core.ensemble.weights import ensure_weights, mixed_logits
-from core.errors import GroupTuneError, StaleError
+from core.errors import GroupTuneError
 from core.models import prefix
 from core.models.flops import count_flops, padded_tokens
 from core.models.scoring import model_device
@@ -88,43 +84,35 @@ def evaluate_ensemble(cfg, ws) -> dict:
     """Test metrics per task (+ mean) of the configured ensemble; writes eval/ensemble.json.
 
     The ensemble is ensemble.weights' weights (fitted on val first when "fit") plus the
-    boosting rounds made on them (core.ensemble.boosting). The file also holds, under "by_weights", the
-    group adapters alone with "own" routing and with the manifest's weights, each with its
+    boosting rounds made on them (core.ensemble.boosting), scored by `Ensemble.scores`, the
+    same call `grouptune predict` makes. The file also holds, under "by_weights", the group
+    adapters alone with "own" routing and with the manifest's weights, each with its
     forwards per example, and per-row correctness for the paired bootstrap (core.stats).
     """
     from core.data.sources import select_tasks
-    from core.models.fingerprint import model_fingerprint
+    from core.ensemble.predict import Ensemble
     from core.train.evaluation import correct_rows, summarize
 
-    manifest = load_manifest(ws)
-    if manifest["base_model"] != model_fingerprint(cfg.model):
-        raise StaleError(
-            f"{ws.path(MANIFEST)} was made for another base model ({manifest['base_model']}); "
-            "retrain the group adapters or restore the config they were made with"
-        )
-    tasks = select_tasks(cfg, [t for g in manifest["groups"] for t in g])
-    model, tokenizer = load_adapters(cfg, ws, all_adapters(manifest), manifest["groups"])
+    ens = Ensemble.load(ws, cfg)
+    tasks = select_tasks(cfg, ens.task_names)
+    model, tokenizer = ens.model, ens.tokenizer
     meter = Meter(model_device(model)).start()
-    manifest = ensure_weights(cfg, ws, model, tokenizer, tasks, manifest)
-    kind, rounds = manifest["weights_kind"], active_rounds(manifest, cfg)
+    ens.manifest = ensure_weights(cfg, ws, model, tokenizer, tasks, ens.manifest)
+    manifest, kind, rounds = ens.manifest, ens.manifest["weights_kind"], ens.rounds
     variants = {
         "own": (own_weights(manifest["groups"]), []),
         kind: (manifest["weights"], []),
-        "ensemble": (manifest["weights"], rounds),
+        "ensemble": (None, None),  # the Ensemble's own: what predict answers with
     }
     encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
     scored, fwd = {}, {}
     for label, (weights, rs) in variants.items():
         scored[label] = {}
         for name, enc in encs.items():
-            z = compose(
-                lambda a, enc=enc: cached_logits(ws, model, tokenizer, enc, a, cfg),
-                name,
-                weights,
-                rs,
-            )
+            z = ens.scores(name, ens.logits_of(enc, cache=True), weights, rs)
             scored[label][name] = (z, enc.gold)
-        fwd[label] = float(np.mean([forwards(t, weights, rs) for t in encs]))
+        used = (weights, rs) if weights is not None else (manifest["weights"], rounds)
+        fwd[label] = float(np.mean([forwards(t, *used) for t in encs]))
     result = summarize(scored["ensemble"])
     doc = {
         "model": "ensemble",
@@ -145,23 +133,21 @@ def evaluate_ensemble(cfg, ws) -> dict:
 
 
 def evaluate_baseline(cfg, ws) -> dict:
-    """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json."""
+    """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json. Its
+    scores come from `Ensemble.logits`, as `grouptune predict --explain`'s baseline answers."""
     from core.data.sources import select_tasks
-    from core.train.evaluation import correct_rows, summarize, task_logits
-    from core.train.run import read_json_file
+    from core.ensemble.predict import BASELINE, Ensemble
+    from core.train.evaluation import correct_rows, summarize
 
-    path = ws.adapter_dir("baseline")
-    if not (path / "grouptune.json").exists():
-        raise GroupTuneError(f"no finished baseline adapter in {path}: train it first")
-    record = read_json_file(path / "grouptune.json")
-    tasks = select_tasks(cfg, record["tasks"])
-    model, tokenizer = load_adapters(cfg, ws, {"baseline": "adapters/baseline"})
+    ens = Ensemble.load(ws, cfg, ensemble=False, baseline=True)
+    tasks = select_tasks(cfg, ens.task_names)
+    model, tokenizer = ens.model, ens.tokenizer
     meter = Meter(model_device(model)).start()
-    scored = task_logits(model, tokenizer, tasks, cfg, split="test")
+    encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
+    scored = {name: (ens.logits(enc, BASELINE), enc.gold) for name, enc in encs.items()}
     result = summarize(scored)
     doc = {"model": "baseline", "split": "test", "metrics": result, "correct": correct_rows(scored)}
     ws.write(doc, "eval", "baseline.json")
-    encs = {t.name: encode_split(tokenizer, t, "test", cfg.data.max_tokens) for t in tasks}
     entry = _inference_entry(model, tokenizer, encs, dict.fromkeys(encs, 1), meter, cfg)
     Accounting(ws).record("baseline_inference", entry)
     return result

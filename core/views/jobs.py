@@ -60,6 +60,8 @@ def job_targets(job: dict) -> list[tuple[str, str]]:
         return [(command, command)]
     if command == "run":
         return [("run", "run")]
+    if command == "predict":
+        return [("predict", t) for t in _option(argv, "--task")]
     if command == "validate-estimate":
         return [("validation", "validation")]
     if command == "train-subset":  # one real fine-tune of validate-estimate (one seed)

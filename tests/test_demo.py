@@ -1,0 +1,55 @@
+"""`make demo` opens the dashboard at once: the gradient features are recomputed by a background
+job (`grouptune gradients --background`), and the pages that need them say so and follow the
+job until it finishes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+from conftest import ROOT
+from dashboard import cli, copy_workspace, open_page, texts
+
+from core.views.jobs import read_jobs
+from core.workspace import Workspace
+
+
+def test_make_demo_queues_the_features_and_does_not_wait_for_them():
+    recipe = re.search(r"^demo:.*?\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    lines = recipe.group(1).splitlines()
+    grads = [line for line in lines if "grouptune gradients" in line]
+    assert grads and all("--background" in line for line in grads)
+    assert "grouptune app" in lines[-1] and lines.index(grads[0]) < len(lines) - 1
+
+
+def test_gradients_background_queues_one_job_only_when_needed(real_ws, monkeypatch):
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "0")  # queued, never started: the test sees it
+    assert cli("gradients", "--workspace", real_ws, "--background") == {
+        "job": None, "tasks": [], "why": "every store is fresh",
+    }  # fmt: skip
+    ws = copy_workspace(real_ws, "demo_queue")
+    shutil.rmtree(ws / "features" / "topics")
+    first = cli("gradients", "--workspace", ws, "--background")
+    assert first["tasks"] == ["topics"] and first["job"] is not None
+    (job,) = read_jobs(Workspace(ws))
+    assert job["argv"] == ["gradients", "--workspace", str(ws)] and job["state"] == "queued"
+    again = cli("gradients", "--workspace", ws, "--background")
+    assert again["job"] is None and again["why"] == "a job is already on it"
+    assert len(read_jobs(Workspace(ws))) == 1
+
+
+def test_pages_that_need_the_features_follow_the_job(real_ws, monkeypatch):
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "0")
+    ws = copy_workspace(real_ws, "demo_pages")
+    shutil.rmtree(ws / "features")
+    job = cli("gradients", "--workspace", ws, "--background")["job"]
+    for page, waits in (("groups", "moving a task"), ("affinity", "re-estimating")):
+        at = open_page(ws, page, monkeypatch)
+        info = " ".join(texts(at, "info"))
+        assert "being computed in the background" in info and waits in info
+        bars = [p.proto.text for p in at.get("progress")]
+        assert any(f"job {job} `gradients` queued" in b for b in bars)
+        assert not [w for w in texts(at, "warning") if "What-if predictions are unavailable" in w]
+    at = open_page(ws, "affinity", monkeypatch)
+    assert "needs the gradient features" not in " ".join(texts(at, "info"))
+    assert at.get("plotly_chart"), "the committed heatmap is still shown"
