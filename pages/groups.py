@@ -10,7 +10,15 @@ from core.grouping.edit import move_task
 from core.report.figures import sweep_figure
 from core.report.frames import groups_frame
 from core.validate import trust
-from core.views.groups import mean_predicted, sweep_entries, sweep_frame, sweep_fresh
+from core.views.groups import (
+    mean_predicted,
+    mix_argv,
+    mix_effect,
+    mix_targets,
+    sweep_entries,
+    sweep_frame,
+    sweep_fresh,
+)
 from core.views.jobs import cli_text
 from pages import _common
 
@@ -102,3 +110,47 @@ if edit["moves"]:
     if c2.button("Undo all edits", key="grp_reset"):
         del st.session_state[key]
         st.rerun()
+
+st.subheader("Mixing weights: how much of each task an adapter sees")
+st.caption(
+    "An adapter's epoch keeps its number of rows; a task's weight trades rows with the others "
+    "(training.mix). The prediction is the estimate of the expected fine-tune, updated as you "
+    "move a slider; **Suggest weights** searches them (a background job)."
+)
+targets = mix_targets(chosen, [t.name for t in cfg.tasks])
+label = st.selectbox("Adapter", list(targets), key="grp_mix_target",
+                     format_func=lambda k: "single adapter (every task)" if k == "all" else k)  # fmt: skip
+tasks = targets[label]
+saved = ws.read("groupings", f"mix-{label.split()[-1]}.json")
+cols = st.columns(min(len(tasks), 4))
+for t in tasks:  # uniform until moved; "Use the suggestion" sets them (a callback, below)
+    st.session_state.setdefault(f"grp_mix:{label}:{t}", 1.0)
+weights = {
+    t: cols[i % len(cols)].slider(t, 0.0, 4.0, step=0.1, key=f"grp_mix:{label}:{t}")
+    for i, t in enumerate(tasks)
+}
+if model is not None:
+    table = mix_effect(model.features, cfg, tasks, weights)
+    st.dataframe(table, hide_index=True, key="grp_mix_table")
+    st.metric("Mean predicted Δ val accuracy", f"{table['Δ val accuracy'].mean():+.3f}")
+c1, c2 = st.columns(2)
+if c1.button("Suggest weights", key="grp_mix_suggest"):
+    _common.submit(ws, [mix_argv(label)])
+    st.rerun()
+
+
+def _use_suggestion(label: str, weights: dict) -> None:
+    # a callback: it runs before the sliders are drawn again, so their values may change
+    for t, w in weights.items():
+        st.session_state[f"grp_mix:{label}:{t}"] = round(float(w), 1)
+
+
+if saved and saved.get("tasks") == tasks:
+    c2.button("Use the suggestion", key="grp_mix_use", on_click=_use_suggestion,
+              args=(label, saved["weights"]))  # fmt: skip
+    st.caption(
+        "Last suggestion: "
+        + ", ".join(f"{t} {w:.2f}" for t, w in saved["weights"].items())
+        + f" (mean predicted Δ val accuracy {saved['effect']['mean']['accuracy']:+.3f})"
+    )
+_common.show_cli([mix_argv(label)], ws)

@@ -140,3 +140,51 @@ def test_the_mixing_bench_smoke_run_is_its_fine_tunes(tmp_path):
         assert res["measured_change"][t]["loss"] == pytest.approx(np.mean(per_seed))
     assert sum(res["weights"].values()) == pytest.approx(len(res["tasks"]), abs=1e-3)
     assert res["gain_ci"][0] <= res["mean_gain"] <= res["gain_ci"][1]
+
+
+def test_the_groups_page_sliders_predict_and_the_suggestion_fills_them(real_ws, monkeypatch):
+    """Groups page: a slider moves the predicted effect (the same numbers as the engine's),
+    Suggest weights queues `grouptune mix --suggest`, and its result fills the sliders."""
+    from dashboard import cli, copy_workspace, open_page
+
+    from core.gradients.store import load_features
+    from core.views.jobs import read_jobs
+    from core.workspace import Workspace
+
+    monkeypatch.setenv("GROUPTUNE_MAX_JOBS", "0")  # queued, not run: the test runs it below
+    root = copy_workspace(real_ws, "mix_page")
+    ws = Workspace(root)
+    cfg = ws.load_config()
+    chosen = ws.read("groupings", "chosen.json")
+    label = next(f"group {i}" for i, g in enumerate(chosen["groups"]) if len(g) > 1)
+    tasks = [t for t in cfg.task_names if t in chosen["groups"][int(label.split()[-1])]]
+    at = open_page(root, "groups", monkeypatch)
+    at.selectbox(key="grp_mix_target").select(label).run()
+    feats = [load_features(ws, t) for t in tasks]
+
+    def shown():
+        return next(d.value for d in at.dataframe if "Δ val loss" in d.value.columns)
+
+    first = shown()
+    assert first["Δ val loss"].abs().max() == 0 and list(first["task"]) == tasks  # uniform
+    at.slider(key=f"grp_mix:{label}:{tasks[0]}").set_value(3.0).run()
+    moved = shown()
+    want = predict_mix(feats, cfg.training, cfg.estimator.orders, {tasks[0]: 3.0})
+    for row in moved.itertuples():
+        assert row._3 == pytest.approx(want[row.task]["loss"], rel=1e-12)
+    assert moved["Δ val loss"].abs().max() > 0
+    at.button(key="grp_mix_suggest").click().run()
+    job = read_jobs(ws)[-1]
+    assert job["argv"] == [
+        "mix",
+        "--group",
+        label.split()[-1],
+        "--suggest",
+        "--workspace",
+        str(root),
+    ]
+    suggestion = cli(*job["argv"])  # what the job would write
+    at.run()
+    at.button(key="grp_mix_use").click().run()
+    for t in tasks:
+        assert at.slider(key=f"grp_mix:{label}:{t}").value == round(suggestion["weights"][t], 1)

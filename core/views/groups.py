@@ -36,3 +36,47 @@ def sweep_frame(entries: list[dict]):
 def mean_predicted(predicted: dict[str, dict]) -> float:
     values = [p["accuracy"] for p in predicted.values()]
     return sum(values) / len(values) if values else float("nan")
+
+
+def mix_targets(chosen: dict | None, task_names: list[str]) -> dict[str, list[str]]:
+    """The adapters whose mixing weights can be set: {label: tasks in training order}, each
+    group of the chosen grouping ("group i", CLI `--group i`) and the single adapter ("all")."""
+    out = {}
+    for i, group in enumerate((chosen or {}).get("groups") or []):
+        if len(group) > 1:
+            out[f"group {i}"] = [t for t in task_names if t in group]
+    out["all"] = list(task_names)
+    return out
+
+
+def mix_argv(label: str, suggest: bool = True) -> list[str]:
+    """`grouptune mix` for a label of mix_targets (without --workspace)."""
+    argv = ["mix"] + ([] if label == "all" else ["--group", label.split()[-1]])
+    return argv + (["--suggest"] if suggest else [])
+
+
+def mix_effect(features: dict, cfg, tasks: list[str], weights: dict[str, float]) -> pd.DataFrame:
+    """One row per task: its weight, the predicted val loss and accuracy under the weights and
+    under uniform weights, and the change (core.estimate.mixing: the expected replay)."""
+    from core.estimate.mixing import effect, predict_mix
+
+    feats = [features[t] for t in tasks]
+    tcfg, orders = cfg.training, cfg.estimator.orders
+    mixed, uniform = (
+        predict_mix(feats, tcfg, orders, weights),
+        predict_mix(feats, tcfg, orders, None),
+    )
+    delta = effect(mixed, uniform)
+    return pd.DataFrame(
+        [
+            {
+                "task": t,
+                "weight": weights.get(t, 1.0),
+                "predicted val loss": mixed[t]["loss"],
+                "Δ val loss": delta[t]["loss"],
+                "predicted val accuracy": mixed[t]["accuracy"],
+                "Δ val accuracy": delta[t]["accuracy"],
+            }
+            for t in tasks
+        ]
+    )
