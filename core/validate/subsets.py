@@ -20,7 +20,9 @@ PREFIX = "subset-"
 SEP = "+"  # as in estimates/results.csv (core.estimate.affinity.SEP)
 
 
-DEFAULT_SUBSETS = 3
+# 8 subsets of 3 over 6 tasks give each task 4, so about 36 same-task pairs: enough for an
+# agreement figure worth reading (core.validate.trust.MIN_PAIRS); 3 seeds each, 24 fine-tunes
+DEFAULT_SUBSETS = 8
 
 
 DEFAULT_SEEDS = 3  # the estimate is scored against their mean; one against the others: the ceiling
