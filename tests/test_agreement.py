@@ -76,3 +76,69 @@ def test_bootstrap_interval_brackets_the_value_and_narrows_with_data():
     same = table([0.1, 0.2, 0.3, 1.1, 1.2, 1.3], [0.1, 0.2, 0.3, 1.1, 1.2, 1.3])
     assert bootstrap_interval(same, lambda d: order_agreement(d, "predicted_loss", "real_loss"),
                               n_boot=50) == [1.0, 1.0]  # fmt: skip
+
+
+def _seeds_table(rng, n_subsets=10, tasks=("a", "b", "c"), seeds=(0, 1, 2)):
+    rows = []
+    for s in range(n_subsets):
+        for t in tasks:
+            if rng.random() < 0.3:
+                continue  # a subset holds some tasks only
+            truth = rng.normal()
+            row = {"subset": f"s{s}", "task": t, "predicted_loss": truth + rng.normal(0, 0.5),
+                   "predicted_accuracy": rng.random()}  # fmt: skip
+            for seed in seeds:
+                row[f"loss@{seed}"] = truth + rng.normal(0, 0.8)
+                row[f"accuracy@{seed}"] = round(rng.random(), 1)  # ties, as real accuracies have
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    for metric in ("loss", "accuracy"):
+        df[f"real_{metric}"] = df[[f"{metric}@{s}" for s in seeds]].mean(axis=1)
+    return df
+
+
+def test_the_vectorised_resampler_equals_measuring_relabelled_copies():
+    """Resampler (the fast path) against the slow reference: a resample's counts per subset
+    give exactly the measures of the table with each drawn copy relabelled, as
+    bootstrap_interval builds it."""
+    from core.validate.agreement import Resampler, _with_leave_outs, fair_specs
+
+    rng = np.random.default_rng(3)
+    df = _with_leave_outs(_seeds_table(rng))
+    specs = fair_specs(df)
+    res = Resampler(df)
+    point = res.measure(specs)
+    assert point["order_agreement_vs_mean"] == order_agreement(df, "predicted_loss", "real_loss")
+    assert point["within_task_corr_loss_vs_mean"] == pytest.approx(
+        within_task_corr(df, "predicted_loss", "real_loss"), rel=1e-12
+    )
+    folds = [within_task_corr(df, f"loss@{s}", f"others@{s}_loss") for s in (0, 1, 2)]
+    assert point["ceiling_corr_loss_loo"] == pytest.approx(np.mean(folds), rel=1e-12)
+    w = res.counts(12, seed=5)
+    for b in range(len(w)):
+        per_subset = {df["subset"][i]: int(w[b, i]) for i in range(len(df))}
+        copies = pd.concat(
+            [df[df["subset"] == s].assign(subset=f"{s}#{k}")
+             for s, c in per_subset.items() for k in range(c)], ignore_index=True,
+        )  # fmt: skip
+        fast = res._values(specs, w[b : b + 1])
+        slow_order = order_agreement(copies, "predicted_loss", "real_loss")
+        assert fast["order_agreement_vs_mean"][0] == pytest.approx(slow_order, rel=1e-12)
+        slow_corr = within_task_corr(copies, "loss@1", "others@1_loss")
+        assert res._values({"c": ("corr", (("loss@1", "others@1_loss"),))}, w[b : b + 1])["c"][
+            0
+        ] == pytest.approx(slow_corr, rel=1e-12)
+
+
+def test_fair_agreement_intervals_bracket_and_match_the_slow_bootstrap():
+    from core.validate.agreement import bootstrap_interval, fair_agreement
+
+    rng = np.random.default_rng(4)
+    df = _seeds_table(rng, n_subsets=16)
+    out = fair_agreement(df, n_boot=400)
+    lo, hi = out["order_agreement_vs_mean_ci"]
+    assert lo <= out["order_agreement_vs_mean"] <= hi
+    slow = bootstrap_interval(df, lambda d: order_agreement(d, "predicted_loss", "real_loss"), 400)
+    assert abs(lo - slow[0]) < 0.08 and abs(hi - slow[1]) < 0.08  # same bootstrap, other draws
+    assert out["seeds"] == 3 and out["pairs"] > 0
+    assert out["ceiling_order_agreement_loo"] is not None

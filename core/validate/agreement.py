@@ -155,21 +155,37 @@ def seeds_in(wide: pd.DataFrame) -> list:
     return [c.split("@", 1)[1] for c in wide.columns if c.startswith("loss@")]
 
 
-def _loo(wide: pd.DataFrame, measure, metric: str, pred: str | None = None) -> float | None:
-    """Mean over seeds s of measure(df, <metric>@s, mean of the other seeds' <metric>): one
-    real fine-tune against the others (the ceiling); with `pred`, that column in place of
-    <metric>@s (the estimate against exactly the targets the ceiling is scored on)."""
-    seeds = seeds_in(wide)
-    if len(seeds) < 2:
-        return None
-    values = []
+def _with_leave_outs(wide: pd.DataFrame) -> pd.DataFrame:
+    """Adds others@<seed>_<metric>: the mean of every other seed (the leave-one-out targets)."""
+    seeds, cols = seeds_in(wide), {}
     for s in seeds:
-        others = [f"{metric}@{o}" for o in seeds if o != s]
-        df = wide.assign(_others=wide[others].mean(axis=1))
-        v = measure(df, pred or f"{metric}@{s}", "_others")
-        if v is not None:
-            values.append(v)
-    return float(np.mean(values)) if values else None
+        for metric in ("loss", "accuracy"):
+            others = [f"{metric}@{o}" for o in seeds if o != s]
+            cols[f"others@{s}_{metric}"] = wide[others].mean(axis=1)
+    return wide.assign(**cols)
+
+
+def fair_specs(wide: pd.DataFrame, pred: str = "predicted") -> dict[str, tuple]:
+    """The measures of fair_agreement as (kind, ((pred column, real column), ...)): a measure
+    of several parts is their mean (the leave-one-seed-out folds)."""
+    seeds = seeds_in(wide)
+    pl, pa = f"{pred}_loss", f"{pred}_accuracy"
+    specs = {
+        "order_agreement_vs_mean": ("order", ((pl, "real_loss"),)),
+        "within_task_corr_loss_vs_mean": ("corr", ((pl, "real_loss"),)),
+        "within_task_corr_accuracy_vs_mean": ("corr", ((pa, "real_accuracy"),)),
+    }
+    if len(seeds) >= 2:
+        specs.update(
+            order_agreement_vs_others=("order", tuple((pl, f"others@{s}_loss") for s in seeds)),
+            ceiling_order_agreement_loo=(
+                "order", tuple((f"loss@{s}", f"others@{s}_loss") for s in seeds)),
+            ceiling_corr_loss_loo=(
+                "corr", tuple((f"loss@{s}", f"others@{s}_loss") for s in seeds)),
+            ceiling_corr_accuracy_loo=(
+                "corr", tuple((f"accuracy@{s}", f"others@{s}_accuracy") for s in seeds)),
+        )  # fmt: skip
+    return specs
 
 
 def fair_agreement(wide: pd.DataFrame, pred: str = "predicted", n_boot: int = 500) -> dict:
@@ -179,27 +195,26 @@ def fair_agreement(wide: pd.DataFrame, pred: str = "predicted", n_boot: int = 50
     within_task_corr_accuracy_vs_mean, order_agreement_vs_others (against each seed's
     leave-out mean: the ceiling's own targets), ceiling_order_agreement_loo,
     ceiling_corr_loss_loo, ceiling_corr_accuracy_loo, pairs (same-task subset pairs), seeds,
-    points."""
-    pl, pa = f"{pred}_loss", f"{pred}_accuracy"
-    measures = {
-        "order_agreement_vs_mean": lambda d: order_agreement(d, pl, "real_loss"),
-        "within_task_corr_loss_vs_mean": lambda d: within_task_corr(d, pl, "real_loss"),
-        "within_task_corr_accuracy_vs_mean": lambda d: within_task_corr(d, pa, "real_accuracy"),
-        "order_agreement_vs_others": lambda d: _loo(d, order_agreement, "loss", pl),
-        "ceiling_order_agreement_loo": lambda d: _loo(d, order_agreement, "loss"),
-        "ceiling_corr_loss_loo": lambda d: _loo(d, within_task_corr, "loss"),
-        "ceiling_corr_accuracy_loo": lambda d: _loo(d, within_task_corr, "accuracy"),
-    }
+    points. A measure with fewer than 2 seeds, or no pairs, is None."""
+    names = list(fair_specs(wide, pred))
     out = {
         "seeds": len(seeds_in(wide)),
         "points": len(wide),
         "pairs": _order_counts(wide, "real_loss", "real_loss")[1] if len(wide) else 0,
     }
-    for name, measure in measures.items():
-        out[name] = measure(wide) if len(wide) else None
-        out[f"{name}_ci"] = (
-            bootstrap_interval(wide, measure, n_boot=n_boot) if out[name] is not None else None
-        )
+    if not len(wide):
+        return out | {k: None for n in names for k in (n, f"{n}_ci")}
+    wide = _with_leave_outs(wide)
+    specs = fair_specs(wide, pred)
+    point = Resampler(wide).measure(specs)
+    intervals = Resampler(wide).intervals(specs, n_boot)
+    for name in specs:
+        out[name] = point[name]
+        out[f"{name}_ci"] = intervals[name] if point[name] is not None else None
+    for name in ("order_agreement_vs_others", "ceiling_order_agreement_loo",
+                 "ceiling_corr_loss_loo", "ceiling_corr_accuracy_loo"):  # fmt: skip
+        out.setdefault(name, None)
+        out.setdefault(f"{name}_ci", None)
     return out
 
 
@@ -208,29 +223,96 @@ def seed_matched(wide: pd.DataFrame, by_seed: dict, n_boot: int = 500) -> dict:
     predicted_accuracy}, e.g. the replay of that seed's batch order) against that same seed's
     fine-tune, averaged over seeds: order_agreement_seed_matched,
     within_task_corr_loss_seed_matched, with intervals."""
-    cols = {}
+    df = wide
     for s, pred in by_seed.items():
         p = pred[["subset", "task", "predicted_loss", "predicted_accuracy"]]
-        cols[str(s)] = p.rename(
-            columns={"predicted_loss": f"pl@{s}", "predicted_accuracy": f"pa@{s}"}
-        )
-    df = wide
-    for p in cols.values():
-        df = df.merge(p, on=["subset", "task"])
-
-    def mean_of(measure, metric):
-        def run(d):
-            vals = [measure(d, f"p{metric[0]}@{s}", f"{metric}@{s}") for s in cols]
-            vals = [v for v in vals if v is not None]
-            return float(np.mean(vals)) if vals else None
-
-        return run
-
+        df = df.merge(p.rename(columns={"predicted_loss": f"pl@{s}",
+                                        "predicted_accuracy": f"pa@{s}"}), on=["subset", "task"])  # fmt: skip
+    specs = {
+        "order_agreement_seed_matched": ("order", tuple((f"pl@{s}", f"loss@{s}") for s in by_seed)),
+        "within_task_corr_loss_seed_matched": (
+            "corr", tuple((f"pl@{s}", f"loss@{s}") for s in by_seed)),
+    }  # fmt: skip
+    point = Resampler(df).measure(specs)
+    intervals = Resampler(df).intervals(specs, n_boot)
     out = {}
-    for name, fn in (
-        ("order_agreement_seed_matched", mean_of(order_agreement, "loss")),
-        ("within_task_corr_loss_seed_matched", mean_of(within_task_corr, "loss")),
-    ):
-        out[name] = fn(df)
-        out[f"{name}_ci"] = bootstrap_interval(df, fn, n_boot=n_boot) if out[name] else None
+    for name in specs:
+        out[name] = point[name]
+        out[f"{name}_ci"] = intervals[name] if point[name] is not None else None
     return out
+
+
+class Resampler:
+    """order_agreement and within_task_corr of many column pairs at once, on the table and on
+    bootstrap resamples of its subsets, vectorised: a resample is a vector of counts per
+    subset, so a pair of rows of two subsets counts c_a·c_b times and a row's weight in a
+    correlation is its subset's count (what `bootstrap_interval`'s relabelled copies give,
+    pairs of a subset with its own copy being ties in reality). `bootstrap_interval` is the
+    slow reference it is tested against."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df = df.reset_index(drop=True)
+        self.subsets = list(dict.fromkeys(self.df["subset"]))
+        sid = {s: i for i, s in enumerate(self.subsets)}
+        self.row_subset = self.df["subset"].map(sid).to_numpy()
+        self.tasks = [idx.to_numpy() for _, idx in self.df.groupby("task").groups.items()]
+
+    def counts(self, n_boot: int, seed: int = 0) -> np.ndarray:
+        """(n_boot, rows): each row's subset drawn how many times (subsets with replacement)."""
+        rng = np.random.default_rng(seed)
+        n = len(self.subsets)
+        draws = rng.integers(0, n, size=(n_boot, n))
+        per_subset = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(float)
+        return per_subset[:, self.row_subset]
+
+    def _order(self, pred: str, real: str, w: np.ndarray) -> np.ndarray:
+        num, den = np.zeros(len(w)), np.zeros(len(w))
+        p_all, r_all = self.df[pred].to_numpy(float), self.df[real].to_numpy(float)
+        for rows in self.tasks:
+            p, r, c = p_all[rows], r_all[rows], w[:, rows]
+            dr, dp = np.sign(r[:, None] - r[None, :]), np.sign(p[:, None] - p[None, :])
+            valid = np.triu(dr != 0, 1).astype(float)
+            score = valid * np.where(dp == 0, 0.5, (dp == dr).astype(float))
+            num += np.einsum("bi,ij,bj->b", c, score, c)
+            den += np.einsum("bi,ij,bj->b", c, valid, c)
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+    def _corr(self, pred: str, real: str, w: np.ndarray) -> np.ndarray:
+        x_all, y_all = self.df[pred].to_numpy(float), self.df[real].to_numpy(float)
+        sxy, sxx, syy, n = (np.zeros(len(w)) for _ in range(4))
+        for rows in self.tasks:
+            x, y, c = x_all[rows], y_all[rows], w[:, rows]
+            tot = c.sum(axis=1, keepdims=True)
+            safe = np.where(tot > 0, tot, 1)
+            dx, dy = x - (c @ x)[:, None] / safe, y - (c @ y)[:, None] / safe
+            sxy += (c * dx * dy).sum(axis=1)
+            sxx += (c * dx * dx).sum(axis=1)
+            syy += (c * dy * dy).sum(axis=1)
+            n += tot[:, 0]
+        ok = (n >= MIN_POINTS) & (np.sqrt(sxx / np.maximum(n, 1)) >= 1e-12)
+        ok &= np.sqrt(syy / np.maximum(n, 1)) >= 1e-12
+        return np.where(ok, sxy / np.sqrt(np.where(ok, sxx * syy, 1)), np.nan)
+
+    def _values(self, specs: dict, w: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name, (kind, parts) in specs.items():
+            fn = self._order if kind == "order" else self._corr
+            folds = np.stack([fn(p, r, w) for p, r in parts])
+            ok = ~np.isnan(folds)
+            total = np.where(ok, folds, 0).sum(axis=0)
+            out[name] = np.where(ok.any(axis=0), total / np.maximum(ok.sum(axis=0), 1), np.nan)
+        return out
+
+    def measure(self, specs: dict) -> dict[str, float | None]:
+        """The measures on the table itself (every subset once)."""
+        values = self._values(specs, np.ones((1, len(self.df))))
+        return {k: (None if np.isnan(v[0]) else float(v[0])) for k, v in values.items()}
+
+    def intervals(self, specs: dict, n_boot: int, seed: int = 0) -> dict[str, list | None]:
+        """95% percentile intervals over `n_boot` resamples of the subsets."""
+        w = self.counts(n_boot, seed)
+        out = {}
+        for name, v in self._values(specs, w).items():
+            v = v[~np.isnan(v)]
+            out[name] = percentile_interval(v) if len(v) else None
+        return out
