@@ -128,7 +128,7 @@ class _Context:
         return cached_logits(self.ws, self.model, self.tok, enc, adapter, self.cfg, self.tally)
 
     def ensemble(self, split: str, task: str) -> np.ndarray:
-        from core.ensemble.combine import compose
+        from core.ensemble.weights import compose
 
         of = lambda a: self.logits(split, task, a)  # noqa: E731
         return compose(of, task, self.manifest["weights"], self.rounds)

@@ -20,7 +20,7 @@ from core.ensemble.manifest import (
     group_adapter_name,
     own_weights,
 )
-from core.ensemble.weights import ensure_weights, mixed_logits
+from core.ensemble.weights import ensure_weights
 from core.errors import GroupTuneError
 from core.models import prefix
 from core.models.flops import count_flops, padded_tokens
@@ -60,17 +60,6 @@ def _inference_entry(model, tokenizer, encs: dict[str, Encoded], active: dict, m
         flops_per_example=flops / max(examples, 1),
         adapters_per_example=sum(active[t] * len(e) for t, e in encs.items()) / max(examples, 1),
     )
-
-
-def compose(logits_of, task: str, weights: dict, rounds: list[dict]) -> np.ndarray:
-    """The ensemble's (n, C) choice logits for `task`: Σ_k α_k L_k + Σ_r η_r (L_r − L_0), the
-    weighted group adapters plus each boosting round that covers the task, added as its change
-    to the base model's logits L_0. logits_of(adapter name, or None for the base) -> (n, C)."""
-    z = mixed_logits({a: logits_of(a) for a in weights[task]}, weights[task])
-    for b in rounds:
-        if task in b["tasks"] and b["step"] > 0:
-            z = z + b["step"] * (logits_of(b["name"]).astype(np.float64) - logits_of(None))
-    return z
 
 
 def forwards(task: str, weights: dict, rounds: list[dict]) -> int:

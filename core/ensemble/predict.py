@@ -139,9 +139,9 @@ class Ensemble:
         return of
 
     def scores(self, task: str, logits_of, weights: dict | None = None, rounds=None) -> np.ndarray:
-        """The ensemble's (n, C) choice scores: core.ensemble.combine.compose of the manifest's
+        """The ensemble's (n, C) choice scores: core.ensemble.weights.compose of the manifest's
         weights and the active boosting rounds (or the `weights` / `rounds` given)."""
-        from core.ensemble.combine import compose
+        from core.ensemble.weights import compose
 
         weights = weights if weights is not None else self.manifest["weights"]
         rounds = rounds if rounds is not None else self.rounds

@@ -102,3 +102,14 @@ def ensure_weights(cfg, ws, model, tokenizer, tasks, manifest: dict) -> dict:
     new["weights_kind"] = kind
     save_manifest(ws, new)
     return new
+
+
+def compose(logits_of, task: str, weights: dict, rounds: list[dict]) -> np.ndarray:
+    """The ensemble's (n, C) choice logits for `task`: Σ_k α_k L_k + Σ_r η_r (L_r − L_0), the
+    weighted group adapters plus each boosting round that covers the task, added as its change
+    to the base model's logits L_0. logits_of(adapter name, or None for the base) -> (n, C)."""
+    z = mixed_logits({a: logits_of(a) for a in weights[task]}, weights[task])
+    for b in rounds:
+        if task in b["tasks"] and b["step"] > 0:
+            z = z + b["step"] * (logits_of(b["name"]).astype(np.float64) - logits_of(None))
+    return z
