@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from core.cli_common import ConfigOpt, JsonOpt, WorkspaceOpt, configure, context, emit
-from core.cli_text import group_view, matrix_text, metrics_table, report_text, validation_text
+from core.cli_text import group_view, matrix_text, metrics_table, report_text
 from core.errors import GroupTuneError
 
 app = typer.Typer(
@@ -202,38 +202,6 @@ def group_cmd(
     )
 
 
-@app.command("mix")
-def mix_cmd(
-    config: Path | None = ConfigOpt,
-    workspace: Path | None = WorkspaceOpt,
-    group: int | None = typer.Option(
-        None,
-        "--group",
-        help="A group of the chosen grouping (default: the single adapter on every task).",
-    ),  # fmt: skip
-    weight: list[str] = typer.Option([], "--weight", help="TASK=W (repeat); others 1."),
-    suggest: bool = typer.Option(False, "--suggest", help="Search weights (the estimate)."),
-    objective: str = typer.Option("loss", help="suggest: minimise loss or maximise accuracy."),
-    protect: bool = typer.Option(False, help="suggest: no task below its uniform prediction."),
-    as_json: bool = JsonOpt,
-):
-    """Mixing weights for one adapter's tasks: their predicted effect, or a suggestion."""
-    from core import pipeline
-    from core.cli_text import mix_text
-
-    cfg, ws = _context(config, workspace)
-    weights = {}
-    for item in weight:
-        task, _, value = item.partition("=")
-        try:
-            weights[task] = float(value)
-        except ValueError:
-            raise GroupTuneError(f"--weight expects TASK=NUMBER, got {item!r}") from None
-    extra = {"objective": objective, "protect": protect} if suggest else {}
-    result = pipeline.mix(cfg, ws, group, weights, **extra)
-    _emit(result, as_json, mix_text(result))
-
-
 @app.command("train")
 def train_cmd(
     config: Path | None = ConfigOpt,
@@ -318,47 +286,13 @@ def run_cmd(
     _emit(report, as_json, report_text(report))
 
 
-@app.command("train-subset")
-def train_subset_cmd(
-    config: Path | None = ConfigOpt,
-    workspace: Path | None = WorkspaceOpt,
-    task: list[str] = typer.Option(..., "--task", help="A task of the subset (repeat)."),
-    seed: int | None = typer.Option(None, "--seed", help="Training seed (default: config's)."),
-    as_json: bool = JsonOpt,
-):
-    """Fine-tune one adapter on a subset of tasks for real (resumes from its checkpoint)."""
-    from core.validate.subsets import train_subset
+def _mount_estimate() -> None:
+    """The estimate's commands (core.cli_estimate)."""
+    from core import cli_estimate
 
-    cfg, ws = _context(config, workspace)
-    _configure(cfg)
-    record = train_subset(cfg, ws, task, seed=seed)
-    result = {k: record.get(k) for k in ("name", "tasks", "best_epoch", "val_metrics")}
-    _emit(result, as_json)
-
-
-@app.command("validate-estimate")
-def validate_estimate_cmd(
-    config: Path | None = ConfigOpt,
-    workspace: Path | None = WorkspaceOpt,
-    subsets: int = typer.Option(3, "--subsets", help="How many estimated subsets to fine-tune."),
-    seeds: int = typer.Option(
-        3,
-        "--seeds",
-        help="Training seeds per subset: the estimate is scored against their mean, and one "
-        "seed against the others' mean is the noise ceiling.",
-    ),
-    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="One background job per subset."),
-    as_json: bool = JsonOpt,
-):
-    """Fine-tune N estimated subsets (spread over the tasks) for real with several training
-    seeds; score the estimates against the seeds' mean, within each task, beside the noise
-    ceiling (one seed against the others' mean)."""
-    from core.validate.validation import validate_estimate
-
-    cfg, ws = _context(config, workspace)
-    _configure(cfg)
-    result = validate_estimate(cfg, ws, subsets, jobs=jobs, n_seeds=seeds)
-    _emit(result, as_json, validation_text(result))
+    app.command("mix")(cli_estimate.mix_cmd)
+    app.command("train-subset")(cli_estimate.train_subset_cmd)
+    app.command("validate-estimate")(cli_estimate.validate_estimate_cmd)
 
 
 def _mount_use() -> None:
@@ -370,6 +304,7 @@ def _mount_use() -> None:
     app.command("app")(cli_use.app_cmd)
 
 
+_mount_estimate()
 _mount_use()
 
 

@@ -22,6 +22,7 @@ from core.report.tables import (
     metric_table,
     weights_table,
 )
+from core.views.groups import mix_comparisons
 from core.views.jobs import cli_text
 from core.views.stages import boosting_todo, report_state
 from core.views.workspaces import list_workspaces
@@ -114,6 +115,19 @@ if not boosting.empty:
         "gradients; train: trained) and added with weight `step`."
     )
     st.dataframe(boosting, key="cmp_boosting")
+
+mixes = mix_comparisons(ws)
+if mixes:
+    st.subheader("Mixing weights: uniform against weighted")
+    st.caption(
+        "An adapter trained again with per-task mixing weights (Groups page, or `grouptune mix "
+        "--train`), beside the uniform one, on the same test rows. The ensemble keeps the "
+        "uniform adapters."
+    )
+    for i, mix in enumerate(mixes):
+        what = "single adapter" if mix["label"] == "all" else f"group {mix['label']}"
+        st.markdown(f"**{what}** (`{mix['adapter']}`): weighted − uniform {mix['gain_text']}")
+        st.dataframe(mix["table"], hide_index=True, key=f"cmp_mix_{i}")
 
 st.subheader("Accuracy against compute")
 others = [Workspace(p) for p in list_workspaces() if Workspace(p).root != ws.root]

@@ -133,9 +133,12 @@ if model is not None:
     table = mix_effect(model.features, cfg, tasks, weights)
     st.dataframe(table, hide_index=True, key="grp_mix_table")
     st.metric("Mean predicted Δ val accuracy", f"{table['Δ val accuracy'].mean():+.3f}")
-c1, c2 = st.columns(2)
+c1, c2, c3 = st.columns(3)
 if c1.button("Suggest weights", key="grp_mix_suggest"):
     _common.submit(ws, [mix_argv(label)])
+    st.rerun()
+if c3.button("Train with these weights", key="grp_mix_train"):  # compared on Compare
+    _common.submit(ws, [mix_argv(label, weights=weights)])
     st.rerun()
 
 

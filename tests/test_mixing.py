@@ -188,3 +188,42 @@ def test_the_groups_page_sliders_predict_and_the_suggestion_fills_them(real_ws, 
     at.button(key="grp_mix_use").click().run()
     for t in tasks:
         assert at.slider(key=f"grp_mix:{label}:{t}").value == round(suggestion["weights"][t], 1)
+    at.button(key="grp_mix_train").click().run()
+    train = read_jobs(ws)[-1]["argv"]
+    given = {train[i + 1].split("=")[0]: float(train[i + 1].split("=")[1])
+             for i, a in enumerate(train) if a == "--weight"}  # fmt: skip
+    assert train[-3:] == ["--train", "--workspace", str(root)]
+    for t in tasks:
+        assert given.get(t, 1.0) == round(suggestion["weights"][t], 1)
+
+
+def test_training_with_weights_is_compared_with_uniform_on_test(real_ws, monkeypatch):
+    """`grouptune mix --train`: the weighted adapter trains beside the uniform one (which the
+    ensemble keeps), both are scored on the test rows, and the Compare page shows them."""
+    import json
+
+    from dashboard import cli, copy_workspace, open_page
+
+    from core.stats import paired_gain, paired_sample
+    from core.workspace import Workspace
+
+    root = copy_workspace(real_ws, "mix_train")
+    ws = Workspace(root)
+    cfg = ws.load_config()
+    out = cli("mix", "--workspace", root, "--weight", f"{cfg.task_names[0]}=2.5", "--train")
+    doc = ws.read("eval", "mix-all.json")
+    record = json.loads((ws.adapter_dir("baseline-mix") / "grouptune.json").read_text())
+    assert record["config"]["training"]["mix"] == doc["weights"] == out["weights"]
+    assert doc["weights"][cfg.task_names[0]] == 2.5
+    base = ws.read("eval", "baseline.json")  # the uniform adapter, as evaluate scored it
+    assert doc["correct"]["uniform"] == base["correct"]
+    assert doc["uniform"]["mean"]["accuracy"] == base["metrics"]["mean"]["accuracy"]
+    gain = paired_gain([paired_sample(doc["correct"]["weighted"], doc["correct"]["uniform"])])
+    assert doc["gain"] == gain and out["trained"]["gain"] == gain
+    manifest = ws.read("ensemble.json")
+    assert "baseline-mix" not in json.dumps(manifest)  # the ensemble keeps its adapters
+    at = open_page(root, "compare", monkeypatch)
+    table = next(d.value for d in at.dataframe if "weighted accuracy" in d.value.columns)
+    mean = table.set_index("task").loc["mean"]
+    assert mean["weighted accuracy"] == doc["weighted"]["mean"]["accuracy"]
+    assert mean["uniform accuracy"] == doc["uniform"]["mean"]["accuracy"]

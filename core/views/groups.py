@@ -49,9 +49,13 @@ def mix_targets(chosen: dict | None, task_names: list[str]) -> dict[str, list[st
     return out
 
 
-def mix_argv(label: str, suggest: bool = True) -> list[str]:
-    """`grouptune mix` for a label of mix_targets (without --workspace)."""
+def mix_argv(label: str, suggest: bool = True, weights: dict | None = None) -> list[str]:
+    """`grouptune mix` for a label of mix_targets (without --workspace): a suggestion, or with
+    `weights` the adapter trained with them (--train), the weights of 1 left out."""
     argv = ["mix"] + ([] if label == "all" else ["--group", label.split()[-1]])
+    if weights is not None:
+        given = [f"{t}={w:g}" for t, w in weights.items() if w != 1.0]
+        return argv + [a for item in given for a in ("--weight", item)] + ["--train"]
     return argv + (["--suggest"] if suggest else [])
 
 
@@ -80,3 +84,33 @@ def mix_effect(features: dict, cfg, tasks: list[str], weights: dict[str, float])
             for t in tasks
         ]
     )
+
+
+def mix_comparisons(ws) -> list[dict]:
+    """The adapters trained with mixing weights (eval/mix-*.json, core.ensemble.mixed), each
+    as {"label", "adapter", "weights", "gain_text", "table": per-task test accuracy, uniform
+    against weighted}."""
+    from core.report.tables import gain_text
+
+    out = []
+    for path in sorted(ws.path("eval").glob("mix-*.json")) if ws.path("eval").is_dir() else []:
+        doc = ws.read("eval", path.name)
+        rows = [
+            {
+                "task": t,
+                "weight": doc["weights"].get(t, 1.0) if t != "mean" else None,
+                "uniform accuracy": doc["uniform"][t]["accuracy"],
+                "weighted accuracy": doc["weighted"][t]["accuracy"],
+            }
+            for t in [*doc["tasks"], "mean"]
+        ]
+        out.append(
+            {
+                "label": doc["label"],
+                "adapter": doc["adapter"],
+                "weights": doc["weights"],
+                "gain_text": gain_text(doc["gain"]),
+                "table": pd.DataFrame(rows),
+            }
+        )
+    return out
