@@ -8,7 +8,9 @@ from claims_common import fmt, table
 from claims_others import (
     md_agreement,
     md_fastpath,
+    md_mixing,
     md_paper_approximation,
+    md_protocol,
     md_sensitivity,
     other_results,
 )
@@ -46,7 +48,8 @@ def markdown(res: dict) -> str:
     lines += ["## Misses and caveats", ""] + [f"- {c}" for c in caveats(res)] + [""]
     lines += md_estimation(res["parts"]["estimation"]) + md_speedup(res["parts"]["speedup"])
     lines += md_approximation(res["parts"]["approximation"]) + md_ensemble(res["parts"]["ensemble"])
-    lines += md_agreement() + md_paper_approximation() + md_sensitivity() + md_fastpath()
+    lines += md_agreement() + md_protocol() + md_mixing()
+    lines += md_paper_approximation() + md_sensitivity() + md_fastpath()
     lines += [
         "## Machine, versions, command",
         "",

@@ -256,9 +256,13 @@ def md_fastpath() -> list[str]:
 def other_results() -> list[str]:
     lines = []
     for path in sorted((ROOT / "bench" / "results").glob("*.json")):
-        if path.stem in ("claims", "sensitivity", "approx_paper") or path.stem.startswith(
-            "agreement-"
-        ):  # sections of their own
+        if path.stem in (
+            "claims",
+            "sensitivity",
+            "approx_paper",
+            "protocol",
+            "mixing",
+        ) or path.stem.startswith("agreement-"):  # sections of their own
             continue
         try:
             line = OTHER[path.stem](json.loads(path.read_text()))
@@ -266,3 +270,78 @@ def other_results() -> list[str]:
             line = f"(no summary line: {type(err).__name__} {err})"
         lines.append(f"- `bench/results/{path.name}`: {line}")
     return lines
+
+
+def md_protocol() -> list[str]:
+    """Where grouping pays, in the paper's protocol (bench/protocol.py), as far as it ran."""
+    r = load_result("protocol")
+    if r is None:
+        return []
+    lines = ["## e. The paper's protocol on GroupTune's data (bench/protocol.py)", ""]
+    p = r["parts"].get("pairs")
+    if p:
+        prov = r["provenance"]["pairs"]
+        data, t = prov["config"]["data"], prov["config"]["training"]
+        neg, n = p["negative_pairs"], len(p["tasks"])
+        lines += [
+            f"Pairwise transfer on {n} tasks of sample_data/protocol.yaml, seeds {p['seeds']}, "
+            f"{data.get('max_train') or 'all'} train rows a task, {t['epochs']} epochs "
+            f"(patience {t['patience']}): `{prov['command']}` ({prov['date']}). Entry (row i, "
+            "column j): task i's val loss alone minus with j, mean over seeds (> 0: j helps i); "
+            "the estimate is the product's (the replay averaged over batch orders).",
+            "",
+            f"- negative pairs (a task loses): {len(neg['negative'])} of {neg['pairs']} "
+            f"({', '.join(neg['negative']) or 'none'}); beyond twice the seeds' standard "
+            f"error: {len(neg['beyond_noise'])} ({', '.join(neg['beyond_noise']) or 'none'})",
+            f"- estimated against real transfer: correlation "
+            f"{fmt(p['estimate_vs_real']['correlation'], '.2f')}, sign agreement "
+            f"{fmt(p['estimate_vs_real']['sign_agreement'], '.0%')}",
+            "",
+        ]
+        head = ["task i \\ with j", *p["tasks"]]
+        real, est = p["real_loss_transfer"]["mean"], p["estimated_loss_transfer"]
+        rows = [[a] + ["-" if i == j else f"{real[i][j]:+.3f} (est {est[i][j]:+.3f})"
+                       for j in range(n)] for i, a in enumerate(p["tasks"])]  # fmt: skip
+        lines += table(head, rows) + [""]
+    h = r["parts"].get("headline")
+    if h:
+        lines += [
+            f"Headline: recommended m = {r['recommended']}, ensemble against one adapter "
+            f"{fmt(r['mean_gain'], '+.1f')} points {h.get('gain_ci')}, random grouping "
+            f"{fmt(r['random_gain'], '+.1f')}, training FLOPs {fmt(r['flops_ratio_paper'], '.2f')}x "
+            f"(paper's counting) / {fmt(r['flops_ratio_full'], '.2f')}x (full); complete: "
+            f"{h.get('complete')}.",
+            "",
+        ]
+    return lines
+
+
+def md_mixing() -> list[str]:
+    """Suggested mixing weights against uniform, for real (bench/mixing.py)."""
+    r = load_result("mixing")
+    if r is None:
+        return []
+    lines = ["## f. Mixing weights before training (bench/mixing.py)", "", f"`{r['command']}`", ""]
+    for name, p in r["presets"].items():
+        lines += [
+            f"{name}: weights {p['weights']}; test accuracy weighted − uniform "
+            f"{p['mean_gain']:+.1f} points {[round(x, 1) for x in p['gain_ci']]} over seeds "
+            f"{p['seeds']}; sign of the predicted vs measured val-loss change agrees on "
+            f"{p['sign_agreement_loss']:.0%} of tasks.",
+            "",
+        ]
+        rows = [[t, f"{p['weights'][t]:.2f}", f"{p['predicted_change'][t]['loss']:+.4f}",
+                 f"{p['measured_change'][t]['loss']:+.4f}"] for t in p["tasks"]]  # fmt: skip
+        lines += table(["task", "weight", "predicted Δ val loss", "measured Δ val loss"], rows)
+        lines += [""]
+    return lines
+
+
+OTHER["scaling"] = lambda d: (
+    "replay seconds of a 3-task subset (300 rows a task), exact / CountSketch 4096: "
+    + ", ".join(
+        f"{x['shape']} (D={x['D']:,}) {x['identity_seconds']:.2f} / {x['sketch_seconds']:.2f} s"
+        for x in d["results"]
+        if x["rows_per_task"] == 300
+    )
+)
