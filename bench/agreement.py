@@ -354,6 +354,8 @@ def parse_args():
     p.add_argument("--sketch-k", type=int, nargs="*", default=[400, 4096])
     p.add_argument("--boot", type=int, default=500, help="bootstrap resamples per interval")
     p.add_argument("--real-only", action="store_true", help="only the fine-tunes")
+    p.add_argument("--shard", default="0/1",
+                   help="i/n: fine-tune every n-th subset from the i-th (n processes share a machine)")  # fmt: skip
     p.add_argument("--available", action="store_true",
                    help="score only the subsets whose fine-tunes are all there (a partial run)")  # fmt: skip
     p.add_argument("--tag", default=None, help="results name: bench/results/agreement-<tag>.json")
@@ -405,9 +407,11 @@ def main() -> None:
     if args.available:
         subsets = finished(ws, drawn, args.seeds)
         say(f"scoring the {len(subsets)} subsets fine-tuned with every seed so far")
-    real = real_runs(cfg, ws, subsets, args.seeds)
     if args.real_only:
+        i, n = (int(x) for x in args.shard.split("/"))
+        real_runs(cfg, ws, subsets[i::n], args.seeds)
         return
+    real = real_runs(cfg, ws, subsets, args.seeds)
     feats = {t: load_features(ws, t) for t in names}
     preds, per_seed = variants(cfg, feats, subsets, args.seeds, args)
     scored = score(preds, per_seed, real, parts, args.boot)
