@@ -157,3 +157,4 @@ if saved and saved.get("tasks") == tasks:
         + f" (mean predicted Δ val accuracy {saved['effect']['mean']['accuracy']:+.3f})"
     )
 _common.show_cli([mix_argv(label)], ws)
+_common.live_jobs(ws, stages=("mixing",))  # a finished suggestion appears without a reload

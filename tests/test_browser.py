@@ -191,6 +191,34 @@ def test_try_it_by_typing(real_ws, browser):
         app.stop()
 
 
+def test_mixing_weights_by_clicking(real_ws, browser):
+    """Groups page: a slider per task of the adapter, Suggest weights runs `grouptune mix
+    --suggest` as a job that the page follows, and Use the suggestion moves the sliders there."""
+    ws = copy_workspace(real_ws, "browser_mix")
+    app = App(ws)
+    try:
+        tab = open_page(browser, app, "groups")
+        select(tab, "Adapter", "single adapter")
+        tasks = Workspace(ws).load_config().task_names
+
+        def shown(task: str) -> float:  # the slider's own range input
+            return float(tab.locator(f'input[type=range][aria-label="{task}"]').input_value())
+
+        assert [shown(t) for t in tasks] == [1.0] * len(tasks)
+        tab.get_by_role("button", name="Suggest weights").click()
+        tab.get_by_role("button", name="Use the suggestion").wait_for(timeout=JOB_TIMEOUT_MS)
+        (job,) = read_jobs(Workspace(ws))
+        assert job["state"] == "done" and job["argv"][:2] == ["mix", "--suggest"]
+        weights = json.loads((ws / "groupings" / "mix-all.json").read_text())["weights"]
+        tab.get_by_role("button", name="Use the suggestion").click()
+        wait_rendered(tab)
+        for task in tasks:
+            assert shown(task) == pytest.approx(round(weights[task], 1))
+        assert any(round(w, 1) != 1.0 for w in weights.values())  # the sliders did move
+    finally:
+        app.stop()
+
+
 def test_closing_the_page_and_restarting_the_server_loses_nothing(real_ws, browser):
     ws = copy_workspace(real_ws, "browser_restart")
     shutil.rmtree(ws / "features" / "reviews_b")

@@ -191,6 +191,8 @@ def test_job_targets_parse_the_argv():
     assert job_targets(job("train-subset", "--task", "a", "--seed", "1")) == [
         ("validation", "a (seed 1)")
     ]
+    assert job_targets(job("mix", "--group", "1", "--suggest")) == [("mixing", "1")]
+    assert job_targets(job("mix", "--train", "--weight", "a=2")) == [("mixing", "all")]
 
 
 def test_submit_step_queues_the_cli_command(real_ws, monkeypatch):

@@ -64,6 +64,8 @@ def job_targets(job: dict) -> list[tuple[str, str]]:
         return [("predict", t) for t in _option(argv, "--task")]
     if command == "validate-estimate":
         return [("validation", "validation")]
+    if command == "mix":  # a suggestion, or --train: the adapter trained with the weights
+        return [("mixing", (_option(argv, "--group") or ["all"])[-1])]
     if command == "train-subset":  # one real fine-tune of validate-estimate (one seed)
         seed = _option(argv, "--seed")
         item = "+".join(sorted(_option(argv, "--task")))
