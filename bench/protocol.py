@@ -180,14 +180,15 @@ def part_pairs(cfg, ws, args) -> dict:
 
 
 def random_grouping(groups: list[list[str]], seed: int = 0) -> list[list[str]]:
-    """The tasks shuffled into groups of the same sizes (the control for the affinity)."""
-    rng = np.random.default_rng(seed)
-    names = [str(t) for t in rng.permutation([t for g in groups for t in g])]
-    out, at = [], 0
-    for g in groups:
-        out.append(sorted(names[at : at + len(g)]))
-        at += len(g)
-    return out
+    """The control (core.grouping.random_control): the tasks dealt at random into groups of the
+    recommended grouping's sizes, so that only the affinity's choice of members differs."""
+    from core.grouping.partition import labels_to_groups
+    from core.grouping.random_control import RandomGrouping
+
+    names = sorted(t for g in groups for t in g)
+    sizes = [len(g) for g in groups]
+    est = RandomGrouping(len(groups), random_state=seed, sizes=sizes)
+    return labels_to_groups(est.fit(np.zeros((len(names), len(names)))).labels_, names)
 
 
 def part_headline(cfg, ws, args, save) -> dict:

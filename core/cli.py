@@ -162,7 +162,9 @@ def group_cmd(
     config: Path | None = ConfigOpt,
     workspace: Path | None = WorkspaceOpt,
     m: int | None = typer.Option(None, "--m", help="Number of groups (default: recommended)."),
-    method: str | None = typer.Option(None, help="sdp or spectral (default: config)."),
+    method: str | None = typer.Option(
+        None, help="sdp, spectral or random (a control; default: config)."
+    ),
     sweep: bool = typer.Option(False, "--sweep", help="Print every m and method."),
     move: str | None = typer.Option(None, help="TASK:GROUP — move a task in the chosen grouping."),
     as_json: bool = JsonOpt,

@@ -207,7 +207,12 @@ class EstimatorConfig(_Section):
 
 
 class GroupingConfig(_Section):
-    method: Literal["sdp", "spectral"] = Field("sdp")
+    method: str = Field(
+        "sdp",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="A name in core.grouping.methods: sdp, spectral (both swept for every m) "
+        "or random (a control: needs m).",
+    )
     m: int | None = Field(
         None, ge=1, description="Number of groups (None: recommended from the sweep)."
     )

@@ -89,10 +89,13 @@ def sweep(cfg, ws: Workspace) -> list[dict]:
 def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -> dict:
     """Choose the partition to train: m from the argument, the config, or the recommendation."""
     from core.grouping.choose import prediction_uncertainty, recommend_m
+    from core.grouping.methods import method_class
 
-    entries = sweep(cfg, ws)
     method = method or cfg.grouping.method
     m = m or cfg.grouping.m
+    if m is None and not method_class(method).swept:  # an unknown name fails here, listing all
+        raise GroupTuneError(f"grouping method {method!r} is a control: give m (--m, grouping.m)")
+    entries = sweep(cfg, ws)
     reason, uncertainty = "chosen by the user", None
     if m is None:
         mine = [e for e in entries if e["method"] == method]
@@ -102,11 +105,23 @@ def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -
     n = len(entries[0]["predicted"])
     if not 1 <= m <= n:
         raise GroupTuneError(f"m must be between 1 and {n} (the number of tasks), got {m}")
-    entry = next(e for e in entries if e["m"] == m and e["method"] == method)
+    entry = next((e for e in entries if e["m"] == m and e["method"] == method), None)
+    if entry is None:  # a method the sweep does not score (the random control)
+        entry, reason = _one_grouping(cfg, ws, m, method), f"{method} grouping, chosen by the user"
     chosen = {**entry, "reason": reason, "source": "sweep", "uncertainty": uncertainty}
     ws.write(chosen, "groupings", "chosen.json")
     ws.write(chosen, "groupings", f"m{m}.json")
     return chosen
+
+
+def _one_grouping(cfg, ws: Workspace, m: int, method: str) -> dict:
+    from core.estimate.whatif import WhatIf
+    from core.grouping.choose import scored
+    from core.grouping.methods import method_class
+
+    T, names, _ = _affinity_inputs(ws)
+    est = method_class(method)(m=m, random_state=cfg.grouping.seed).fit(T)
+    return scored(est, names, WhatIf.from_workspace(cfg, ws).predict)
 
 
 def _uncertainty_inputs(cfg, ws: Workspace) -> tuple[dict, float | None]:

@@ -1,4 +1,4 @@
-"""Tests for core.grouping.partition on hand-built matrices whose right answer is known."""
+"""Tests for core.grouping.partition and .choose on hand-built matrices whose right answer is known."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from core.grouping.choose import recommend_m, sweep
 from core.grouping.edit import merge_groups, move_task, split_group
+from core.grouping.methods import group_tasks
 from core.grouping.partition import (
     GroupingError,
     SDPGrouping,
@@ -17,7 +18,6 @@ from core.grouping.partition import (
     SpectralGrouping,
     canonical_labels,
     clustering_objective,
-    group_tasks,
     groups_to_labels,
     labels_to_groups,
     validate_affinity,

@@ -6,10 +6,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from core.grouping.methods import SWEPT, method_class
 from core.grouping.partition import (
     GroupingError,
-    SDPGrouping,
-    SpectralGrouping,
     check_m,
     check_names,
     labels_to_groups,
@@ -34,15 +33,37 @@ def _checked_prediction(pred, names: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def scored(est, names: list[str], predict: Predict, cache: dict | None = None) -> dict:
+    """One candidate: a fitted grouping method's partition with the what-if's prediction
+    (`cache`, keyed by the partition, lets methods that agree share one predict call)."""
+    groups = labels_to_groups(est.labels_, names)
+    key = tuple(map(tuple, groups))
+    cache = {} if cache is None else cache
+    if key not in cache:
+        cache[key] = _checked_prediction(predict([list(g) for g in groups]), names)
+    predicted = {t: dict(row) for t, row in cache[key].items()}
+    m, n = len(groups), len(names)
+    return {
+        "m": m,
+        "method": est.name,
+        "groups": groups,
+        "objective": est.objective_,
+        "predicted": predicted,
+        "mean_accuracy": float(np.mean([predicted[t]["accuracy"] for t in names])),
+        "mean_loss": float(np.mean([predicted[t]["loss"] for t in names])),
+        "fallback": getattr(est, "fallback_reason_", None),
+        "baseline": "all-in-one" if m == 1 else "singletons" if m == n else None,
+    }
+
+
 @computing()  # the group step's compute: a partition and a what-if prediction per m
 def sweep(
     T,
     names,
     predict: Predict,
     m_values=None,
-    methods=("sdp", "spectral"),
+    methods=SWEPT,
     random_state=0,
-    solver=None,
 ) -> list[dict]:
     """Group the tasks for every m and method, and score each partition with `predict`.
 
@@ -58,40 +79,16 @@ def sweep(
     names = check_names(names)
     T = validate_affinity(T, names)
     n = len(names)
-    for method in methods:
-        if method not in ("sdp", "spectral"):
-            raise GroupingError(f"unknown grouping method {method!r}; use 'sdp' or 'spectral'")
+    classes = [method_class(method) for method in methods]
     ms = sorted(
         {1, n} | {check_m(m, n) for m in (range(1, n + 1) if m_values is None else m_values)}
     )
     cache: dict[tuple, dict] = {}
-    entries = []
-    for m in ms:
-        for method in methods:
-            est = (
-                SDPGrouping(m=m, solver=solver, random_state=random_state)
-                if method == "sdp"
-                else SpectralGrouping(m, random_state=random_state)
-            ).fit(T)
-            groups = labels_to_groups(est.labels_, names)
-            key = tuple(map(tuple, groups))
-            if key not in cache:
-                cache[key] = _checked_prediction(predict([list(g) for g in groups]), names)
-            predicted = {t: dict(row) for t, row in cache[key].items()}
-            entries.append(
-                {
-                    "m": m,
-                    "method": method,
-                    "groups": groups,
-                    "objective": est.objective_,
-                    "predicted": predicted,
-                    "mean_accuracy": float(np.mean([predicted[t]["accuracy"] for t in names])),
-                    "mean_loss": float(np.mean([predicted[t]["loss"] for t in names])),
-                    "fallback": getattr(est, "fallback_reason_", None),
-                    "baseline": "all-in-one" if m == 1 else "singletons" if m == n else None,
-                }
-            )
-    return entries
+    return [
+        scored(cls(m=m, random_state=random_state).fit(T), names, predict, cache)
+        for m in ms
+        for cls in classes
+    ]
 
 
 def recommend_m(

@@ -7,7 +7,8 @@ Methods, from exact-ish to cheap:
 - `SpectralGrouping`: sklearn spectral clustering on exp(T).
 - Trivial baselines: m = 1 (one adapter for all tasks) and m = n (one adapter per task).
 
-`core.grouping.choose.sweep` scores every m and method with the estimator's what-if
+`core.grouping.random_control.RandomGrouping` is the control (tasks dealt at random);
+`core.grouping.methods` names them all. `core.grouping.choose.sweep` scores every m and method with the estimator's what-if
 `predict(groups)`, and `recommend_m` picks the smallest m whose predicted accuracy is within the estimate's own
 uncertainty (`prediction_uncertainty`) of the best.
 Groups are lists of task names; labels are int arrays numbered 0..m-1 by first appearance.
@@ -218,6 +219,10 @@ class SpectralGrouping:
     Learned: `labels_` (n,) canonical, `objective_` (`clustering_objective` of the partition).
     """
 
+    name = "spectral"
+    summary = "spectral clustering of exp(affinity) (scikit-learn)"
+    swept = True
+
     def __init__(self, m: int, random_state=0):
         self.m = m
         self.random_state = random_state
@@ -246,6 +251,10 @@ class SDPGrouping:
     objective when m is fixed), `solver_`, `solver_status_`, `fallback_reason_` (None if the SDP
     was used).
     """
+
+    name = "sdp"
+    summary = "the paper's SDP relaxation of the clustering objective, rounded (cvxpy)"
+    swept = True
 
     def __init__(self, m=None, penalty=None, solver=None, random_state=0, solver_options=None):
         self.m = m
@@ -316,15 +325,3 @@ class SDPGrouping:
                 return np.asarray(X.value), ""
             errors.append(f"{solver}: status {problem.status}")
         return None, "; ".join(errors)
-
-
-def group_tasks(T, m: int, method: str = "sdp", random_state=0) -> np.ndarray:
-    """Functional twin of the estimators: canonical labels (n,) for exactly m groups.
-
-    method: "sdp" (`SDPGrouping`, falls back to spectral with a warning) or "spectral".
-    """
-    if method == "sdp":
-        return SDPGrouping(m=m, random_state=random_state).fit(T).labels_
-    if method == "spectral":
-        return SpectralGrouping(m, random_state=random_state).fit(T).labels_
-    raise GroupingError(f"unknown grouping method {method!r}; use 'sdp' or 'spectral'")
