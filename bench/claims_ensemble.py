@@ -91,7 +91,7 @@ def train_ensemble(cfg, ws, seed: int, m: int, groups: list[list[str]], bws):
     say(f"d. seed {seed}, m = {m}: group adapters {[len(g) for g in groups]}")
     train_groups(scfg, rws, groups, progress=False)
     say(f"d. seed {seed}, m = {m}: weights and {cfg.ensemble.boosting} boosting round(s)")
-    boosting.boost(scfg, rws, progress=False)
+    boosting.boost(scfg, rws)
     evaluate_ensemble(scfg, rws)
     return rws
 

@@ -304,7 +304,7 @@ def _submitter(cfg, ws: Workspace, backend):
     return _submit
 
 
-def _wait_ok(ws: Workspace, ids: list[int], backend=None) -> None:
+def _wait_ok(ws: Workspace, ids: list[int]) -> None:
     from core.jobs import wait
 
     jobs = wait(ws.root, ids)
@@ -353,7 +353,7 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     grp = _submit(ws, "group", ["group"], [aff], backend)
     # queued after the estimation jobs, so the groups are known as early as possible
     zero = _submit(ws, "evaluate:zero-shot", ["evaluate", "--zero-shot"], backend=backend)
-    _wait_ok(ws, [*grad_jobs, aff, grp], backend)  # zero-shot may still be running
+    _wait_ok(ws, [*grad_jobs, aff, grp])  # zero-shot may still be running
     timings["estimation"] = time.monotonic() - start
     groups = chosen_groups(ws)
     log(f"groups (m={len(groups)}): {groups}")
@@ -370,7 +370,7 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
         boosts += after
     ev = _submit(ws, "evaluate", ["evaluate"], [*trains, *boosts, zero], backend)
     rep = _submit(ws, "report", ["report"], [ev], backend)
-    _wait_ok(ws, [*trains, *boosts, zero, ev, rep], backend)
+    _wait_ok(ws, [*trains, *boosts, zero, ev, rep])
     timings["total"] = time.monotonic() - start
     timings["training_and_evaluation"] = timings["total"] - timings["estimation"]
     report = ws.read("report.json")

@@ -30,10 +30,6 @@ def set_reporter(reporter: Reporter | None) -> None:
     _reporter = reporter
 
 
-def get_reporter() -> Reporter | None:
-    return _reporter
-
-
 class _Stopwatch:
     """Wall time during which some stage work was open: bars nest, so it is their union."""
 

@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
     ws = open_workspace(root / "ws", cfg)
     train_groups(cfg, ws, [["pairs"], ["reviews"]], progress=False)
     train_adapter(cfg, ws, "baseline", ["pairs", "reviews"], progress=False)
-    boosting.boost(cfg, ws, progress=False)
+    boosting.boost(cfg, ws)
     manifest = load_manifest(ws)
     manifest["weights"]["pairs"] = {"group-0": 0.7, "group-1": 0.3}
     manifest["boosting"][0]["step"] = 0.5  # in use whatever the fit found

@@ -11,7 +11,6 @@ from scipy.special import expit
 from core.errors import DataError, GroupTuneError
 from core.estimate.estimator import (
     NORM_RTOL,
-    FirstOrderEstimator,
     fit_update,
     predict,
     train_arrays,
@@ -221,20 +220,7 @@ def test_loss_by_hand_vocab_with_clamp():
     assert np.isfinite(huge["loss"]) and huge["loss"] > 0
 
 
-# ---------------------------------------------------------------- sklearn twin and errors
-
-
-def test_estimator_class_matches_functions():
-    rng = np.random.default_rng(9)
-    tfs = [make_task(rng, k=6), make_task(rng, k=6)]
-    est = FirstOrderEstimator(max_norm=0.3)
-    assert est.fit(tfs) is est
-    ref = fit_update(tfs, None, 0.3)
-    np.testing.assert_allclose(est.w_, ref.w)
-    assert est.reg_ == ref.reg and est.norm_ == pytest.approx(ref.norm) and est.converged_
-    assert est.predict_task(tfs[0]) == predict(tfs[0], ref.w)
-    with pytest.raises(GroupTuneError, match="not fitted"):
-        FirstOrderEstimator().predict_task(tfs[0])
+# ---------------------------------------------------------------- errors
 
 
 def test_bad_features_are_named():

@@ -20,7 +20,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.tables import decode, parse_table, read_table
+from core.data.tables import decode, read_table
 from core.errors import DataError
 
 log = logging.getLogger("grouptune.tasks")
@@ -192,18 +192,10 @@ def read_bytes_text(path: Path) -> str:
     return decode(Path(path).read_bytes(), path)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return parse_table(Path(path).read_bytes(), "rows.jsonl", source=path).rows
-
-
 def read_csv(path: Path) -> list[dict]:
     """Rows of a CSV (a .tsv: tab-separated), an empty text_pair cell left out."""
     rows = read_table(path).rows
     return [{k: v for k, v in r.items() if not (k == "text_pair" and v == "")} for r in rows]
-
-
-def read_rows(path: Path) -> list[dict]:
-    return read_table(path).rows
 
 
 def split_rows(

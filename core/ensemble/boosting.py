@@ -56,16 +56,16 @@ def missing_rounds(cfg, manifest: dict | None) -> list[int]:
     return list(range(len(made), cfg.ensemble.boosting))
 
 
-def boost(cfg, ws, progress: bool = True) -> list[dict]:
+def boost(cfg, ws) -> list[dict]:
     """Every configured round not made yet (ensemble.boosting of them); the manifest's rounds."""
     for r in range(cfg.ensemble.boosting):
-        boost_round(cfg, ws, r, progress)
+        boost_round(cfg, ws, r)
     from core.ensemble.manifest import load_manifest
 
     return load_manifest(ws).get("boosting", [])
 
 
-def boost_round(cfg, ws, r: int, progress: bool = True) -> dict:
+def boost_round(cfg, ws, r: int) -> dict:
     """Make boosting round r on the current ensemble (module docstring); returns its entry. A
     round already in the manifest, made on the same weights, is returned as it is."""
     from core.data.sources import select_tasks

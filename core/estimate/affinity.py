@@ -155,7 +155,7 @@ def score_subsets(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _z_scores(table: pd.DataFrame, metric: str) -> pd.Series:
+def z_scores(table: pd.DataFrame, metric: str) -> pd.Series:
     if metric not in ("loss", "accuracy"):
         raise GroupTuneError(f"metric must be 'loss' or 'accuracy', got {metric!r}")
     score = -table["loss"] if metric == "loss" else table["accuracy"]
@@ -191,7 +191,7 @@ def cooccurrence(table: pd.DataFrame, names: list[str]) -> np.ndarray:
 def affinity_matrix(table: pd.DataFrame, names: list[str], metric: str = "loss") -> np.ndarray:
     """(n, n) task affinity T from the per-subset table (module docstring); rows/cols = names."""
     _check_names(list(names))
-    sums, counts = _pair_sums(table, list(names), _z_scores(table, metric).to_numpy())
+    sums, counts = _pair_sums(table, list(names), z_scores(table, metric).to_numpy())
     T = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
     T = (T + T.T) / 2.0
     np.fill_diagonal(T, 0.0)

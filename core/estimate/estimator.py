@@ -373,29 +373,3 @@ def predict(tf, w) -> dict[str, float]:
     loss, acc = _metrics(tf, w)
     base_loss, base_acc = _metrics(tf, None)
     return {"loss": loss, "accuracy": acc, "base_loss": base_loss, "base_accuracy": base_acc}
-
-
-class FirstOrderEstimator:
-    """sklearn-style twin of fit_update/predict: `FirstOrderEstimator(max_norm=1.0).fit(feats)`.
-
-    Learned: w_ (k,), reg_ (λ used), norm_, converged_, n_rows_, result_ (the FitResult).
-    """
-
-    def __init__(
-        self, reg: float | None = None, max_norm: float | None = 1.0, balance: bool = False
-    ):
-        self.reg = reg
-        self.max_norm = max_norm
-        self.balance = balance
-
-    def fit(self, features_list: list, names: list[str] | None = None) -> FirstOrderEstimator:
-        r = fit_update(features_list, self.reg, self.max_norm, balance=self.balance, names=names)
-        self.result_ = r
-        self.w_, self.reg_, self.norm_ = r.w, r.reg, r.norm
-        self.converged_, self.n_rows_ = r.converged, r.n_rows
-        return self
-
-    def predict_task(self, tf) -> dict[str, float]:
-        if not hasattr(self, "w_"):
-            raise GroupTuneError("FirstOrderEstimator is not fitted: call fit(features) first")
-        return predict(tf, self.w_)

@@ -32,7 +32,7 @@ _DEFAULT_TARGETS: list[list[str]] = [
 ]
 
 
-def _base(model: nn.Module) -> nn.Module:
+def base_model(model: nn.Module) -> nn.Module:
     """The transformers model under a PeftModel (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
@@ -66,7 +66,7 @@ def default_target_modules(model: nn.Module) -> list[str]:
     Llama-style models give `q_proj, k_proj, v_proj`; GPT-2 gives its fused `c_attn` (Conv1D).
     Raises GroupTuneError naming the architecture and the module names found otherwise.
     """
-    found = _leaf_names(_base(model))
+    found = _leaf_names(base_model(model))
     for candidates in _DEFAULT_TARGETS:
         if all(c in found for c in candidates):
             return list(candidates)
@@ -77,13 +77,13 @@ def default_target_modules(model: nn.Module) -> list[str]:
     )
 
 
-def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """The ModuleList of transformer blocks: `(attribute name, list)`, or None if not found.
 
     Taken as the longest ModuleList whose length equals `config.num_hidden_layers` (falling back
     to the longest ModuleList), which is `model.layers` for Llama and `transformer.h` for GPT-2.
     """
-    base = _base(model)
+    base = base_model(model)
     n_cfg = getattr(getattr(base, "config", None), "num_hidden_layers", None)
     lists = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     exact = [(n, m) for n, m in lists if len(m) == n_cfg]
@@ -96,11 +96,11 @@ def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 def num_layers(model: nn.Module) -> int:
     """Number of transformer layers (blocks) of the model."""
-    cfg = getattr(_base(model), "config", None)
+    cfg = getattr(base_model(model), "config", None)
     n = getattr(cfg, "num_hidden_layers", None)
     if isinstance(n, int) and n > 0:
         return n
-    found = _layer_list(model)
+    found = layer_list(model)
     if found is None:
         raise GroupTuneError(f"cannot tell how many layers {type(model).__name__} has")
     return len(found[1])
@@ -128,13 +128,13 @@ def _is_conv1d(model: nn.Module, targets: list[str]) -> bool:
 
     return any(
         isinstance(m, Conv1D)
-        for n, m in _weight_modules(_base(model))
+        for n, m in _weight_modules(base_model(model))
         if n.rsplit(".", 1)[-1] in targets
     )
 
 
 def _check_targets(model: nn.Module, targets: list[str]) -> None:
-    found = _leaf_names(_base(model))
+    found = _leaf_names(base_model(model))
     missing = [t for t in targets if t not in found]
     if missing:
         raise ConfigError(
@@ -166,7 +166,7 @@ def lora_config(adapter_cfg: AdapterConfig, model: nn.Module) -> LoraConfig:
     layers = layers_to_transform(model, adapter_cfg.top_layers)
     pattern = None
     if layers is not None:
-        found = _layer_list(model)
+        found = layer_list(model)
         pattern = found[0] if found is not None else None
     return LoraConfig(
         task_type="CAUSAL_LM",
@@ -183,7 +183,7 @@ def lora_config(adapter_cfg: AdapterConfig, model: nn.Module) -> LoraConfig:
 
 def is_quantized(model: nn.Module) -> bool:
     """True if the base weights are bitsandbytes 4-bit or 8-bit."""
-    base = _base(model)
+    base = base_model(model)
     return bool(
         getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
     )
@@ -265,11 +265,6 @@ def lora_b_parameters(
         (f"{name}.lora_B.{adapter_name}.weight", layer.lora_B[adapter_name].weight)
         for name, layer in lora_layers(peft_model, adapter_name)
     ]
-
-
-def lora_b_numel(peft_model: nn.Module, adapter_name: str = "default") -> int:
-    """Total number of LoRA B entries (the dimension of the gradient features)."""
-    return sum(p.numel() for _, p in lora_b_parameters(peft_model, adapter_name))
 
 
 def adapter_fingerprint(adapter_cfg: AdapterConfig, model: nn.Module) -> dict:

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
 from core.models import quantized
 from core.models.device import configure_cpu, pick_device, pick_dtype
-from core.models.flops import count_parameters
 from core.models.provision import resolve_model
 from core.models.registry import MODELS
 from core.models.tiny import build_tiny_config, build_tiny_model, builtin_tokenizer, cap_length
@@ -151,15 +150,6 @@ def keep_bnb_training_layout(model) -> None:
     for layer in model.modules():
         if hasattr(layer, "support_avx512bf16_for_cpu"):
             layer.support_avx512bf16_for_cpu = False
-
-
-def model_summary(model: torch.nn.Module) -> str:
-    """One line for logs: class, parameter count, dtype and device of the first parameter."""
-    p = next(model.parameters())
-    return (
-        f"{type(model).__name__}: {count_parameters(model) / 1e6:.1f}M parameters, "
-        f"{p.dtype}, {p.device}"
-    )
 
 
 def model_skeleton(model_cfg: ModelConfig):

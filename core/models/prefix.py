@@ -179,12 +179,12 @@ def attach(model, cfg, ws) -> PrefixCache | None:
     Needs adapter.top_layers below the layer count and adapter.cache_lower_layers (default on).
     Returns the cache, or None when the full path stays (with a message when the probe failed).
     """
-    from core.models.adapters import _base, _layer_list, layers_to_transform
+    from core.models.adapters import base_model, layer_list, layers_to_transform
 
     if not cfg.adapter.cache_lower_layers or find(model) is not None:
         return find(model)
     adapted = layers_to_transform(model, cfg.adapter.top_layers)
-    found = _layer_list(model)
+    found = layer_list(model)
     if not adapted or adapted[0] == 0 or found is None:
         return None
     key = model_key(cfg, adapted[0])
@@ -194,14 +194,14 @@ def attach(model, cfg, ws) -> PrefixCache | None:
         print(f"frozen-prefix cache off, running all layers: {problem}", file=sys.stderr)
         return None
     cache.skip_lower()
-    setattr(_base(model), ATTR, cache)
+    setattr(base_model(model), ATTR, cache)
     return cache
 
 
 def find(model) -> PrefixCache | None:
-    from core.models.adapters import _base
+    from core.models.adapters import base_model
 
-    return getattr(_base(model), ATTR, None)
+    return getattr(base_model(model), ATTR, None)
 
 
 def model_inputs(model, enc: Encoded, idx, pad_id: int, device) -> dict:

@@ -22,14 +22,14 @@ def pair_evidence(ws: Workspace, a: str, b: str):
     """The rows of estimates/results.csv behind T[a, b]: every scored subset holding both
     tasks, the rows of a and of b, with the z-score each contributes. T[a, b] is their mean
     (each side's mean, averaged) when the table is unchanged since affinity.json was made."""
-    from core.estimate.affinity import SEP, _z_scores
+    from core.estimate.affinity import SEP, z_scores
 
     path = ws.path("estimates", "results.csv")
     if not path.is_file():
         return pd.DataFrame()
     table = pd.read_csv(path)
     metric = (ws.read("affinity.json") or {}).get("metric", "loss")
-    table["z"] = _z_scores(table, metric)
+    table["z"] = z_scores(table, metric)
     both = table["subset"].map(lambda s: {a, b} <= set(s.split(SEP)))
     rows = table[both & table["task"].isin([a, b])].copy()
     rows["gain_accuracy"] = rows["accuracy"] - rows["base_accuracy"]
