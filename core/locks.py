@@ -19,6 +19,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from core import settings
+
 WAIT_NOTICE_S = 2.0  # wait this long before saying who holds the lock
 
 
@@ -59,7 +61,7 @@ def artifact_lock(lock: Path, what: str, log=None):
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "job": os.environ.get("GROUPTUNE_JOB_ID"),
+        "job": settings.text("GROUPTUNE_JOB_ID"),
         "since": time.time(),
     }
     try:

@@ -8,12 +8,13 @@ fraction, ETA, message and metrics to the job database. The engine never knows w
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from typing import Protocol
 
 from tqdm.auto import tqdm
+
+from core import settings
 
 
 class Reporter(Protocol):
@@ -86,7 +87,7 @@ def reset_timings() -> None:
 
 
 def _bars_enabled() -> bool:
-    return os.environ.get("GROUPTUNE_PROGRESS", "1") != "0"
+    return not settings.switched_off("GROUPTUNE_PROGRESS")
 
 
 class track:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
+from core import settings
 from core.errors import DataError
 
 log = logging.getLogger("grouptune.tokens")
@@ -106,8 +106,7 @@ def build_builtin_tokenizer():
 def models_dir() -> Path:
     """Where core.models.loading provisions registry models: `$GROUPTUNE_CACHE/models` (default
     ~/.cache/grouptune/models), read per call like core.models.registry.cache_dir."""
-    env = os.environ.get("GROUPTUNE_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "grouptune") / "models"
+    return settings.cache_dir() / "models"
 
 
 @functools.lru_cache(maxsize=1)

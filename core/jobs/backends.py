@@ -7,10 +7,10 @@ their backend at submit, and each dispatcher only starts the jobs of its own bac
 
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Protocol
 
+from core import settings
 from core.jobs.launch import child_env, job_cwd, runner_command
 
 
@@ -39,7 +39,7 @@ class LocalBackend:
 
     def default_limit(self) -> int:
         # One at a time: two training jobs on 2 CPU cores only slow each other down.
-        return int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
+        return settings.integer("GROUPTUNE_MAX_JOBS", 1)
 
     def gpus(self) -> float:
         try:  # the driver may load torch; jobs see every GPU of this machine

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core import settings
 from core.errors import GroupTuneError
 from core.jobs.liveness import HOST, claimer_dead, heartbeat_interval, pid_alive
 from core.jobs.schema import (
@@ -41,7 +42,7 @@ from core.jobs.schema import (
 def remote_grace_s() -> float:
     """How long a Ray job may go without a heartbeat before it is reaped: Ray's own retry of a
     task lost with its node comes first (core.jobs.relay). GROUPTUNE_REMOTE_GRACE_S, else 60."""
-    return float(os.environ.get("GROUPTUNE_REMOTE_GRACE_S", "60"))
+    return settings.number("GROUPTUNE_REMOTE_GRACE_S", 60.0)
 
 
 # the columns a relayed worker's row reports back (core.jobs.relay)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import socket
 
+from core import settings
+
 HOST = socket.gethostname()
 
 
 def heartbeat_interval() -> float:
     """Seconds between worker heartbeats: env GROUPTUNE_HEARTBEAT_S (tests use ~0.2), else 2."""
-    return float(os.environ.get("GROUPTUNE_HEARTBEAT_S", "2"))
+    return settings.number("GROUPTUNE_HEARTBEAT_S", 2.0)
 
 
 def pid_alive(pid: int | None) -> bool:

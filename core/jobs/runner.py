@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from core import progress
+from core import progress, settings
 from core.jobs.backends import LocalBackend
 from core.jobs.database import HOST, JobNotFound, JobStore
 from core.jobs.heartbeat import Heartbeat
@@ -199,7 +199,7 @@ def _enter_job(job: dict, db: Path) -> None:
     # no tqdm bars in a log file (a line per refresh): the database has the numbers
     os.environ.setdefault("GROUPTUNE_PROGRESS", "0")
     cpus = (job.get("resources") or {}).get("cpus")
-    if cpus and not os.environ.get("GROUPTUNE_THREADS"):  # torch threads follow the job's CPUs
+    if cpus and not settings.text("GROUPTUNE_THREADS"):  # torch threads follow the job's CPUs
         os.environ["GROUPTUNE_THREADS"] = str(max(1, int(cpus)))
     cwd = job_cwd(job)
     os.chdir(cwd)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from core.jobs.scheduler import REUSE_WORKERS_ENV, dispatch
 
-        if os.environ.get(REUSE_WORKERS_ENV) == "1":
+        if settings.text(REUSE_WORKERS_ENV) == "1":
             while (job_id := _claim_next_here(args.db)) is not None:
                 code = _run_guarded(args.db, job_id)
         dispatch(args.db)

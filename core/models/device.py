@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core import settings
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,11 +86,8 @@ def _threads_per_job() -> int | None:
     """A job's torch threads: GROUPTUNE_THREADS (the runner sets it from the CPUs the job was
     given). Else, with GROUPTUNE_MAX_JOBS > 1 jobs side by side, each takes its share of the
     cores, as two jobs of all-core torch threads each ran 5-10x slower on 2 cores."""
-    given = os.environ.get("GROUPTUNE_THREADS", "").strip()
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    try:
-        jobs = int(os.environ.get("GROUPTUNE_MAX_JOBS", "1"))
-    except ValueError:
-        return None
+    given = settings.integer("GROUPTUNE_THREADS", 0)
+    if given > 0:
+        return given
+    jobs = settings.integer("GROUPTUNE_MAX_JOBS", 1)
     return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from core import settings
 from core.errors import ConfigError, GroupTuneError
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def load_model(model_cfg: ModelConfig, *, attn_implementation: str | None = None
 def _load_model(model_cfg: ModelConfig, attn_implementation: str | None):
     from transformers import AutoTokenizer
 
-    if os.environ.get("GROUPTUNE_PROGRESS") == "0":  # jobs and tests: no per-weight bar in logs
+    if settings.switched_off("GROUPTUNE_PROGRESS"):  # jobs and tests: no per-weight bar in logs
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core import settings
 from core.locks import artifact_lock
 from core.models.fingerprint import model_fingerprint
 from core.models.provision import publish_folder
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def cache_folder(model_cfg: ModelConfig, device) -> Path | None:
     """Where this model's quantised weights are cached; None when they are not cacheable
     (no 4-bit, the cache turned off, or weights whose version cannot be told)."""
-    if model_cfg.quantization != "4bit" or os.environ.get("GROUPTUNE_QUANTIZED_CACHE") == "0":
+    if model_cfg.quantization != "4bit" or settings.switched_off("GROUPTUNE_QUANTIZED_CACHE"):
         return None
     fp = model_fingerprint(model_cfg)
     if fp["path"].startswith("hub:") and fp["weights"] is None:

@@ -3,10 +3,11 @@ come from. (`core.models.provision.resolve_model` also takes a local folder or a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from core import settings
 
 # Bumped whenever the layout of a provisioned folder changes, so old folders are rebuilt.
 PROVENANCE_VERSION = 1
@@ -80,8 +81,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def cache_dir() -> Path:
     """The GroupTune cache: `$GROUPTUNE_CACHE` if set, else `~/.cache/grouptune` (read per call)."""
-    env = os.environ.get("GROUPTUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "grouptune"
+    return settings.cache_dir()
 
 
 def model_dir(name: str) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import settings
 from core.accounting import Accounting
 from core.data.prompts import Encoded
 from core.data.tasks import Task
@@ -219,16 +220,7 @@ def run_fingerprint(cfg, model, tasks: list[Task]) -> dict:
 def checkpoint_interval() -> float:
     """Seconds between mid-epoch checkpoints: env GROUPTUNE_CHECKPOINT_S (the way to set it
     for a `grouptune train` worker), else CHECKPOINT_SECONDS."""
-    raw = os.environ.get("GROUPTUNE_CHECKPOINT_S")
-    if raw is None or not raw.strip():
-        return CHECKPOINT_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also refuses nan
-        raise GroupTuneError(f"GROUPTUNE_CHECKPOINT_S={raw!r}: expected seconds >= 0")
-    return seconds
+    return settings.number("GROUPTUNE_CHECKPOINT_S", CHECKPOINT_SECONDS)
 
 
 def record_accounting(ws, name: str, entry: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core import settings
 from core.config import ExperimentConfig
 from core.errors import GroupTuneError
 from core.workspace import Workspace
@@ -17,7 +18,7 @@ SAMPLE_TASKS = ROOT / "sample_data" / "tasks"
 
 def workspaces_root() -> Path:
     """Where new experiments go: $GROUPTUNE_WORKSPACES, else <project>/workspaces."""
-    return Path(os.environ.get("GROUPTUNE_WORKSPACES") or ROOT / "workspaces").resolve()
+    return Path(settings.text("GROUPTUNE_WORKSPACES") or ROOT / "workspaces").resolve()
 
 
 def list_workspaces() -> list[str]:
@@ -25,7 +26,7 @@ def list_workspaces() -> list[str]:
     $GROUPTUNE_WORKSPACE first when set."""
     base = workspaces_root()
     found = sorted(str(p) for p in base.glob("*") if (p / "config.yaml").is_file())
-    env = os.environ.get("GROUPTUNE_WORKSPACE")
+    env = settings.text("GROUPTUNE_WORKSPACE")
     if env:
         env = str(Path(env).expanduser().resolve())
         found = [env, *[f for f in found if f != env]]
