@@ -143,6 +143,7 @@ def main() -> None:
     res.setdefault("presets", {})
     for name in args.presets:
         res["presets"][name] = run_preset(name, args)
+        res["presets"][name]["command"] = "python bench/mixing.py " + " ".join(sys.argv[1:])
         res.update(command="python bench/mixing.py " + " ".join(sys.argv[1:]),
                    machine=machine_info(), created=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
         out.write_text(json.dumps(res, indent=1, default=float) + "\n")
