@@ -170,7 +170,7 @@ def whatif(ws: Workspace):
         return None
 
 
-def show_trust(checked: dict | None, cfg) -> None:
+def show_trust(checked: dict | None, cfg, ws) -> None:
     """How far to trust this workspace's estimate (core.validate.trust), coloured by level."""
     from core.validate import trust
 
@@ -178,6 +178,7 @@ def show_trust(checked: dict | None, cfg) -> None:
     {"good": st.success, "partial": st.warning, "noise": st.error, "thin": st.warning}.get(
         level, st.info
     )(line)
-    warning = trust.rows_warning(cfg)
-    if warning:
-        st.warning(warning)
+    sketch = trust.projection_note(trust.workspace_projection(ws, cfg))
+    for warning in (trust.rows_warning(cfg), sketch):
+        if warning:
+            st.warning(warning)

@@ -111,7 +111,7 @@ st.caption(
     "and whether the real updates stay small enough for the linear model to hold."
 )
 checked = trust.load_validation(ws)
-_common.show_trust(checked, cfg)
+_common.show_trust(checked, cfg, ws)
 if checked is not None:
     s, verdict = checked["summary"], checked["verdict"]
     if not verdict["linear_regime"]:

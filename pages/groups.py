@@ -29,7 +29,7 @@ st.caption(
     "each task's accuracy after fine-tuning its group's adapter. Fewer groups = fewer adapters."
 )
 ws, cfg = _common.require_config()
-_common.show_trust(trust.load_validation(ws), cfg)
+_common.show_trust(trust.load_validation(ws), cfg, ws)
 entries = sweep_entries(ws)
 chosen = ws.read("groupings", "chosen.json")
 if not entries:

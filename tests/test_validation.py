@@ -358,3 +358,17 @@ def test_trust_panel_says_too_few_pairs_on_a_six_pair_check(validated, monkeypat
     shown = " ".join(t for k in ("success", "warning", "error", "info") for t in texts(at, k))
     assert "Too few pairs to judge: 6 same-task pairs" in shown
     assert "100%-100%" not in shown
+
+
+def test_trust_panel_says_what_a_sketch_costs(validated, monkeypatch):
+    """Features made with a sketch: the panel gives the agreement the bench measured for it."""
+    root, _ = validated
+    ws = copy_ws(root, "sketched", keep_adapters=True)
+    exact = " ".join(texts(open_page(ws, "affinity", monkeypatch), "warning"))
+    assert "sketch" not in exact  # the tiny experiment's features are exact
+    for meta in ws.glob("features/*/meta.json"):
+        doc = json.loads(meta.read_text())
+        doc["resolved"]["projection"] = {"kind": "countsketch", "k": 4096}
+        meta.write_text(json.dumps(doc))
+    shown = " ".join(texts(open_page(ws, "affinity", monkeypatch), "warning"))
+    assert "countsketch sketch of k = 4096" in shown and "82% of pairs (exact: 84%)" in shown

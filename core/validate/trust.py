@@ -16,13 +16,55 @@ from core.validate.subsets import ROOT, estimated_subsets
 from core.validate.validation import config_rows
 
 # At 48-100 train rows per task, one real fine-tune orders a task's subsets like the mean of the
-# other seeds in only about three pairs of four (bench/results/agreement-claims.json): below
+# other seeds in only 74-82% of pairs (bench/results/agreement-claims.json, by task half): below
 # ~100 rows, training noise alone reorders many subsets.
 MIN_TRAIN_ROWS = 100
 FIRM_CEILING = 0.80  # one seed vs the others below this: the groupings' differences are soft
 GOOD_GAP = 0.05  # order agreement within this of the noise ceiling: as good as it gets
 CHANCE_BAND = 0.60  # below this the estimate's ordering is close to chance (0.5)
 MIN_PAIRS = 20  # fewer same-task pairs than this: an agreement figure says little (±20 points)
+
+
+# What a sketch costs the estimate: the replay on exact B-gradients (k 0) and on CountSketch
+# features, scored on the agreement bench's held-out tasks against the mean of three real
+# fine-tunes (bench/results/agreement-claims.json, part "held_out"; tests/test_trust.py ties
+# these figures to that file): k -> (variant, order agreement, within-task loss correlation).
+SKETCH_COST = {
+    0: ("replay-R8", 0.84, 0.96),
+    4096: ("replay-R16-cs4096", 0.82, 0.71),
+    400: ("replay-R16-cs400", 0.71, 0.44),
+}
+
+
+def projection_note(projection: dict | None) -> str | None:
+    """A sentence on what this workspace's feature projection costs in agreement, or None for
+    exact features. `projection` is a feature store's resolved {"kind", "k"} (what "auto"
+    became)."""
+    if not projection or projection.get("kind") in (None, "identity"):
+        return None
+    k = int(projection.get("k") or 0)
+    measured = min((c for c in SKETCH_COST if c), key=lambda c: abs(c - k))
+    _, order, corr = SKETCH_COST[measured]
+    _, exact_order, exact_corr = SKETCH_COST[0]
+    near = "" if measured == k else f" (k = {k} was not measured; the nearest is k = {measured})"
+    return (
+        f"The features are a {projection['kind']} sketch of k = {k} dimensions, not the exact "
+        f"gradients. On the agreement bench's held-out tasks a CountSketch of k = {measured} "
+        f"ordered subsets like the real fine-tunes' mean in {order:.0%} of pairs (exact: "
+        f"{exact_order:.0%}) and its within-task loss correlation was {corr:.2f} (exact: "
+        f"{exact_corr:.2f}){near}. Exact features (features.projection: identity) are better "
+        "where the store fits."
+    )
+
+
+def workspace_projection(ws, cfg) -> dict | None:
+    """The projection the workspace's features were made with (first task's store), or None
+    before the gradients step."""
+    for task in cfg.task_names:
+        meta = ws.read("features", task, "meta.json")
+        if meta:
+            return (meta.get("resolved") or {}).get("projection")
+    return None
 
 
 def verdict_line(validation: dict | None) -> tuple[str, str]:
