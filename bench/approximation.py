@@ -85,7 +85,8 @@ def run_setting(args, quantization: str) -> dict:
     """Everything for one quantization setting; returns its part of the report."""
     import torch
 
-    from core.gradients.extract import load_extraction_model, prepare_for_extraction
+    from core.gradients.extract import load_extraction_model
+    from core.gradients.per_example import prepare_for_extraction
     from core.models.adapters import layers_to_transform
 
     t0 = time.perf_counter()

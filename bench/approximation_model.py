@@ -23,7 +23,7 @@ from approximation_setup import (
 def expansion_features(peft_model, batches: list[Batch]) -> None:
     """Fill h0 and unprojected g per target (split "train" on val rows) and z, lse, G, Glse
     (split "val", target "vocab") of every batch, at the expansion point."""
-    from core.gradients.extract import batch_features
+    from core.gradients.per_example import batch_features
 
     for b in batches:
         for target in TARGETS:
@@ -39,7 +39,7 @@ def h_from_logits(z, lse, gold, target: str) -> np.ndarray:
     """h from answer-word logits z (b, C) and lse (b,): numpy twin of features.target_quantities."""
     from scipy.special import logsumexp
 
-    from core.gradients.extract import EPS
+    from core.gradients.per_example import EPS
 
     zg = z[np.arange(len(z)), gold]
     norm = logsumexp(z, axis=1) if target == "choices" else lse
@@ -93,7 +93,7 @@ def real_forward(peft_model, batches: list[Batch], cached: bool = False) -> list
     cached inputs of the first adapted layer (only inside `with LowerLayerCache(...)`)."""
     import torch
 
-    from core.gradients.extract import target_quantities
+    from core.gradients.per_example import target_quantities
 
     out = []
     with torch.no_grad():

@@ -204,7 +204,8 @@ def measure_split_flops(cfg, ws) -> dict:
     tokens in the same length-sorted batches."""
     from core.data.prompts import encode_split
     from core.data.sources import load_tasks
-    from core.gradients.extract import batch_features, load_extraction_model
+    from core.gradients.extract import load_extraction_model
+    from core.gradients.per_example import batch_features
     from core.models import prefix
     from core.models.flops import count_call_flops
 

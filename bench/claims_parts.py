@@ -178,7 +178,8 @@ def expansion(cfg, tasks: list[str]):
     import approximation_setup as aps
     import torch
 
-    from core.gradients.extract import batch_features, load_extraction_model
+    from core.gradients.extract import load_extraction_model
+    from core.gradients.per_example import batch_features
     from core.models.adapters import layers_to_transform
 
     fcfg = cfg.model_copy(

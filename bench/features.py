@@ -83,7 +83,7 @@ def _setup(args, top_layers):
 def _run_mode(mode, peft_model, projector, item, snapshot, optimizer):
     import torch
 
-    from core.gradients.extract import (
+    from core.gradients.per_example import (
         batch_features,
         prepare_for_extraction,
         reference_example_grads,

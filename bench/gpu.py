@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from machine import machine_info  # noqa: E402 (bench/ is on the path of a bench script)
 
 from core.config import AdapterConfig  # noqa: E402
-from core.gradients.extract import batch_features, prepare_for_extraction  # noqa: E402
+from core.gradients.per_example import batch_features, prepare_for_extraction  # noqa: E402
 from core.models.adapters import attach_adapter  # noqa: E402
 
 

@@ -19,16 +19,12 @@ from conftest import make_cfg, rows, topic_rows, write_task, write_tiny_experime
 from core.config import parse_config
 from core.data.prompts import Answers, encode_split
 from core.data.sources import load_tasks
-from core.gradients.extract import (
-    batch_features,
-    extract_features,
-    load_extraction_model,
-    reference_example_grads,
-)
+from core.gradients.extract import extract_features, load_extraction_model
+from core.gradients.per_example import batch_features, reference_example_grads
 from core.gradients.store import load_features
 from core.models.prefix import model_inputs
 from core.models.scoring import choice_logits, softmax
-from core.train.trainer import answer_loss
+from core.train.loop import answer_loss
 from core.workspace import Workspace
 
 SHARED = {"negative": " very bad", "positive": " very good"}  # one continuation: ' very'
@@ -142,7 +138,7 @@ def test_multi_token_features_equal_the_per_example_reference(tmp_path, labels, 
 def test_training_loss_on_multi_token_words_equals_the_reference(tmp_path, kind):
     """The trainer's loss over a left-padded batch of shared-continuation sequences, and its
     gradient, equal the loss built from one unpadded forward per row and word."""
-    from core.gradients.extract import _reference_scores
+    from core.gradients.per_example import reference_scores
     from core.models.adapters import lora_b_parameters
 
     cfg = _task_cfg(tmp_path, THREE, training={"loss": kind}, features={"target": kind})
@@ -155,7 +151,7 @@ def test_training_loss_on_multi_token_words_equals_the_reference(tmp_path, kind)
     loss = answer_loss(model, model_inputs(model, enc, idx, 0, "cpu"), gold, enc.answers, kind)
     terms = []
     for ids, y in zip(enc.input_ids, enc.gold, strict=True):
-        z, _ = _reference_scores(model, ids, enc.answers, kind == "vocab", "cpu")
+        z, _ = reference_scores(model, ids, enc.answers, kind == "vocab", "cpu")
         terms.append(-(z.log_softmax(0) if kind == "choices" else z)[int(y)])
     ref = torch.stack(terms).mean()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)

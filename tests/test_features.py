@@ -10,7 +10,7 @@ import torch
 
 from core.config import AdapterConfig, ModelConfig
 from core.data.prompts import pad_batch
-from core.gradients.extract import (
+from core.gradients.per_example import (
     batch_features,
     feature_dims,
     prepare_for_extraction,

@@ -17,7 +17,11 @@ from conftest import make_cfg, make_tasks
 from core.accounting import Meter
 from core.config import AdapterConfig, ModelConfig
 from core.data.prompts import pad_batch
-from core.gradients.extract import batch_features, prepare_for_extraction, reference_example_grads
+from core.gradients.per_example import (
+    batch_features,
+    prepare_for_extraction,
+    reference_example_grads,
+)
 from core.models.adapters import attach_adapter, lora_b_parameters
 from core.models.loading import load_model
 from core.workspace import Workspace

@@ -63,7 +63,8 @@ def test_identity_projection_stores_the_exact_b_gradients(tiny_task_root, tmp_pa
     """projection "identity": k = D whatever features.k says, and the stored train gradients
     are the per-example reference's exact B-gradients."""
     from core.data.prompts import encode_split
-    from core.gradients.extract import load_extraction_model, reference_example_grads
+    from core.gradients.extract import load_extraction_model
+    from core.gradients.per_example import reference_example_grads
 
     cfg = _cfg(tiny_task_root, ["alpha"], features={"projection": "identity", "k": 3})
     ws = Workspace(tmp_path / "ws")
@@ -97,7 +98,8 @@ def test_three_answer_words_store_per_choice_train_gradients(tmp_path):
     from conftest import topic_rows, write_task
 
     from core.data.prompts import encode_split
-    from core.gradients.extract import load_extraction_model, reference_example_grads
+    from core.gradients.extract import load_extraction_model
+    from core.gradients.per_example import reference_example_grads
 
     labels = {"sports": " sports", "politics": " politics", "science": " science"}
     rows = [{**r, "label": ["sports", "politics", "science"][i % 3]} for i, r in

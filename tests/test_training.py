@@ -18,8 +18,8 @@ from core.config import parse_config
 from core.data.prompts import Answers, Encoded
 from core.errors import DataError, GroupTuneError, StaleError
 from core.recipe import epoch_plan
-from core.train import trainer as training
-from core.train.run import CHECKPOINT_SECONDS
+from core.train import loop
+from core.train.run import CHECKPOINT_SECONDS, checkpoint_interval
 from core.train.trainer import check_train_data, train_adapter
 from core.workspace import Workspace
 
@@ -186,7 +186,7 @@ class _Boom:
 
     def __init__(self, n: int, error: BaseException):
         self.n, self.error, self.calls = n, error, 0
-        self.real = training.answer_loss
+        self.real = loop.answer_loss
 
     def __call__(self, *args):
         self.calls += 1
@@ -198,7 +198,7 @@ class _Boom:
 def test_crash_mid_epoch_resumes_exactly(root, reference, monkeypatch):
     ws = Workspace(root / "crash").ensure()
     cfg = make_cfg(root)
-    monkeypatch.setattr(training, "answer_loss", _Boom(12, RuntimeError("simulated crash")))
+    monkeypatch.setattr(loop, "answer_loss", _Boom(12, RuntimeError("simulated crash")))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_adapter(cfg, ws, "baseline", ["alpha", "beta"], False, checkpoint_seconds=0)
     monkeypatch.undo()
@@ -211,19 +211,19 @@ def test_crash_mid_epoch_resumes_exactly(root, reference, monkeypatch):
 
 def test_checkpoint_interval_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("GROUPTUNE_CHECKPOINT_S", raising=False)
-    assert training.checkpoint_interval() == CHECKPOINT_SECONDS
+    assert checkpoint_interval() == CHECKPOINT_SECONDS
     monkeypatch.setenv("GROUPTUNE_CHECKPOINT_S", "0")  # after every step (worker tests)
-    assert training.checkpoint_interval() == 0
+    assert checkpoint_interval() == 0
     for bad in ("soon", "-1", "nan"):
         monkeypatch.setenv("GROUPTUNE_CHECKPOINT_S", bad)
         with pytest.raises(GroupTuneError, match="GROUPTUNE_CHECKPOINT_S"):
-            training.checkpoint_interval()
+            checkpoint_interval()
 
 
 def test_out_of_memory_is_explained_and_checkpoint_survives(root, reference, monkeypatch):
     ws = Workspace(root / "oom").ensure()
     cfg = make_cfg(root)
-    monkeypatch.setattr(training, "answer_loss", _Boom(12, torch.OutOfMemoryError("no memory")))
+    monkeypatch.setattr(loop, "answer_loss", _Boom(12, torch.OutOfMemoryError("no memory")))
     with pytest.raises(GroupTuneError, match=r"out of memory.*batch_size=4.*epoch 1"):
         train_adapter(cfg, ws, "baseline", ["alpha", "beta"], progress=False)
     monkeypatch.undo()

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core import settings
 from core.errors import GroupTuneError
-from core.jobs.liveness import HOST, claimer_dead, heartbeat_interval, pid_alive
+from core.jobs.claiming import claim
+from core.jobs.liveness import HOST, heartbeat_interval, pid_alive
+from core.jobs.reaping import reap_dead
 from core.jobs.schema import (
     STATES,
     TERMINAL,
@@ -37,13 +38,6 @@ from core.jobs.schema import (
     log_name,
     transaction,
 )
-
-
-def remote_grace_s() -> float:
-    """How long a Ray job may go without a heartbeat before it is reaped: Ray's own retry of a
-    task lost with its node comes first (core.jobs.relay). GROUPTUNE_REMOTE_GRACE_S, else 60."""
-    return settings.number("GROUPTUNE_REMOTE_GRACE_S", 60.0)
-
 
 # the columns a relayed worker's row reports back (core.jobs.relay)
 RELAYED = ("state", "started", "finished", "host", "pid", "heartbeat", "progress", "eta_s",
@@ -281,61 +275,7 @@ class JobStore:
         mark it claimed until their worker starts. `workers_only` passes over driver jobs.
         """
         with self._write() as conn:
-            self._fail_blocked(conn)
-            # a driver job (resources {"slots": 0}, e.g. `grouptune run`) only waits on others:
-            # it neither counts against the limit nor is held back by it
-            busy = conn.execute(
-                "SELECT count(*) FROM jobs WHERE backend = ? AND (state = 'running' OR "
-                "(state = 'queued' AND claimed_by IS NOT NULL)) "
-                "AND coalesce(json_extract(resources, '$.slots'), 1) != 0",
-                (backend,),
-            ).fetchone()[0]
-            full = max_running is not None and busy >= max_running
-            states = dict(conn.execute("SELECT id, state FROM jobs").fetchall())
-            queued = conn.execute(
-                "SELECT id, depends_on, resources FROM jobs WHERE state = 'queued' AND backend = ? "
-                "AND claimed_by IS NULL AND cancel_requested = 0 ORDER BY id",
-                (backend,),
-            ).fetchall()
-            for row in queued:
-                driver = (json.loads(row["resources"] or "{}") or {}).get("slots", 1) == 0
-                if (full and not driver) or (workers_only and driver):
-                    continue
-                if all(states.get(d) == "done" for d in json.loads(row["depends_on"])):
-                    now = time.time()
-                    if backend == "local":
-                        conn.execute(
-                            "UPDATE jobs SET state = 'running', started = ?, heartbeat = ?, "
-                            "host = ?, claimed_by = ?, pid = NULL WHERE id = ?",
-                            (now, now, HOST, claimer, row["id"]),
-                        )
-                    else:
-                        conn.execute(
-                            "UPDATE jobs SET claimed_by = ?, message = ? WHERE id = ?",
-                            (claimer, f"submitted to {backend}", row["id"]),
-                        )
-                    return decode(
-                        conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-                    )
-        return None
-
-    def _fail_blocked(self, conn: sqlite3.Connection) -> None:
-        # Ids only grow and dependencies must exist at submit, so one pass in id order
-        # also fails the dependents of jobs failed earlier in this same pass.
-        jobs = {r["id"]: r for r in conn.execute("SELECT id, step, state, depends_on FROM jobs")}
-        states = {i: r["state"] for i, r in jobs.items()}
-        now = time.time()
-        for job_id in sorted(i for i, s in states.items() if s == "queued"):
-            for dep in json.loads(jobs[job_id]["depends_on"]):
-                if states.get(dep) in ("failed", "cancelled"):
-                    how = "failed" if states[dep] == "failed" else "was cancelled"
-                    error = f"not started: depends on job {dep} ({jobs[dep]['step']}) which {how}"
-                    conn.execute(
-                        "UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
-                        (error, now, job_id),
-                    )
-                    states[job_id] = "failed"
-                    break
+            return claim(conn, backend, max_running, claimer, workers_only)
 
     def set_pid(self, job_id: int, pid: int, host: str = HOST) -> None:
         with self._write() as conn:
@@ -437,55 +377,9 @@ class JobStore:
 
     # --- noticing dead workers ---------------------------------------------------------------
     def reap(self) -> list[int]:
-        """Fail running jobs with a stale heartbeat whose process is gone; return their ids.
-
-        A job on another host cannot have its pid checked, so its heartbeat decides. A Ray
-        job gets `remote_grace_s()` (at least): Ray itself notices a lost node and retries its task
-        (core.jobs.relay), which takes longer than a few missed heartbeats.
-        Claimed-but-unstarted jobs whose dispatcher on this host died go back to the queue.
-        """
-        now = time.time()
-        cutoff = now - self.stale_after * self.heartbeat_s
-        remote_cutoff = min(cutoff, now - remote_grace_s())
-        with self._read() as conn:  # cheap read first: the common case writes nothing
-            stale = conn.execute(
-                "SELECT id, pid, host, heartbeat, backend FROM jobs WHERE state = 'running'"
-                " AND (heartbeat IS NULL OR heartbeat < ?)",
-                (cutoff,),
-            ).fetchall()
-            orphans = conn.execute(
-                "SELECT id, claimed_by FROM jobs WHERE state = 'queued' AND claimed_by IS NOT NULL"
-            ).fetchall()
-        stale = [
-            r for r in stale if r["backend"] == "local" or (r["heartbeat"] or 0) < remote_cutoff
-        ]
-        dead = [r for r in stale if r["host"] != HOST or not pid_alive(r["pid"])]
-        lost = [r["id"] for r in orphans if claimer_dead(r["claimed_by"])]
-        if not dead and not lost:
-            return []
-        reaped = []
-        with self._write() as conn:
-            for r in dead:
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["heartbeat"] or now))
-                cur = conn.execute(
-                    "UPDATE jobs SET state = 'failed', finished = ?, eta_s = NULL,"
-                    " error = ? WHERE id = ? AND state = 'running' AND"
-                    " (heartbeat IS NULL OR heartbeat <= ?)",  # no beat since it was read
-                    (
-                        now,
-                        f"worker died (no heartbeat since {since})",
-                        r["id"],
-                        r["heartbeat"] or now,
-                    ),
-                )
-                if cur.rowcount:
-                    reaped.append(r["id"])
-            for job_id in lost:
-                conn.execute(
-                    "UPDATE jobs SET claimed_by = NULL, message = NULL WHERE id = ?"
-                    " AND state = 'queued'",
-                    (job_id,),
-                )
+        """Fail running jobs with a stale heartbeat whose process is gone (core.jobs.reaping);
+        return their ids, after telling `on_reap`."""
+        reaped = reap_dead(self.path, self.stale_after * self.heartbeat_s)
         if reaped and self.on_reap is not None:
             self.on_reap(reaped)
         return reaped
