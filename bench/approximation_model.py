@@ -69,7 +69,7 @@ def set_adapter(weights, As, Bs) -> None:
 
 def base_weight_norms(weights) -> list[float]:
     """‖W‖_F of each adapted base matrix (quantised weights dequantised first)."""
-    from core.validate.validation import base_norm
+    from core.validate.update_size import base_norm
 
     return [base_norm(layer) for _, _, layer in weights]
 
