@@ -323,10 +323,17 @@ def md_mixing() -> list[str]:
         return []
     lines = ["## f. Mixing weights before training (bench/mixing.py)", "", f"`{r['command']}`", ""]
     for name, p in r["presets"].items():
+        floor = p.get("test_accuracy_per_seed", {}).get("uniform", {})
+        spread = (
+            f" (the uniform adapter's mean test accuracy over the seeds: "
+            f"{min(floor.values()):.3f}-{max(floor.values()):.3f})"
+            if floor
+            else ""
+        )
         lines += [
-            f"{name}: weights {p['weights']}; test accuracy weighted − uniform "
-            f"{p['mean_gain']:+.1f} points {[round(x, 1) for x in p['gain_ci']]} over seeds "
-            f"{p['seeds']}; sign of the predicted vs measured val-loss change agrees on "
+            f"{name}: test accuracy weighted − uniform {p['mean_gain']:+.1f} points "
+            f"{[round(x, 1) for x in p['gain_ci']]} over seeds {p['seeds']}{spread}; the sign "
+            f"of the predicted vs measured val-loss change agrees on "
             f"{p['sign_agreement_loss']:.0%} of tasks.",
             "",
         ]

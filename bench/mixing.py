@@ -75,6 +75,11 @@ def train_and_test(cfg, ws, variant: str, seed: int) -> tuple[dict, dict]:
     return record["val_metrics"], doc
 
 
+def mean_accuracy(correct: dict) -> float:
+    """Mean over tasks of the test accuracy, from eval/*.json "correct"."""
+    return float(np.mean([np.mean(rows) for rows in correct.values()]))
+
+
 def run_preset(name: str, args) -> dict:
     from core import pipeline
     from core.stats import paired_gain, paired_sample
@@ -89,7 +94,7 @@ def run_preset(name: str, args) -> dict:
     weights = suggestion["weights"]
     say(f"{name}: suggested weights {weights}")
     mixed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"mix": weights})})
-    measured, samples = {}, []
+    measured, samples, accuracy = {}, [], {"uniform": {}, "weighted": {}}
     for seed in args.seeds:
         uni_val, uni_doc = train_and_test(cfg, ws, "uniform", seed)
         mix_val, mix_doc = train_and_test(mixed, ws, "weighted", seed)
@@ -98,6 +103,8 @@ def run_preset(name: str, args) -> dict:
             for t in cfg.task_names
         }  # fmt: skip
         samples.append(paired_sample(mix_doc["correct"], uni_doc["correct"]))
+        for variant, doc in (("uniform", uni_doc), ("weighted", mix_doc)):
+            accuracy[variant][str(seed)] = mean_accuracy(doc["correct"])
     gain = paired_gain(samples)
     mean = {
         t: {k: float(np.mean([measured[s][t][k] for s in args.seeds])) for k in ("loss", "accuracy")}
@@ -114,6 +121,8 @@ def run_preset(name: str, args) -> dict:
             np.mean([np.sign(pred[t]["loss"]) == np.sign(mean[t]["loss"]) for t in pred])
         ),
         "seeds": list(args.seeds),
+        # the noise floor beside the gain: each variant's mean test accuracy per seed
+        "test_accuracy_per_seed": accuracy,
         "mean_gain": gain["points"],
         "gain_ci": gain["ci"],
         "per_task_gain": gain["per_task"],

@@ -140,6 +140,11 @@ def test_the_mixing_bench_smoke_run_is_its_fine_tunes(tmp_path):
         assert res["measured_change"][t]["loss"] == pytest.approx(np.mean(per_seed))
     assert sum(res["weights"].values()) == pytest.approx(len(res["tasks"]), abs=1e-3)
     assert res["gain_ci"][0] <= res["mean_gain"] <= res["gain_ci"][1]
+    for variant, by_seed in res["test_accuracy_per_seed"].items():  # the noise floor's numbers
+        for seed, acc in by_seed.items():
+            doc = ws / "quick" / "runs" / f"s{seed}-{variant}" / "eval" / "baseline.json"
+            correct = json.loads(doc.read_text())["correct"]
+            assert acc == pytest.approx(np.mean([np.mean(r) for r in correct.values()]))
 
 
 def test_the_groups_page_sliders_predict_and_the_suggestion_fills_them(real_ws, monkeypatch):
