@@ -323,11 +323,15 @@ def md_mixing() -> list[str]:
         return []
     lines = ["## f. Mixing weights before training (bench/mixing.py)", "", f"`{r['command']}`", ""]
     for name, p in r["presets"].items():
-        floor = p.get("test_accuracy_per_seed", {}).get("uniform", {})
+        acc = p.get("test_accuracy_per_seed", {})
         spread = (
-            f" (the uniform adapter's mean test accuracy over the seeds: "
-            f"{min(floor.values()):.3f}-{max(floor.values()):.3f})"
-            if floor
+            " (mean test accuracy over the seeds: uniform "
+            + ", weighted ".join(
+                f"{min(acc[v].values()):.3f}-{max(acc[v].values()):.3f}"
+                for v in ("uniform", "weighted")
+            )
+            + ")"
+            if acc
             else ""
         )
         lines += [
