@@ -83,5 +83,10 @@ def validation_text(result: dict) -> str:
         f"largest relative change of A   {s['max_a_change']:.2%}",
         "linear regime: " + ("looks fine" if v["linear_regime"] else "looks broken"),
         *[f"  - {r}" for r in v["reasons"]],
+        "ranking against real fine-tunes: "
+        + {True: "as good as one fine-tune", False: "below one fine-tune", None: "not judged"}[
+            v.get("ranking_ok")
+        ],
+        *([f"  - {v['ranking_reason']}"] if v.get("ranking_reason") else []),
     ]
     return "\n".join(lines)

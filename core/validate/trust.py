@@ -13,7 +13,7 @@ from core.errors import GroupTuneError
 from core.validate.subsets import DEFAULT_SEEDS as DEFAULT_SEEDS
 from core.validate.subsets import DEFAULT_SUBSETS as DEFAULT_SUBSETS  # the page's default N
 from core.validate.subsets import ROOT, estimated_subsets
-from core.validate.validation import config_rows
+from core.validate.validation import config_rows, verdict
 
 # At 48-100 train rows per task, one real fine-tune orders a task's subsets like the mean of the
 # other seeds in only 74-82% of pairs (bench/results/agreement-claims.json, by task half): below
@@ -134,8 +134,13 @@ def number(value, spec: str = ".2f") -> str:
 
 
 def load_validation(ws) -> dict | None:
-    """validation.json, or None when validate-estimate has not run."""
-    return ws.read("validation.json")
+    """validation.json, or None when validate-estimate has not run. Its verdict is judged
+    again from its summary, so a file written by an older version reads by today's rules."""
+    doc = ws.read("validation.json")
+    if doc is not None and "summary" in doc:
+        comparable = (doc.get("settings") or {}).get("loss_comparable", True)
+        doc["verdict"] = verdict(doc["summary"], comparable)
+    return doc
 
 
 def available_subsets(ws) -> int:
