@@ -65,3 +65,16 @@ def test_dashboard_modules_import_without_torch(module):
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", f"{module} loads {out.stdout.strip()}"
+
+
+MAX_LINES = 400  # a module past this is doing more than one job: split it by what it does
+
+
+def test_no_engine_or_page_module_is_over_400_lines():
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
+        for folder in ("core", "pages")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+    }
+    assert len(sizes) > 50  # the walk found the engine
+    assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
