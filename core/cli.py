@@ -14,6 +14,7 @@ import typer
 from core.cli_common import ConfigOpt, JsonOpt, WorkspaceOpt, configure, context, emit
 from core.cli_text import group_view, matrix_text, metrics_table, report_text
 from core.errors import GroupTuneError
+from core.stages import command
 
 app = typer.Typer(
     add_completion=False,
@@ -137,8 +138,7 @@ def _queue_gradients(ws, status: dict[str, str], only: list[str] | None) -> dict
     if not todo or "*" in busy or set(todo) <= busy:
         why = "a job is already on it" if todo else "every store is fresh"
         return {"job": None, "tasks": todo, "why": why}
-    argv = ["gradients"] + [w for t in only or [] for w in ("--task", t)]
-    return {"job": submit_step(ws, argv), "tasks": todo, "why": "queued"}
+    return {"job": submit_step(ws, command("gradients", task=only)), "tasks": todo, "why": "queued"}
 
 
 @app.command("affinity")

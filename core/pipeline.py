@@ -12,6 +12,7 @@ import sys
 import time
 
 from core.errors import GroupTuneError
+from core.stages import BY_NAME, command
 from core.workspace import Workspace
 
 
@@ -344,32 +345,34 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
         _submit(
             ws,
             "gradients:" + "+".join(s),
-            ["gradients", *[a for t in s for a in ("--task", t)]],
+            command("gradients", task=s),
             backend=backend,
         )
         for s in shards
     ]
-    aff = _submit(ws, "affinity", ["affinity"], grad_jobs, backend)
-    grp = _submit(ws, "group", ["group"], [aff], backend)
+    aff = _submit(ws, "affinity", command("affinity"), grad_jobs, backend)
+    grp = _submit(ws, "group", command("group"), [aff], backend)
     # queued after the estimation jobs, so the groups are known as early as possible
-    zero = _submit(ws, "evaluate:zero-shot", ["evaluate", "--zero-shot"], backend=backend)
+    zero = _submit(ws, "evaluate:zero-shot", command("evaluate", zero_shot=True), backend=backend)
     _wait_ok(ws, [*grad_jobs, aff, grp])  # zero-shot may still be running
     timings["estimation"] = time.monotonic() - start
     groups = chosen_groups(ws)
     log(f"groups (m={len(groups)}): {groups}")
+    train = BY_NAME["training"]
     trains = [
-        _submit(ws, f"train:group-{i}", ["train", "--adapter", f"group-{i}"], backend=backend)
-        for i in range(len(groups))
+        _submit(ws, train.job(a), train.argv(a), backend=backend)
+        for a in (f"group-{i}" for i in range(len(groups)))
     ]
     after = baseline_after(groups, [t.name for t in cfg.tasks], trains)
-    trains.append(_submit(ws, "train:baseline", ["train", "--adapter", "baseline"], after, backend))
+    trains.append(_submit(ws, train.job("baseline"), train.argv("baseline"), after, backend))
     # boosting rounds: each on the ensemble of the group adapters and the rounds before it
     boosts, after = [], trains[:-1]
     for r in range(cfg.ensemble.boosting):
-        after = [_submit(ws, f"boost:{r}", ["boost", "--round", str(r)], after, backend)]
+        boost = BY_NAME["boosting"]
+        after = [_submit(ws, boost.job(str(r)), boost.argv(str(r)), after, backend)]
         boosts += after
-    ev = _submit(ws, "evaluate", ["evaluate"], [*trains, *boosts, zero], backend)
-    rep = _submit(ws, "report", ["report"], [ev], backend)
+    ev = _submit(ws, "evaluate", command("evaluate"), [*trains, *boosts, zero], backend)
+    rep = _submit(ws, "report", command("report"), [ev], backend)
     _wait_ok(ws, [*trains, *boosts, zero, ev, rep])
     timings["total"] = time.monotonic() - start
     timings["training_and_evaluation"] = timings["total"] - timings["estimation"]

@@ -4,6 +4,11 @@ dashboard's stage view and the pages read, so the stages have one name each.
 Each stage says what it writes (workspace paths), its `grouptune` command, the job step it runs
 as, which accounting entries its cost goes to, and which function decides whether its output
 is fresh: the engine's own rule, torch-free, that the dashboard calls too.
+
+`command(verb, ...)` is the one place a `grouptune` command line is spelled: the pipeline, the
+jobs the pages and the CLI queue, and the commands the pages show all build their argv with it
+(tests/test_stages.py checks that nothing else does, and that every verb it is given exists).
+`Stage.argv(item)` is a stage's command for one unit of its work (a task, an adapter, a round).
 """
 
 from __future__ import annotations
@@ -19,11 +24,34 @@ class Stage:
     outputs: tuple[str, ...]  # workspace paths (core.workspace has the layout)
     costs: tuple[str, ...] = ()  # accounting.json entries its FLOPs and time go to
     freshness: str = ""  # the rule that says fresh / stale / missing (module:function)
+    item_option: str | None = None  # the option naming one unit of its work (None: one job)
 
-    @property
-    def job(self) -> str:
+    def argv(self, item: str | None = None) -> list[str]:
+        """The command that does this stage for `item` (all of it with no item)."""
+        if item is None or self.item_option is None:
+            return command(self.verb)
+        return command(self.verb, **{self.item_option: item})
+
+    def job(self, item: str | None = None) -> str:
         """The job step name (`<verb>` or `<verb>:<item>`, e.g. train:group-0)."""
-        return self.verb
+        return self.verb if item is None else f"{self.verb}:{item}"
+
+
+def command(verb: str, *args, **options) -> list[str]:
+    """`grouptune <verb> <args> <options>` as an argv (without the program's name).
+
+    An option `name=value` is `--name value` (underscores become dashes); True is a bare flag,
+    False and None leave it out, and a list or tuple repeats the option once per value."""
+    argv = [verb, *map(str, args)]
+    for name, value in options.items():
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list | tuple):
+            argv += [w for v in value for w in (flag, str(v))]
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return argv
 
 
 STAGES: tuple[Stage, ...] = (
@@ -34,6 +62,7 @@ STAGES: tuple[Stage, ...] = (
         ("features/<task>/",),
         ("gradients", "prefix_cache"),
         "core.gradients.store:store_status",
+        "task",
     ),
     Stage(
         "affinity",
@@ -53,6 +82,7 @@ STAGES: tuple[Stage, ...] = (
         ("adapters/group-<i>/", "adapters/baseline/", "ensemble.json"),
         ("group_training", "baseline_training"),
         "core.recipe:training_fingerprint",
+        "adapter",
     ),
     Stage(
         "boosting",
@@ -61,6 +91,7 @@ STAGES: tuple[Stage, ...] = (
         ("adapters/boost-<r>/", "ensemble.json"),
         ("ensemble_weights", "boosting"),
         "core.ensemble.boosting:missing_rounds",
+        "round",
     ),
     Stage(
         "evaluation",

@@ -10,6 +10,7 @@ from core.config import PROJECTIONS, parse_config
 from core.errors import GroupTuneError
 from core.report.figures import heatmap_figure
 from core.report.frames import affinity_view
+from core.stages import command
 from core.validate import trust
 from core.views.affinity import estimator_settings, pair_evidence, strongest_pair
 from core.views.jobs import active_items, cli_text, read_jobs
@@ -38,11 +39,11 @@ pending = _common.features_pending(
 if (view is None or state["state"] == "stale") and not (pending and view is not None):
     st.info(
         "The affinity matrix needs the gradient features of every task (Gradients page), "
-        f"then: `{cli_text(['affinity'], ws)}`"
+        f"then: `{cli_text(command('affinity'), ws)}`"
     )
     busy = active_items(jobs, "affinity")
     if st.button("Estimate the affinity", disabled=not ready or bool(busy), key="af_run"):
-        _common.submit(ws, [["affinity"], ["group", "--sweep"]], chain=True)
+        _common.submit(ws, [command("affinity"), command("group", sweep=True)], chain=True)
         st.rerun()
 if view is not None:
     st.plotly_chart(heatmap_figure(view), key="af_heatmap")
@@ -100,8 +101,9 @@ with st.form("af_form"):
                 cfg.features.projection,
             )
             stale = moved or any(v != "fresh" for v in grads.values())
-            first = [["gradients"]] if stale else []
-            _common.submit(ws, [*first, ["affinity"], ["group", "--sweep"]], chain=True)
+            first = [command("gradients")] if stale else []
+            argvs = [*first, command("affinity"), command("group", sweep=True)]
+            _common.submit(ws, argvs, chain=True)
             st.rerun()
 
 st.subheader("How far to trust the estimate")

@@ -22,6 +22,7 @@ from core.report.tables import (
     metric_table,
     weights_table,
 )
+from core.stages import command
 from core.views.groups import mix_comparisons
 from core.views.jobs import cli_text
 from core.views.stages import boosting_todo, report_state
@@ -39,8 +40,8 @@ ws, cfg = _common.require_config()
 report = load_report(ws)
 if report is None:
     evaluated = ws.path("eval").is_dir() and any(ws.path("eval").glob("*.json"))
-    boost = [["boost"]] if boosting_todo(ws, cfg) else []  # rounds not made yet
-    argvs = [["report"]] if evaluated else [*boost, ["evaluate"], ["report"]]
+    boost = [command("boost")] if boosting_todo(ws, cfg) else []  # rounds not made yet
+    argvs = [command("report")] if evaluated else [*boost, command("evaluate"), command("report")]
     st.info("No comparison yet. It needs trained adapters (Training page), then:")
     _common.show_cli(argvs, ws)
     if st.button("Evaluate and report" if not evaluated else "Write the report", key="cmp_run"):
@@ -75,7 +76,7 @@ if head["gain_parts_text"]:
 if report.get("missing"):
     st.warning("Not measured yet: " + "; ".join(report["missing"]))
 if report_state(ws)["state"] == "stale":
-    st.warning("Evaluated again since this report: `" + cli_text(["report"], ws) + "`")
+    st.warning("Evaluated again since this report: `" + cli_text(command("report"), ws) + "`")
 
 labels = METRIC_LABELS
 metric = st.radio("Metric", list(labels), format_func=labels.get, horizontal=True, key="cmp_metric")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.stages import command
 from core.views.affinity import projection_label
 from core.views.jobs import active_items, read_jobs
 from core.views.stages import gradient_table
@@ -40,7 +41,7 @@ busy = active_items(jobs, "gradients")
 left, right = st.columns(2)
 with left:
     st.markdown("**Compute what is not up to date** (one job per task)")
-    argvs = [["gradients", "--task", t] for t in todo if t not in busy and "*" not in busy]
+    argvs = [command("gradients", task=t) for t in todo if t not in busy and "*" not in busy]
     _common.show_cli(argvs, ws)
     if st.button("Compute", type="primary", disabled=not argvs, key="gr_all"):
         _common.submit(ws, argvs)
@@ -50,7 +51,7 @@ with right:
     task = st.selectbox("Task", table["task"].tolist(), key="gr_task")
     st.caption("A fresh store is reused, so this only does work when the task is not fresh.")
     if st.button("Compute this task", key="gr_one", disabled=task in busy):
-        _common.submit(ws, [["gradients", "--task", task]])
+        _common.submit(ws, [command("gradients", task=task)])
         st.rerun()
 
 st.subheader("Running jobs")

@@ -9,6 +9,7 @@ from core.errors import GroupTuneError
 from core.grouping.edit import move_task
 from core.report.figures import sweep_figure
 from core.report.frames import groups_frame
+from core.stages import command
 from core.validate import trust
 from core.views.groups import (
     mean_predicted,
@@ -33,16 +34,18 @@ _common.show_trust(trust.load_validation(ws), cfg, ws)
 entries = sweep_entries(ws)
 chosen = ws.read("groupings", "chosen.json")
 if not entries:
-    st.info(f"No candidate groupings yet. After the affinity step: `{cli_text(['group'], ws)}`")
+    st.info(
+        f"No candidate groupings yet. After the affinity step: `{cli_text(command('group'), ws)}`"
+    )
     if ws.path("affinity.json").exists() and st.button("Compute the groupings", key="grp_run"):
-        _common.submit(ws, [["group"]])
+        _common.submit(ws, [command("group")])
     _common.live_jobs(ws, stages=("grouping",))
     st.stop()
 fresh = sweep_fresh(ws)
 if not fresh:
     st.warning("The affinity matrix changed since these candidates were computed.")
     if st.button("Recompute the candidates", key="grp_sweep"):
-        _common.submit(ws, [["group", "--sweep"]])
+        _common.submit(ws, [command("group", sweep=True)])
 
 n = len(entries[0]["predicted"])
 m = st.slider("Number of groups m", 1, n, chosen["m"] if chosen else min(2, n), key="grp_m")
@@ -54,11 +57,11 @@ for col, e in zip(st.columns(4), candidates, strict=False):
             if fresh:  # the candidates are cached: choosing one is instant, no job needed
                 pipeline.group(cfg, ws, m, e["method"])
             else:
-                _common.submit(ws, [["group", "--m", str(m), "--method", e["method"]]])
+                _common.submit(ws, [command("group", m=m, method=e["method"])])
             st.rerun()
         except GroupTuneError as err:
             st.error(str(err))
-st.caption(f"Terminal: `{cli_text(['group', '--m', str(m)], ws)}`")
+st.caption(f"Terminal: `{cli_text(command('group', m=m), ws)}`")
 st.plotly_chart(sweep_figure(entries, chosen), key="grp_sweep_chart")
 
 st.subheader("The chosen grouping: move tasks and see the prediction")
@@ -98,7 +101,7 @@ if c3.button("Move", key="grp_move", type="primary"):
     st.rerun()
 if edit["moves"]:
     st.caption("The same edit from a terminal:")
-    _common.show_cli([["group", "--move", mv] for mv in edit["moves"]], ws)
+    _common.show_cli([command("group", move=mv) for mv in edit["moves"]], ws)
     c1, c2 = st.columns(2)
     if c1.button("Save as the chosen grouping", type="primary", key="grp_save"):
         try:

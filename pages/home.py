@@ -101,7 +101,7 @@ else:
 
 st.divider()
 left, right = st.columns([3, 2])
-driver = any(j["state"] in ACTIVE and j["argv"][:1] == ["run"] for j in jobs)
+driver = any(j["state"] in ACTIVE and j["step"] == "run" for j in jobs)
 with left:
     st.markdown("**Run everything** in the background, in order, skipping what is up to date.")
     st.code(f"grouptune run {ws.root / 'config.resolved.yaml'} --workspace {ws.root}", "bash")

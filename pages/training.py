@@ -8,6 +8,7 @@ import streamlit as st
 from core.errors import GroupTuneError
 from core.jobs import cancel, resume, retry
 from core.report.figures import loss_figure, val_figure
+from core.stages import command
 from core.views.jobs import jobs_frame, read_jobs, tail_log
 from core.views.training import adapters_frame, read_training_metrics
 from pages import _common
@@ -37,7 +38,7 @@ if len(adapters) == 1:
     st.info("No groups chosen yet (Groups page): only the baseline can be trained now.")
 
 todo = adapters.loc[~adapters["state"].isin(["fresh", "running", "queued"]), "adapter"].tolist()
-argvs = [["train", "--adapter", a] for a in todo]
+argvs = [command("train", adapter=a) for a in todo]
 left, right = st.columns(2)
 with left:
     st.markdown("**Train what is not up to date** (one queued job per adapter)")
@@ -50,7 +51,7 @@ with right:
     name = st.selectbox("Adapter", adapters["adapter"].tolist(), key="tr_one_name")
     st.caption("A finished adapter is kept; an interrupted one resumes from its checkpoint.")
     if st.button("Train this adapter", key="tr_one"):
-        _common.submit(ws, [["train", "--adapter", name]])
+        _common.submit(ws, [command("train", adapter=name)])
         st.rerun()
 
 

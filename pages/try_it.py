@@ -9,6 +9,7 @@ import streamlit as st
 from core.data.inputs import needs_pair, table_inputs, task_columns
 from core.data.tables import TABLE_TYPES, parse_table
 from core.errors import GroupTuneError
+from core.stages import command
 from core.views import tryit
 from core.views.jobs import ACTIVE, cli_text
 from pages import _common
@@ -24,7 +25,7 @@ manifest = ws.read("ensemble.json")
 if manifest is None:
     st.info(
         "Nothing trained yet: train the group adapters first (Training page, or "
-        f"`{cli_text(['train'], ws)}`)."
+        f"`{cli_text(command('train'), ws)}`)."
     )
     st.stop()
 tasks = {t.name: t for t in _common.tasks(ws)}
@@ -72,7 +73,7 @@ if left.button("Answer", type="primary", icon=":material/send:", disabled=not ro
         st.error(str(err))
 typed = [rows[0]["text"]] if mode == "Type a text" and rows else []
 right.caption("The same from a terminal:")
-right.code(cli_text(["predict", "--task", task.name, "--explain", *typed], ws), language="bash")
+right.code(cli_text(command("predict", *typed, task=task.name, explain=True), ws), language="bash")
 
 request = tryit.latest_request(ws)
 if request is None:

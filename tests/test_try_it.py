@@ -26,7 +26,7 @@ def test_try_it_answers_a_typed_text_through_a_predict_job(real_ws, monkeypatch)
     at.selectbox(key="try_task").set_value("topics").run()
     at.text_area(key="try_text").input(TEXT).run()
     assert f"News: {TEXT}\nTopic:" in texts(at, "code")  # the rendered prompt, before any job
-    assert f"grouptune predict --task topics --explain '{TEXT}' --workspace {ws}" in texts(
+    assert f"grouptune predict '{TEXT}' --task topics --explain --workspace {ws}" in texts(
         at, "code"
     )
     at.button(key="try_go").click().run()

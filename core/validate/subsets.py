@@ -10,6 +10,7 @@ import pandas as pd
 
 from core.errors import DataError, GroupTuneError, StaleError
 from core.io import safe_name
+from core.stages import command
 
 ROOT = Path(__file__).resolve().parents[2]  # the project folder (core/<step>/this.py)
 
@@ -133,9 +134,7 @@ def train_subset(cfg, ws, tasks, progress: bool = True, seed: int | None = None)
 
 def train_argv(ws, tasks, seed: int | None = None) -> list[str]:
     """The `grouptune` command one training job runs."""
-    argv = ["train-subset", *[a for t in tasks for a in ("--task", t)]]
-    argv += [] if seed is None else ["--seed", str(int(seed))]
-    return [*argv, "--workspace", str(ws.root)]
+    return command("train-subset", task=list(tasks), seed=seed, workspace=ws.root)
 
 
 def submit_training(cfg, ws, subsets, seeds, backend=None) -> list[int]:

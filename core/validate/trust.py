@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.errors import GroupTuneError
+from core.stages import command as grouptune_command
 from core.validate.subsets import DEFAULT_SEEDS as DEFAULT_SEEDS
 from core.validate.subsets import DEFAULT_SUBSETS as DEFAULT_SUBSETS  # the page's default N
 from core.validate.subsets import ROOT, estimated_subsets
@@ -153,7 +154,7 @@ def available_subsets(ws) -> int:
 
 def command(n: int, seeds: int = DEFAULT_SEEDS) -> list[str]:
     """The CLI twin of the dashboard's button (without --workspace)."""
-    return ["validate-estimate", "--subsets", str(int(n)), "--seeds", str(int(seeds))]
+    return grouptune_command("validate-estimate", subsets=int(n), seeds=int(seeds))
 
 
 def submit_validation(ws, n: int) -> int:

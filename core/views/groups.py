@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.stages import command
 from core.workspace import Workspace
 
 
@@ -52,11 +53,11 @@ def mix_targets(chosen: dict | None, task_names: list[str]) -> dict[str, list[st
 def mix_argv(label: str, suggest: bool = True, weights: dict | None = None) -> list[str]:
     """`grouptune mix` for a label of mix_targets (without --workspace): a suggestion, or with
     `weights` the adapter trained with them (--train), the weights of 1 left out."""
-    argv = ["mix"] + ([] if label == "all" else ["--group", label.split()[-1]])
+    group = None if label == "all" else label.split()[-1]
     if weights is not None:
         given = [f"{t}={w:g}" for t, w in weights.items() if w != 1.0]
-        return argv + [a for item in given for a in ("--weight", item)] + ["--train"]
-    return argv + (["--suggest"] if suggest else [])
+        return command("mix", group=group, weight=given, train=True)
+    return command("mix", group=group, suggest=suggest)
 
 
 def mix_effect(features: dict, cfg, tasks: list[str], weights: dict[str, float]) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.config import ExperimentConfig
+from core.stages import command
 from core.views.workspaces import ROOT, resolved_config
 from core.workspace import Workspace
 
@@ -41,32 +42,32 @@ def _option(argv: list[str], name: str) -> list[str]:
 def job_targets(job: dict) -> list[tuple[str, str]]:
     """The (stage, item) pairs a job works on, from its argv ("*" = every item of the stage)."""
     argv = job.get("argv") or []
-    command = argv[0] if argv else ""
-    if command == "gradients":
+    verb = argv[0] if argv else ""
+    if verb == "gradients":
         return [("gradients", t) for t in _option(argv, "--task")] or [("gradients", "*")]
-    if command == "train":
+    if verb == "train":
         which = (_option(argv, "--adapter") or ["all"])[-1]
         if which in ("all", "groups"):
             return [("training", "*")]
         return [("training", which)]
-    if command == "evaluate":
+    if verb == "evaluate":
         items = ["zero_shot"] if "--zero-shot" in argv else ["*"]
         return [("evaluation", i) for i in items]
-    if command == "group":
+    if verb == "group":
         return [("grouping", "chosen")]
-    if command == "boost":
+    if verb == "boost":
         return [("boosting", f"boost-{r}") for r in _option(argv, "--round")] or [("boosting", "*")]
-    if command in ("affinity", "report"):
-        return [(command, command)]
-    if command == "run":
+    if verb in ("affinity", "report"):
+        return [(verb, verb)]
+    if verb == "run":
         return [("run", "run")]
-    if command == "predict":
+    if verb == "predict":
         return [("predict", t) for t in _option(argv, "--task")]
-    if command == "validate-estimate":
+    if verb == "validate-estimate":
         return [("validation", "validation")]
-    if command == "mix":  # a suggestion, or --train: the adapter trained with the weights
+    if verb == "mix":  # a suggestion, or --train: the adapter trained with the weights
         return [("mixing", (_option(argv, "--group") or ["all"])[-1])]
-    if command == "train-subset":  # one real fine-tune of validate-estimate (one seed)
+    if verb == "train-subset":  # one real fine-tune of validate-estimate (one seed)
         seed = _option(argv, "--seed")
         item = "+".join(sorted(_option(argv, "--task")))
         return [("validation", item + (f" (seed {seed[0]})" if seed else ""))]
@@ -103,7 +104,7 @@ def submit_step(
 def submit_run(ws: Workspace, cfg: ExperimentConfig) -> int:
     """The `grouptune run` driver job: it only waits on the jobs it submits (slots 0)."""
     config = resolved_config(ws, cfg)
-    argv = ["run", str(config), "--workspace", str(ws.root)]
+    argv = command("run", config, workspace=ws.root)
     from core.jobs import submit
 
     return submit(ws.root, "run", "run", argv, resources={"slots": 0}, cwd=ROOT)

@@ -270,11 +270,9 @@ def next_step(rows: list[dict]) -> dict | None:
             continue
         busy = any(r["state"] in ACTIVE for r in todo)
         items = [r["item"] for r in todo if r["state"] not in ACTIVE]
-        verb = BY_NAME[stage].verb
-        argvs = {
-            "gradients": [[verb, "--task", t] for t in items],
-            "training": [[verb, "--adapter", a] for a in items],
-        }.get(stage, [[verb]])  # boosting: one job, each round builds on the one before
+        # one job per task or adapter; boosting: one job, each round builds on the one before
+        per_item = stage in ("gradients", "training")
+        argvs = [BY_NAME[stage].argv(i) for i in items] if per_item else [BY_NAME[stage].argv()]
         titles = {
             "gradients": f"Compute gradient features of {len(items)} task(s)",
             "affinity": "Estimate the task affinity matrix",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.io import read_json, write_json, write_text
+from core.stages import command
 from core.views.jobs import read_jobs, submit_step
 from core.workspace import Workspace
 
@@ -28,7 +29,7 @@ MAX_ROWS = 50  # rows one request may hold: this page is for trying, `grouptune 
 def predict_argv(folder: Path, task: str) -> list[str]:
     """The command that answers a request (the page's CLI twin)."""
     rows, out = str(folder / "input.jsonl"), str(folder / "predictions.json")
-    return ["predict", "--task", task, "--input", rows, "--explain", "--output", out]
+    return command("predict", task=task, input=rows, explain=True, output=out)
 
 
 def new_request(ws: Workspace, task: str, rows: list[dict]) -> Path:
