@@ -40,10 +40,21 @@ def gradients(cfg, ws: Workspace, tasks: list[str] | None = None) -> dict:
     return result
 
 
+def check_methods(cfg) -> None:
+    """Fail before any work on an estimator or grouping method that no registry has."""
+    from core.estimate.methods import method_class as estimator
+    from core.grouping.methods import method_class as grouping
+
+    estimator(cfg.estimator.method)
+    grouping(cfg.grouping.method)
+
+
 def affinity(cfg, ws: Workspace) -> dict:
     from core.accounting import Accounting, Meter
     from core.estimate.affinity import compute_affinity
     from core.locks import artifact_lock, lock_path
+
+    check_methods(cfg)
 
     with artifact_lock(lock_path(ws.root, "step", "affinity"), "the affinity matrix"):
         before = (ws.read("affinity.json") or {}).get("fingerprint")
@@ -333,6 +344,7 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     """
     from core.gradients.store import store_status
 
+    check_methods(cfg)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     _submit = _submitter(cfg, ws, backend)
     timings, start = {}, time.monotonic()

@@ -8,6 +8,7 @@ import streamlit as st
 
 from core.config import PROJECTIONS, parse_config
 from core.errors import GroupTuneError
+from core.estimate.methods import METHODS as ESTIMATORS
 from core.report.figures import heatmap_figure
 from core.report.frames import affinity_view
 from core.stages import command
@@ -65,13 +66,13 @@ st.subheader("Estimator settings")
 st.dataframe(estimator_settings(cfg, view), hide_index=True, key="af_settings")
 with st.form("af_form"):
     st.caption(
-        "replay (default) runs the training recipe itself (batches, AdamW, epochs) on the "
-        "linearised model; argmin is the paper's regularised fit, with λ and a max update norm "
-        "(λ = 0: calibrate λ so each update has the max norm). Changing the projection or k "
-        "recomputes the gradient features; the other settings only re-run the estimate."
+        "; ".join(f"{name}: {c.summary}" for name, c in ESTIMATORS.items())
+        + ". argmin's λ = 0 calibrates λ so each update has the max norm. Changing the "
+        "projection or k recomputes the gradient features; the other settings only re-run the "
+        "estimate."
     )
     e = cfg.estimator
-    methods = ["replay", "argmin"]
+    methods = list(ESTIMATORS)
     method = st.selectbox("Estimator", methods, methods.index(e.method), key="af_method")
     c0, c1, c2, c3, c4 = st.columns(5)
     kinds = list(PROJECTIONS)

@@ -50,11 +50,13 @@ class FeaturesConfig(Section):
 
 
 class EstimatorConfig(Section):
-    method: Literal["replay", "argmin"] = Field(
+    method: str = Field(
         "replay",
-        description="replay: the training recipe (batches, AdamW, lr curve, epochs, best-epoch "
-        "rule) replayed on the linearised model (core.estimate.replay; bench/agreement.py); argmin: the "
-        "paper's regularised fit with a trust region (reg, max_norm).",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="A name in core.estimate.methods. replay: the training recipe (batches, "
+        "AdamW, lr curve, epochs, best-epoch rule) replayed on the linearised model "
+        "(core.estimate.replay; bench/agreement.py); argmin: the paper's regularised fit with "
+        "a trust region (reg, max_norm).",
     )
     reg: float | None = Field(
         None,

@@ -373,3 +373,20 @@ def predict(tf, w) -> dict[str, float]:
     loss, acc = _metrics(tf, w)
     base_loss, base_acc = _metrics(tf, None)
     return {"loss": loss, "accuracy": acc, "base_loss": base_loss, "base_accuracy": base_acc}
+
+
+class Argmin:
+    """The paper's estimator: one regularised logistic fit per subset."""
+
+    name = "argmin"
+    summary = "the paper's regularised fit with a trust region (estimator.reg, estimator.max_norm)"
+
+    @staticmethod
+    def fitter(cfg):
+        e = cfg.estimator
+        return lambda features: fit_arrays(*train_arrays(features), e.reg, e.max_norm)
+
+    @staticmethod
+    def settings(cfg) -> dict:
+        e = cfg.estimator
+        return {"method": "argmin", "reg": e.reg, "max_norm": e.max_norm}

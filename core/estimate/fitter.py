@@ -11,19 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.estimate.estimator import FitResult, fit_arrays, train_arrays
-from core.estimate.replay import expected_replay
+from core.estimate.methods import method_class
 
 Fitter = Callable[[list], FitResult]
 
 
 def fitter(cfg) -> Fitter:
-    """The estimator of cfg.estimator.method: the recipe's replay averaged over
-    estimator.orders batch orders (the expected fine-tune), or the paper's argmin."""
-    e = cfg.estimator
-    if e.method == "replay":
-        tcfg, orders = cfg.training, e.orders
-        return lambda features: expected_replay(features, tcfg, orders)
-    return argmin_fitter(e.reg, e.max_norm)
+    """The estimator of cfg.estimator.method (core.estimate.methods): by default the recipe's
+    replay averaged over estimator.orders batch orders (the expected fine-tune)."""
+    return method_class(cfg.estimator.method).fitter(cfg)
 
 
 def argmin_fitter(reg: float | None, max_norm: float | None, balance: bool = False) -> Fitter:
@@ -32,8 +28,4 @@ def argmin_fitter(reg: float | None, max_norm: float | None, balance: bool = Fal
 
 def settings(cfg) -> dict:
     """What an estimate depends on besides the features (part of the affinity fingerprint)."""
-    e = cfg.estimator
-    if e.method == "replay":
-        t = cfg.training.model_dump(mode="json", exclude=set() if cfg.training.mix else {"mix"})
-        return {"method": "replay", "orders": e.orders, "training": t}
-    return {"method": "argmin", "reg": e.reg, "max_norm": e.max_norm}
+    return method_class(cfg.estimator.method).settings(cfg)

@@ -177,3 +177,23 @@ def _flops(features: list, rows: int, steps: int, epochs: int) -> int:
     k = int(features[0].k)
     val = sum(2 * int(np.prod(np.shape(tf.val_G))) for tf in features)
     return int(4 * rows * k + 12 * steps * k + epochs * val)
+
+
+class Replay:
+    """The estimator that replays the training recipe on the stored features."""
+
+    name = "replay"
+    summary = (
+        "the training recipe (batches, AdamW, lr curve, epochs, best epoch) replayed on the "
+        "linearised model, averaged over estimator.orders batch orders (bench/agreement.py)"
+    )
+
+    @staticmethod
+    def fitter(cfg):
+        tcfg, orders = cfg.training, cfg.estimator.orders
+        return lambda features: expected_replay(features, tcfg, orders)
+
+    @staticmethod
+    def settings(cfg) -> dict:
+        t = cfg.training.model_dump(mode="json", exclude=set() if cfg.training.mix else {"mix"})
+        return {"method": "replay", "orders": cfg.estimator.orders, "training": t}
