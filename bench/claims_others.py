@@ -321,8 +321,11 @@ def md_mixing() -> list[str]:
     r = load_result("mixing")
     if r is None:
         return []
-    lines = ["## f. Mixing weights before training (bench/mixing.py)", "", f"`{r['command']}`", ""]
+    lines = ["## f. Mixing weights before training (bench/mixing.py)", ""]
     for name, p in r["presets"].items():
+        data, epochs = p["config"]["data"], p["config"]["training"]["epochs"]
+        caps = f"{data.get('max_train') or 'all'} train / {data.get('max_test') or 'all'} test rows a task"
+        lines += [f"`{p.get('command', r['command'])}` ({caps}, {epochs} epochs)", ""]
         acc = p.get("test_accuracy_per_seed", {})
         spread = (
             " (mean test accuracy over the seeds: uniform "

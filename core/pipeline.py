@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+from core.artifacts import AFFINITY, CHOSEN, REPORT, RUN, SWEEP, VALIDATION
 from core.errors import GroupTuneError
 from core.stages import BY_NAME, command
 from core.workspace import Workspace
@@ -57,7 +58,7 @@ def affinity(cfg, ws: Workspace) -> dict:
     check_methods(cfg)
 
     with artifact_lock(lock_path(ws.root, "step", "affinity"), "the affinity matrix"):
-        before = (ws.read("affinity.json") or {}).get("fingerprint")
+        before = (AFFINITY.read(ws) or {}).get("fingerprint")
         with Meter() as meter:
             result = compute_affinity(cfg, ws)
     if result.get("fingerprint") != before:  # not a cache hit: record what the work cost
@@ -77,9 +78,7 @@ def affinity(cfg, ws: Workspace) -> dict:
 def _affinity_inputs(ws: Workspace):
     import numpy as np
 
-    data = ws.read("affinity.json")
-    if data is None:
-        raise GroupTuneError(f"{ws.path('affinity.json')}: run `grouptune affinity` first")
+    data = AFFINITY.need(ws)
     return np.asarray(data["affinity"], dtype=float), list(data["tasks"]), data.get("fingerprint")
 
 
@@ -89,12 +88,12 @@ def sweep(cfg, ws: Workspace) -> list[dict]:
     from core.grouping import choose
 
     T, names, fingerprint = _affinity_inputs(ws)
-    cached = ws.read("groupings", "sweep.json")
+    cached = SWEEP.read(ws)
     if cached and cached.get("fingerprint") == fingerprint and fingerprint is not None:
         return cached["entries"]
     whatif = WhatIf.from_workspace(cfg, ws)
     entries = choose.sweep(T, names, whatif.predict, random_state=cfg.grouping.seed)
-    ws.write({"fingerprint": fingerprint, "entries": entries}, "groupings", "sweep.json")
+    SWEEP.write(ws, {"fingerprint": fingerprint, "entries": entries})
     return entries
 
 
@@ -121,7 +120,7 @@ def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -
     if entry is None:  # a method the sweep does not score (the random control)
         entry, reason = _one_grouping(cfg, ws, m, method), f"{method} grouping, chosen by the user"
     chosen = {**entry, "reason": reason, "source": "sweep", "uncertainty": uncertainty}
-    ws.write(chosen, "groupings", "chosen.json")
+    CHOSEN.write(ws, chosen)
     ws.write(chosen, "groupings", f"m{m}.json")
     return chosen
 
@@ -143,11 +142,9 @@ def _uncertainty_inputs(cfg, ws: Workspace) -> tuple[dict, float | None]:
     from core.data.sources import load_tasks
 
     rows = {t.name: len(t.rows("val")) for t in load_tasks(cfg)}
-    checked = ws.read("validation.json") or {}
+    checked = VALIDATION.read(ws) or {}
     points = checked.get("rows") or []
-    fresh = checked.get("affinity_fingerprint") == (ws.read("affinity.json") or {}).get(
-        "fingerprint"
-    )
+    fresh = checked.get("affinity_fingerprint") == (AFFINITY.read(ws) or {}).get("fingerprint")
     if not points or not fresh:
         return rows, None
     errors = [p["predicted_accuracy"] - p["real_accuracy"] for p in points]
@@ -174,15 +171,12 @@ def edit_groups(cfg, ws: Workspace, groups: list[list[str]]) -> dict:
         "reason": "edited by the user",
         "source": "edited",
     }
-    ws.write(chosen, "groupings", "chosen.json")
+    CHOSEN.write(ws, chosen)
     return chosen
 
 
 def chosen_groups(ws: Workspace) -> list[list[str]]:
-    chosen = ws.read("groupings", "chosen.json")
-    if chosen is None:
-        raise GroupTuneError(f"{ws.path('groupings', 'chosen.json')}: run `grouptune group` first")
-    return chosen["groups"]
+    return CHOSEN.need(ws)["groups"]
 
 
 def mix(cfg, ws: Workspace, group: int | None, weights: dict | None = None, **suggest) -> dict:
@@ -388,6 +382,6 @@ def run(cfg, ws: Workspace, backend=None, log=None) -> dict:
     _wait_ok(ws, [*trains, *boosts, zero, ev, rep])
     timings["total"] = time.monotonic() - start
     timings["training_and_evaluation"] = timings["total"] - timings["estimation"]
-    report = ws.read("report.json")
-    ws.write({"wall_seconds": timings, "finished": time.time()}, "run.json")
+    report = REPORT.read(ws)
+    RUN.write(ws, {"wall_seconds": timings, "finished": time.time()})
     return report

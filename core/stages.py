@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.artifacts import AFFINITY, MANIFEST, REPORT
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -68,7 +70,7 @@ STAGES: tuple[Stage, ...] = (
         "affinity",
         "Task affinity matrix",
         "affinity",
-        ("estimates/", "affinity.json"),
+        ("estimates/", AFFINITY.name),
         ("estimation",),
         "core.estimate.affinity:table_fingerprint",
     ),
@@ -79,7 +81,7 @@ STAGES: tuple[Stage, ...] = (
         "training",
         "Adapters (one per group + baseline)",
         "train",
-        ("adapters/group-<i>/", "adapters/baseline/", "ensemble.json"),
+        ("adapters/group-<i>/", "adapters/baseline/", MANIFEST.name),
         ("group_training", "baseline_training"),
         "core.recipe:training_fingerprint",
         "adapter",
@@ -88,7 +90,7 @@ STAGES: tuple[Stage, ...] = (
         "boosting",
         "Ensemble weights and boosting rounds",
         "boost",
-        ("adapters/boost-<r>/", "ensemble.json"),
+        ("adapters/boost-<r>/", MANIFEST.name),
         ("ensemble_weights", "boosting"),
         "core.ensemble.boosting:missing_rounds",
         "round",
@@ -105,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
         "report",
         "Comparison report",
         "report",
-        ("report.json",),
+        (REPORT.name,),
         (),
         "core.views.stages:report_state",
     ),

@@ -15,6 +15,7 @@ Layout (every path below is relative to the workspace root):
   accounting.json              FLOPs, wall time and peak memory per stage
   report.json                  the comparison
   jobs.db, logs/               background jobs (core.jobs)
+The top-level JSON documents are read and written through core.artifacts (their keys checked).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.artifacts import AFFINITY
 from core.errors import GroupTuneError
 from core.views.datasets import shared_answer_words, uploaded_tasks
 from core.views.jobs import ACTIVE, active_items, cli_text, job_targets, read_jobs, submit_step
@@ -163,7 +164,7 @@ def whatif(ws: Workspace):
     config change; None (with the reason shown) when the features cannot be loaded."""
     try:
         return _whatif(
-            str(ws.root), ws.path("affinity.json").stat().st_mtime, ws.config_path.stat().st_mtime
+            str(ws.root), AFFINITY.path(ws).stat().st_mtime, ws.config_path.stat().st_mtime
         )
     except (GroupTuneError, ValueError, OSError) as err:
         st.warning(f"What-if predictions are unavailable: {err}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import pipeline
+from core.artifacts import AFFINITY, CHOSEN
 from core.errors import GroupTuneError
 from core.grouping.edit import move_task
 from core.report.figures import sweep_figure
@@ -32,12 +33,12 @@ st.caption(
 ws, cfg = _common.require_config()
 _common.show_trust(trust.load_validation(ws), cfg, ws)
 entries = sweep_entries(ws)
-chosen = ws.read("groupings", "chosen.json")
+chosen = CHOSEN.read(ws)
 if not entries:
     st.info(
         f"No candidate groupings yet. After the affinity step: `{cli_text(command('group'), ws)}`"
     )
-    if ws.path("affinity.json").exists() and st.button("Compute the groupings", key="grp_run"):
+    if AFFINITY.path(ws).exists() and st.button("Compute the groupings", key="grp_run"):
         _common.submit(ws, [command("group")])
     _common.live_jobs(ws, stages=("grouping",))
     st.stop()
@@ -68,7 +69,7 @@ st.subheader("The chosen grouping: move tasks and see the prediction")
 if chosen is None:
     st.info("No grouping chosen yet: pick one above.")
     st.stop()
-key = f"grp_edit:{ws.root}:{ws.path('groupings', 'chosen.json').stat().st_mtime}"
+key = f"grp_edit:{ws.root}:{CHOSEN.path(ws).stat().st_mtime}"
 edit = st.session_state.setdefault(key, {"groups": chosen["groups"], "moves": []})
 pending = _common.features_pending(ws, "moving a task updates the predictions")
 model = None if pending else _common.whatif(ws)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.artifacts import CHOSEN
 from core.report.tables import headline, load_report
 from core.views.jobs import ACTIVE, job_counts, read_jobs, submit_run
 from core.views.stages import experiment_status, next_step, stage_summary
@@ -24,7 +25,7 @@ rows = experiment_status(ws, cfg, tasks, jobs)
 report = load_report(ws)
 
 st.subheader(f"Experiment `{cfg.name}`")
-chosen = ws.read("groupings", "chosen.json")
+chosen = CHOSEN.read(ws)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Tasks", len(cfg.tasks))
 c2.metric("Groups (m)", chosen["m"] if chosen else "—")

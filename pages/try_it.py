@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.artifacts import MANIFEST
 from core.data.inputs import needs_pair, table_inputs, task_columns
 from core.data.tables import TABLE_TYPES, parse_table
 from core.errors import GroupTuneError
@@ -21,7 +22,7 @@ st.caption(
     "plus the boosting rounds. The single adapter trained on every task answers beside it."
 )
 ws, cfg = _common.require_config()
-manifest = ws.read("ensemble.json")
+manifest = MANIFEST.read(ws)
 if manifest is None:
     st.info(
         "Nothing trained yet: train the group adapters first (Training page, or "

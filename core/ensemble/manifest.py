@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.artifacts import MANIFEST as DOC
 from core.errors import GroupTuneError
 
-MANIFEST = "ensemble.json"
+MANIFEST = DOC.name
 
 
 VERSION = 1
@@ -102,15 +103,12 @@ def _check_simplex(task: str, weights: dict | None, adapters: dict) -> None:
 
 
 def save_manifest(ws, manifest: dict) -> Path:
-    return ws.write(validate_manifest(manifest), MANIFEST)
+    return DOC.write(ws, validate_manifest(manifest))
 
 
 def load_manifest(ws) -> dict:
     """The workspace's manifest, validated (adapters must exist)."""
-    try:
-        manifest = ws.read(MANIFEST)
-    except ValueError as err:
-        raise GroupTuneError(f"{ws.path(MANIFEST)}: not valid JSON ({err})") from None
+    manifest = DOC.read(ws)  # not JSON: an error naming the file
     if manifest is None:
         raise GroupTuneError(f"no {MANIFEST} in {ws.root}: train the group adapters first")
     return validate_manifest(manifest, ws)
@@ -131,7 +129,7 @@ def create_manifest(cfg, ws, groups: list[list[str]]) -> dict:
 
     manifest = make_manifest(model_fingerprint(cfg.model), cfg.model.quantization, groups)
     manifest["digests"] = {a: weights_digest(ws.path(r)) for a, r in manifest["adapters"].items()}
-    old = ws.read(MANIFEST) if ws.path(MANIFEST).exists() else None
+    old = DOC.read(ws)
     same = ("base_model", "adapters", "groups", "digests")
     if old and all(old.get(k) == manifest[k] for k in same):
         return old

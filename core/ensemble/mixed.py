@@ -13,6 +13,7 @@ which the Compare page shows. CLI: `grouptune mix --group I (--weight T=W ... | 
 
 from __future__ import annotations
 
+from core.artifacts import CHOSEN
 from core.errors import GroupTuneError
 
 
@@ -20,7 +21,7 @@ def target(ws, cfg, group: int | None) -> tuple[str, str, list[str]]:
     """(label, adapter name, tasks in training order) of a group or of the single adapter."""
     if group is None:
         return "all", "baseline", list(cfg.task_names)
-    chosen = (ws.read("groupings", "chosen.json") or {}).get("groups") or []
+    chosen = (CHOSEN.read(ws) or {}).get("groups") or []
     if not 0 <= group < len(chosen):
         raise GroupTuneError(f"no group {group}: the chosen grouping has {len(chosen)}")
     return str(group), f"group-{group}", [t for t in cfg.task_names if t in chosen[group]]

@@ -30,6 +30,7 @@ from math import comb
 import numpy as np
 import pandas as pd
 
+from core.artifacts import AFFINITY, SUBSETS
 from core.errors import ConfigError, GroupTuneError
 from core.estimate import fitter
 from core.estimate.estimator import check_features, check_same_k, score
@@ -270,7 +271,7 @@ def table_fingerprint(cfg, metas: dict) -> str:
 
 def _load_subsets(ws, settings: dict) -> list[tuple]:
     """The persisted subsets if drawn with these settings, else a fresh draw (persisted)."""
-    stored = ws.read("estimates", "subsets.json")
+    stored = SUBSETS.read(ws)
     if stored and stored.get("settings") == settings:
         return [tuple(s) for s in stored["subsets"]]
     names = settings["tasks"]
@@ -279,7 +280,7 @@ def _load_subsets(ws, settings: dict) -> list[tuple]:
     else:
         subsets = sample_subsets(names, settings["K"], settings["size"], settings["seed"])
     write_json(
-        ws.path("estimates", "subsets.json"),
+        SUBSETS.path(ws),
         {"settings": settings, "subsets": [list(s) for s in subsets]},
     )
     return subsets
@@ -346,7 +347,7 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
     settings = _subset_settings(cfg)
     table_fp = table_fingerprint(cfg, {n: getattr(tf, "meta", {}) for n, tf in features.items()})
     fingerprint = {"table": table_fp, "metric": e.metric}
-    old = ws.read("affinity.json")
+    old = AFFINITY.read(ws)
     results_csv = ws.path("estimates", "results.csv")
     if old and old.get("fingerprint") == fingerprint and results_csv.exists():
         return old
@@ -361,5 +362,5 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
         table.to_csv(buf, index=False)
         write_text(results_csv, buf.getvalue())
     result = _result(names, table, e.metric, cfg, fingerprint, base, single, subsets)
-    ws.write(result, "affinity.json")
+    AFFINITY.write(ws, result)
     return result

@@ -19,6 +19,7 @@ import zipfile
 
 import pandas as pd
 
+from core.artifacts import CHOSEN
 from core.io import write_bytes
 from core.report.figures import (
     METRIC_LABELS,
@@ -54,7 +55,7 @@ def export_tables(ws: Workspace) -> dict[str, pd.DataFrame]:
         tables["weights"] = weights_table(report)
     if report.get("boosting"):
         tables["boosting"] = boosting_table(report)
-    chosen = ws.read("groupings", "chosen.json")
+    chosen = CHOSEN.read(ws)
     if chosen:
         tables["groups"] = groups_frame(chosen["groups"], chosen.get("predicted") or {})
     view = affinity_view(ws)

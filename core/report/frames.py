@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.artifacts import AFFINITY, CHOSEN
 from core.workspace import Workspace
 
 
@@ -31,11 +32,11 @@ def clustered_order(T, names: list[str], groups: list[list[str]] | None = None) 
 def affinity_view(ws: Workspace) -> dict | None:
     """affinity.json reordered for display: {"order", "T" (DataFrame), "counts" (DataFrame),
     "settings", "groups"}; None when there is no affinity yet."""
-    aff = ws.read("affinity.json")
+    aff = AFFINITY.read(ws)
     if aff is None:
         return None
     names = list(aff["tasks"])
-    chosen = ws.read("groupings", "chosen.json")
+    chosen = CHOSEN.read(ws)
     groups = chosen["groups"] if chosen and set(sum(chosen["groups"], [])) == set(names) else None
     order = clustered_order(aff["affinity"], names, groups)
     T = pd.DataFrame(aff["affinity"], index=names, columns=names).loc[order, order]

@@ -39,6 +39,7 @@ Anything not produced yet is null and named in "missing"; nothing is guessed.
 from __future__ import annotations
 
 from core.accounting import Accounting
+from core.artifacts import MANIFEST, REPORT
 from core.errors import GroupTuneError
 from core.stats import paired_gain, paired_sample
 
@@ -200,7 +201,7 @@ def _ensemble_extras(doc: dict | None) -> dict:
 def build_report(ws) -> dict:
     """Assemble report.json from what the workspace holds; missing parts are null and listed."""
     evals = {m: ws.read("eval", f"{m}.json") for m in MODELS}
-    manifest = ws.read("ensemble.json")
+    manifest = MANIFEST.read(ws)
     acct = Accounting(ws).read()
     missing = [HINTS[m] for m in MODELS if evals[m] is None]
     if manifest is None:
@@ -242,5 +243,5 @@ def build_report(ws) -> dict:
         "peak_memory_bytes": {s: _stage_value(acct, s, "peak_memory_bytes") for s in stages},
         "missing": missing,
     }
-    ws.write(report, "report.json")
+    REPORT.write(ws, report)
     return report

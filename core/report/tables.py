@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.artifacts import REPORT
 from core.workspace import Workspace
 
 MODELS = ("ensemble", "baseline", "zero_shot")
@@ -16,7 +17,7 @@ METRIC_LABELS = {"accuracy": "Accuracy", "f1": "Macro F1", "ece": "Calibration e
 
 
 def load_report(ws: Workspace) -> dict | None:
-    return ws.read("report.json")
+    return REPORT.read(ws)
 
 
 def metric_table(report: dict, metric: str = "accuracy") -> pd.DataFrame:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.artifacts import SUBSETS
 from core.errors import DataError, GroupTuneError, StaleError
 from core.io import safe_name
 from core.stages import command
@@ -61,12 +62,11 @@ def _need(ws, *parts: str) -> Path:
 
 def estimated_subsets(ws) -> list[tuple[str, ...]]:
     """Every subset the estimator sampled, in its order (estimates/subsets.json)."""
-    from core.io import read_json
-
-    path = _need(ws, "estimates", "subsets.json")
-    subsets = read_json(path).get("subsets")
+    subsets = SUBSETS.need(ws)["subsets"]
     if not subsets:
-        raise DataError("no subsets in the file; run `grouptune affinity` again", file=path)
+        raise DataError(
+            "no subsets in the file; run `grouptune affinity` again", file=SUBSETS.path(ws)
+        )
     return [tuple(s) for s in subsets]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.artifacts import VALIDATION
 from core.errors import GroupTuneError
 from core.stages import command as grouptune_command
 from core.validate.subsets import DEFAULT_SEEDS as DEFAULT_SEEDS
@@ -137,7 +138,7 @@ def number(value, spec: str = ".2f") -> str:
 def load_validation(ws) -> dict | None:
     """validation.json, or None when validate-estimate has not run. Its verdict is judged
     again from its summary, so a file written by an older version reads by today's rules."""
-    doc = ws.read("validation.json")
+    doc = VALIDATION.read(ws)
     if doc is not None and "summary" in doc:
         comparable = (doc.get("settings") or {}).get("loss_comparable", True)
         doc["verdict"] = verdict(doc["summary"], comparable)

@@ -53,6 +53,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from core.artifacts import AFFINITY, VALIDATION
 from core.errors import GroupTuneError
 from core.validate.subsets import (
     DEFAULT_SEEDS,
@@ -313,10 +314,10 @@ def compare(cfg, ws, subsets, requested: int | None = None, seeds=None) -> dict:
             "task_rows": config_rows(cfg),
         },
         "requested": requested if requested is not None else len(subsets),
-        "affinity_fingerprint": (ws.read("affinity.json") or {}).get("fingerprint"),
+        "affinity_fingerprint": (AFFINITY.read(ws) or {}).get("fingerprint"),
         "created": time.time(),
     }
-    ws.write(result, "validation.json")
+    VALIDATION.write(ws, result)
     return result
 
 

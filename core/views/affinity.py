@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.artifacts import AFFINITY
 from core.config import ExperimentConfig
 from core.workspace import Workspace
 
@@ -28,7 +29,7 @@ def pair_evidence(ws: Workspace, a: str, b: str):
     if not path.is_file():
         return pd.DataFrame()
     table = pd.read_csv(path)
-    metric = (ws.read("affinity.json") or {}).get("metric", "loss")
+    metric = (AFFINITY.read(ws) or {}).get("metric", "loss")
     table["z"] = z_scores(table, metric)
     both = table["subset"].map(lambda s: {a, b} <= set(s.split(SEP)))
     rows = table[both & table["task"].isin([a, b])].copy()
@@ -66,5 +67,5 @@ def estimator_settings(cfg: ExperimentConfig, view: dict | None) -> pd.DataFrame
         ("metric", e.metric, made.get("metric")),
         ("target", cfg.features.target, made.get("target")),
     ]
-    df = pd.DataFrame(rows, columns=["setting", "config", "affinity.json"])
+    df = pd.DataFrame(rows, columns=["setting", "config", AFFINITY.name])
     return df.astype(str).replace({"None": "—"})

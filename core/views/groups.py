@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.artifacts import AFFINITY, SWEEP
 from core.stages import command
 from core.workspace import Workspace
 
 
 def sweep_entries(ws: Workspace) -> list[dict]:
-    return (ws.read("groupings", "sweep.json") or {}).get("entries", [])
+    return (SWEEP.read(ws) or {}).get("entries", [])
 
 
 def sweep_fresh(ws: Workspace) -> bool:
-    sweep, aff = ws.read("groupings", "sweep.json"), ws.read("affinity.json")
+    sweep, aff = SWEEP.read(ws), AFFINITY.read(ws)
     return bool(sweep and aff and sweep.get("fingerprint") == aff.get("fingerprint"))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.artifacts import AFFINITY, CHOSEN, MANIFEST, REPORT
 from core.config import ExperimentConfig
 from core.stages import BY_NAME, STAGES
 from core.views.jobs import ACTIVE, latest_jobs
@@ -80,7 +81,7 @@ def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) 
     from core.estimate.affinity import table_fingerprint
     from core.io import read_json
 
-    aff = ws.read("affinity.json")
+    aff = AFFINITY.read(ws)
     if aff is None:
         return _row("affinity", "affinity", "missing")
     if list(aff.get("tasks", [])) != cfg.task_names:
@@ -96,19 +97,17 @@ def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) 
 
 
 def grouping_state(ws: Workspace, aff_state: str) -> dict:
-    chosen = ws.read("groupings", "chosen.json")
+    chosen = CHOSEN.read(ws)
     if chosen is None:
         return _row("grouping", "chosen", "missing")
-    if aff_state != "fresh" or _mtime(ws.path("groupings", "chosen.json")) < _mtime(
-        ws.path("affinity.json")
-    ):
+    if aff_state != "fresh" or _mtime(CHOSEN.path(ws)) < _mtime(AFFINITY.path(ws)):
         return _row("grouping", "chosen", "stale", "the affinity matrix changed since")
     return _row("grouping", "chosen", "fresh", f"m={chosen['m']} ({chosen['method']})")
 
 
 def expected_adapters(ws: Workspace, cfg: ExperimentConfig) -> dict[str, list[str]]:
     """Adapter name -> its tasks: group-<i> per chosen group, then the all-task baseline."""
-    chosen = ws.read("groupings", "chosen.json") or {}
+    chosen = CHOSEN.read(ws) or {}
     out = {f"group-{i}": list(g) for i, g in enumerate(chosen.get("groups", []))}
     out["baseline"] = list(cfg.task_names)
     return out
@@ -156,7 +155,7 @@ def boosting_states(ws: Workspace, cfg: ExperimentConfig) -> list[dict]:
     weights the config asks for (core.ensemble.boosting.missing_rounds, the engine's own rule)."""
     from core.ensemble.boosting import boost_name, missing_rounds
 
-    manifest = ws.read("ensemble.json") if ws.path("ensemble.json").exists() else None
+    manifest = MANIFEST.read(ws)
     todo = missing_rounds(cfg, manifest)
     detail = "" if manifest else "after the group adapters"
     return [
@@ -184,7 +183,7 @@ def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> lis
     groups = [n for n in expected_adapters(ws, cfg) if n != "baseline"]
     inputs = {
         "baseline": [ws.path("adapters", "baseline", "grouptune.json")],
-        "ensemble": [ws.path("ensemble.json")]
+        "ensemble": [MANIFEST.path(ws)]
         + [ws.path("adapters", n, "grouptune.json") for n in groups],
     }
     for model, paths in inputs.items():
@@ -199,13 +198,13 @@ def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> lis
 
 
 def report_state(ws: Workspace) -> dict:
-    path = ws.path("report.json")
+    path = REPORT.path(ws)
     if not path.exists():
         return _row("report", "report", "missing")
     evals = [p for p in ws.path("eval").glob("*.json")] if ws.path("eval").is_dir() else []
     if any(_mtime(p) > _mtime(path) for p in evals):
         return _row("report", "report", "stale", "evaluated again since")
-    missing = (ws.read("report.json") or {}).get("missing") or []
+    missing = (REPORT.read(ws) or {}).get("missing") or []
     return _row("report", "report", "fresh", f"{len(missing)} parts missing" if missing else "")
 
 

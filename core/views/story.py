@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.artifacts import AFFINITY, CHOSEN, REPORT
 from core.report.tables import gain_parts_text, gain_text, gain_verdict
 
 
@@ -53,19 +54,19 @@ def predicted_vs_real(chosen: dict | None, records: dict[str, dict]) -> list[dic
 def story(ws) -> dict:
     """{"groups", "m", "reason", "blocks", "predicted_vs_real", "gain_text", "gain_verdict",
     "gain_parts_text", "flops_paper", "flops_full"}."""
-    chosen = ws.read("groupings", "chosen.json")
+    chosen = CHOSEN.read(ws)
     groups = (chosen or {}).get("groups") or []
     records = {
         f"group-{i}": ws.read("adapters", f"group-{i}", "grouptune.json")
         for i in range(len(groups))
     }
-    report = ws.read("report.json") or {}
+    report = REPORT.read(ws) or {}
     ratio = report.get("flops_ratio") or {}
     return {
         "groups": groups,
         "m": len(groups) or None,
         "reason": (chosen or {}).get("reason"),
-        "blocks": affinity_blocks(ws.read("affinity.json"), groups),
+        "blocks": affinity_blocks(AFFINITY.read(ws), groups),
         "predicted_vs_real": predicted_vs_real(chosen, records),
         "gain_text": gain_text(report.get("gain")),
         "gain_verdict": gain_verdict(report.get("gain")),
