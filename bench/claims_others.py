@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from claims_common import ROOT, fmt, load_result, table
 from claims_verdicts import holds
 
@@ -337,11 +338,16 @@ def md_mixing() -> list[str]:
             if acc
             else ""
         )
+        pred = [p["predicted_change"][t]["loss"] for t in p["tasks"]]
+        meas = [p["measured_change"][t]["loss"] for t in p["tasks"]]
         lines += [
             f"{name}: test accuracy weighted − uniform {p['mean_gain']:+.1f} points "
             f"{[round(x, 1) for x in p['gain_ci']]} over seeds {p['seeds']}{spread}; the sign "
             f"of the predicted vs measured val-loss change agrees on "
-            f"{p['sign_agreement_loss']:.0%} of tasks.",
+            f"{p['sign_agreement_loss']:.0%} of tasks (correlation "
+            f"{np.corrcoef(pred, meas)[0, 1]:.2f}); mean val-loss change predicted "
+            f"{np.mean(pred):+.4f}, measured {np.mean(meas):+.4f} (the objective the weights "
+            "were chosen for).",
             "",
         ]
         rows = [[t, f"{p['weights'][t]:.2f}", f"{p['predicted_change'][t]['loss']:+.4f}",
