@@ -279,31 +279,10 @@ def md_protocol() -> list[str]:
     if r is None:
         return []
     lines = ["## e. The paper's protocol on GroupTune's data (bench/protocol.py)", ""]
-    p = r["parts"].get("pairs")
-    if p:
-        prov = r["provenance"]["pairs"]
-        data, t = prov["config"]["data"], prov["config"]["training"]
-        neg, n = p["negative_pairs"], len(p["tasks"])
-        lines += [
-            f"Pairwise transfer on {n} tasks of sample_data/protocol.yaml, seeds {p['seeds']}, "
-            f"{data.get('max_train') or 'all'} train rows a task, {t['epochs']} epochs "
-            f"(patience {t['patience']}): `{prov['command']}` ({prov['date']}). Entry (row i, "
-            "column j): task i's val loss alone minus with j, mean over seeds (> 0: j helps i); "
-            "the estimate is the product's (the replay averaged over batch orders).",
-            "",
-            f"- negative pairs (a task loses): {len(neg['negative'])} of {neg['pairs']} "
-            f"({', '.join(neg['negative']) or 'none'}); beyond twice the seeds' standard "
-            f"error: {len(neg['beyond_noise'])} ({', '.join(neg['beyond_noise']) or 'none'})",
-            f"- estimated against real transfer: correlation "
-            f"{fmt(p['estimate_vs_real']['correlation'], '.2f')}, sign agreement "
-            f"{fmt(p['estimate_vs_real']['sign_agreement'], '.0%')}",
-            "",
-        ]
-        head = ["task i \\ with j", *p["tasks"]]
-        real, est = p["real_loss_transfer"]["mean"], p["estimated_loss_transfer"]
-        rows = [[a] + ["-" if i == j else f"{real[i][j]:+.3f} (est {est[i][j]:+.3f})"
-                       for j in range(n)] for i, a in enumerate(p["tasks"])]  # fmt: skip
-        lines += table(head, rows) + [""]
+    for name, where in (("pairs", "protocol.yaml (one yes/no answer space, both polarities)"),
+                        ("pairs_shipped", "full.yaml (each task its own answer words)")):  # fmt: skip
+        if r["parts"].get(name):
+            lines += md_pairs(r["parts"][name], r["provenance"][name], where)
     h = r["parts"].get("headline")
     if h:
         lines += [
@@ -315,6 +294,32 @@ def md_protocol() -> list[str]:
             "",
         ]
     return lines
+
+
+def md_pairs(p: dict, prov: dict, where: str) -> list[str]:
+    """One pairwise-transfer part: the negative pairs, the estimate's agreement, the matrix."""
+    data, t = prov["config"]["data"], prov["config"]["training"]
+    neg, n = p["negative_pairs"], len(p["tasks"])
+    lines = [
+        f"Pairwise transfer on {n} tasks of sample_data/{where}, seeds {p['seeds']}, "
+        f"{data.get('max_train') or 'all'} train rows a task, {t['epochs']} epochs "
+        f"(patience {t['patience']}): `{prov['command']}` ({prov['date']}). Entry (row i, "
+        "column j): task i's val loss alone minus with j, mean over seeds (> 0: j helps i); "
+        "the estimate is the product's (the replay averaged over batch orders).",
+        "",
+        f"- negative pairs (a task loses): {len(neg['negative'])} of {neg['pairs']} "
+        f"({', '.join(neg['negative']) or 'none'}); beyond twice the seeds' standard "
+        f"error: {len(neg['beyond_noise'])} ({', '.join(neg['beyond_noise']) or 'none'})",
+        f"- estimated against real transfer: correlation "
+        f"{fmt(p['estimate_vs_real']['correlation'], '.2f')}, sign agreement "
+        f"{fmt(p['estimate_vs_real']['sign_agreement'], '.0%')}",
+        "",
+    ]
+    head = ["task i \\ with j", *p["tasks"]]
+    real, est = p["real_loss_transfer"]["mean"], p["estimated_loss_transfer"]
+    rows = [[a] + ["-" if i == j else f"{real[i][j]:+.3f} (est {est[i][j]:+.3f})"
+                   for j in range(n)] for i, a in enumerate(p["tasks"])]  # fmt: skip
+    return lines + table(head, rows) + [""]
 
 
 def md_mixing() -> list[str]:

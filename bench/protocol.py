@@ -234,6 +234,9 @@ def parse_args():
     p.add_argument("--part", choices=["pairs", "headline"], action="append")
     p.add_argument("--pair-tasks", nargs="+", default=DEFAULT_PAIR_TASKS)
     p.add_argument("--pair-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--pairs-name", default="pairs", choices=["pairs", "pairs_shipped"],
+                   help="pairs_shipped: the same measurement on a shipped, distinct-answer "
+                   "config (--config sample_data/full.yaml), kept beside the protocol's")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--max-val", type=int, default=None)
@@ -281,7 +284,7 @@ def main() -> None:
         os.replace(tmp, args.out)
 
     if "pairs" in args.part:
-        save("pairs", part_pairs(cfg, ws, args))
+        save(args.pairs_name, part_pairs(cfg, ws, args))
     if "headline" in args.part:
         save("headline", part_headline(cfg, ws, args, lambda d: save("headline", d)))
     say(f"wrote {args.out}")
