@@ -138,8 +138,8 @@ def number(value, spec: str = ".2f") -> str:
 def load_validation(ws) -> dict | None:
     """validation.json, or None when validate-estimate has not run. Its verdict is judged
     again from its summary, so a file written by an older version reads by today's rules."""
-    doc = VALIDATION.read(ws)
-    if doc is not None and "summary" in doc:
+    doc = VALIDATION.read(ws)  # its keys checked: a summary is there
+    if doc is not None:
         comparable = (doc.get("settings") or {}).get("loss_comparable", True)
         doc["verdict"] = verdict(doc["summary"], comparable)
     return doc
