@@ -72,7 +72,7 @@ STAGES: tuple[Stage, ...] = (
         "affinity",
         ("estimates/", AFFINITY.name),
         ("estimation",),
-        "core.estimate.affinity:table_fingerprint",
+        "core.estimate.affinity:affinity_status",
     ),
     Stage(
         "grouping", "Task groups", "group", ("groupings/",), (), "core.views.stages:grouping_state"
@@ -83,7 +83,7 @@ STAGES: tuple[Stage, ...] = (
         "train",
         ("adapters/group-<i>/", "adapters/baseline/", MANIFEST.name),
         ("group_training", "baseline_training"),
-        "core.recipe:training_fingerprint",
+        "core.train.freshness:adapter_status",
         "adapter",
     ),
     Stage(

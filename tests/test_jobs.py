@@ -35,9 +35,10 @@ from core.jobs import (
 from core.jobs.cli import jobs_app
 from core.jobs.database import HOST, pid_alive
 from core.jobs.launch import runner_command
+from core.jobs.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = "tests.job_fixtures"
+FIXTURES = "tests.job_fixtures:main"
 HEARTBEAT_S = 0.2
 
 
@@ -49,7 +50,7 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.delenv("GROUPTUNE_MAX_JOBS", raising=False)
     yield tmp_path
     db = tmp_path / "jobs.db"
-    if db.exists() and _schema_version(db) == 1:  # one test leaves a "newer" database
+    if db.exists() and _schema_version(db) == SCHEMA_VERSION:  # one test leaves a "newer" one
         for job in JobStore(db).list("running"):
             if job["pid"] and job["host"] == HOST and pid_alive(job["pid"]):
                 os.killpg(job["pid"], signal.SIGKILL)
@@ -64,7 +65,7 @@ def _schema_version(db: Path) -> int:
 
 
 def job(ws: Path, *argv: str, step: str = "test", **kwargs) -> int:
-    return submit(ws, step, step, list(argv), module=FIXTURES, cwd=ws, **kwargs)
+    return submit(ws, step, step, list(argv), program=FIXTURES, cwd=ws, **kwargs)
 
 
 def poll(condition, timeout: float, what: str):
@@ -133,7 +134,7 @@ def test_killed_worker_is_reaped_and_resume_continues_from_checkpoint(ws):
 def test_job_outlives_the_process_that_submitted_it(ws):
     code = (
         f"from core.jobs import submit; print(submit({str(ws)!r}, 'nap', 'sleep', "
-        f"['sleep', '1.5'], module={FIXTURES!r}, cwd={str(ws)!r}))"
+        f"['sleep', '1.5'], program={FIXTURES!r}, cwd={str(ws)!r}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
@@ -152,7 +153,7 @@ SUBMITTER = textwrap.dedent(
     from core.jobs import open_store, submit
     ws, tag = sys.argv[1], sys.argv[2]
     ids = [submit(ws, f"{tag}-{i}", "count", ["count", "3", "--checkpoint", f"{tag}-{i}.json"],
-                  module="tests.job_fixtures", cwd=ws) for i in range(10)]
+                  program="tests.job_fixtures:main", cwd=ws) for i in range(10)]
     store = open_store(ws)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -268,7 +269,7 @@ def test_cancel_escalates_to_kill_when_the_step_ignores_it(ws):
 
 def test_job_cancelled_between_claim_and_worker_start_is_cancelled(ws):
     store = JobStore(ws / "jobs.db")
-    job_id = store.submit("late", "late", ["sleep", "30"], module=FIXTURES, cwd=ws)
+    job_id = store.submit("late", "late", ["sleep", "30"], program=FIXTURES, cwd=ws)
     assert store.claim_next("local", 1, f"{HOST}:0")["id"] == job_id  # as dispatch would
     assert store.request_cancel(job_id) == "running"
     worker = subprocess.run(runner_command(store.path, job_id, dispatch=False), cwd=ROOT)

@@ -23,7 +23,7 @@ from core.jobs import JobStore, cancel, open_store, submit, wait
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'grouptune[ray]')")
 
-FIXTURES = "tests.job_fixtures"
+FIXTURES = "tests.job_fixtures:main"
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
 
 
@@ -54,7 +54,7 @@ def cluster(tmp_path_factory):
 
 
 def _job(ws, *argv, step="test", **kw) -> int:
-    return submit(ws, step, step, list(argv), module=FIXTURES, cwd=ws, **kw)
+    return submit(ws, step, step, list(argv), program=FIXTURES, cwd=ws, **kw)
 
 
 def _until(condition, timeout: float, what: str):

@@ -253,6 +253,22 @@ def _subset_settings(cfg) -> dict:
     }
 
 
+def affinity_status(ws, cfg, metas: dict) -> str:
+    """'fresh (n subsets)', 'stale (why)' or 'missing': the rule compute_affinity uses to skip
+    its work and the dashboard shows (`metas`: {task: the feature store's meta.json})."""
+    old = AFFINITY.read(ws)
+    if old is None:
+        return "missing"
+    if list(old.get("tasks", [])) != list(cfg.task_names):
+        return "stale (the tasks changed)"
+    now = {"table": table_fingerprint(cfg, metas), "metric": cfg.estimator.metric}
+    if old.get("fingerprint") != now:
+        return "stale (estimator settings or features changed)"
+    if not ws.path("estimates", "results.csv").exists():
+        return "stale (estimates/results.csv is missing)"
+    return f"fresh ({old.get('subsets')} subsets)"
+
+
 def table_fingerprint(cfg, metas: dict) -> str:
     """What the per-subset table depends on: the subsets' settings, the estimator, the target
     and each task's store key and resolved layout (`metas`: {task: meta.json}). Timestamps are
@@ -345,12 +361,12 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
     features = {name: loader(ws, name) for name in names}
     check_same_k(list(features.values()), names)  # the rows are validated when first used
     settings = _subset_settings(cfg)
-    table_fp = table_fingerprint(cfg, {n: getattr(tf, "meta", {}) for n, tf in features.items()})
-    fingerprint = {"table": table_fp, "metric": e.metric}
-    old = AFFINITY.read(ws)
-    results_csv = ws.path("estimates", "results.csv")
-    if old and old.get("fingerprint") == fingerprint and results_csv.exists():
+    metas = {n: getattr(tf, "meta", {}) for n, tf in features.items()}
+    old, results_csv = AFFINITY.read(ws), ws.path("estimates", "results.csv")
+    if affinity_status(ws, cfg, metas).startswith("fresh"):
         return old
+    table_fp = table_fingerprint(cfg, metas)
+    fingerprint = {"table": table_fp, "metric": e.metric}
     subsets = _load_subsets(ws, settings)
     if old and old.get("fingerprint", {}).get("table") == table_fp and results_csv.exists():
         table, base, single = pd.read_csv(results_csv), old["base"], old["single"]

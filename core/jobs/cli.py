@@ -15,6 +15,7 @@ import typer
 
 from core.errors import GroupTuneError
 from core.jobs.database import STATES, TERMINAL, JobStore
+from core.jobs.programs import command_line
 from core.jobs.scheduler import cancel, open_store, resume, retry
 
 jobs_app = typer.Typer(
@@ -115,7 +116,7 @@ def show(job_id: int, workspace: Path = WorkspaceOpt, as_json: bool = JsonOpt) -
     if as_json:
         print(json.dumps(job))
         return
-    command = " ".join(["python", "-m", job["module"], *job["argv"]])
+    command = command_line(job)
     rows = [
         ("job", f"{job['id']}  {job['name']}  ({job['step']})"),
         ("state", job["state"] + ("  (cancel requested)" if job["cancel_requested"] else "")),

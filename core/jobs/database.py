@@ -24,6 +24,7 @@ from pathlib import Path
 from core.errors import GroupTuneError
 from core.jobs.claiming import claim
 from core.jobs.liveness import HOST, heartbeat_interval, pid_alive
+from core.jobs.programs import DEFAULT_PROGRAM, check_program
 from core.jobs.reaping import reap_dead
 from core.jobs.schema import (
     STATES,
@@ -101,18 +102,18 @@ class JobStore:
         name: str,
         step: str,
         argv: Iterable[str],
-        module: str = "core.cli",
+        program: str = DEFAULT_PROGRAM,
         depends_on: Iterable[int] = (),
         resources: dict | None = None,
         backend: str = "local",
         cwd: str | os.PathLike | None = None,
     ) -> int:
-        """Queue a job that runs `python -m <module> <argv...>`; return its id.
+        """Queue a job that runs `<program> <argv...>` (core.jobs.programs); return its id.
 
         Nothing is started here (see `core.jobs.scheduler.submit` for submit-and-start).
         Raises ValueError naming the argument when one is malformed or a dependency is unknown.
         """
-        argv = check_argv(argv)
+        argv, program = check_argv(argv), check_program(program)
         deps = check_ids(depends_on)
         resources = check_resources(resources)
         if not isinstance(step, str) or not step.strip():
@@ -128,9 +129,9 @@ class JobStore:
                 if missing:
                     raise ValueError(f"depends_on: no job with id {missing} in {self.path}")
             cur = conn.execute(
-                "INSERT INTO jobs (name, step, module, argv, depends_on, resources, backend, cwd,"
+                "INSERT INTO jobs (name, step, program, argv, depends_on, resources, backend, cwd,"
                 " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (str(name), step, module, json.dumps(argv), json.dumps(deps),
+                (str(name), step, program, json.dumps(argv), json.dumps(deps),
                  json.dumps(resources), backend, cwd, time.time()),
             )  # fmt: skip
             job_id = cur.lastrowid
@@ -232,9 +233,9 @@ class JobStore:
         dependencies: the node-local copy a relayed worker runs against."""
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO jobs (id, name, step, module, argv, resources, backend, cwd, created,"
+                "INSERT INTO jobs (id, name, step, program, argv, resources, backend, cwd, created,"
                 " attempts, log_path, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (int(job["id"]), job["name"], job["step"], job["module"], json.dumps(job["argv"]),
+                (int(job["id"]), job["name"], job["step"], job["program"], json.dumps(job["argv"]),
                  json.dumps(job["resources"] or {}), job["backend"], job["cwd"], job["created"],
                  job["attempts"], job["log_path"], "relay"),
             )  # fmt: skip

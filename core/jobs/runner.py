@@ -1,7 +1,8 @@
 """The worker process of one job: `python -m core.jobs.runner DB JOB_ID [--no-dispatch]`.
 
-A job is exactly a command a user could type (`grouptune <argv>` is `python -m core.cli <argv>`),
-so the worker runs the job's module in-process with `runpy` and that argv, after it has:
+A job is exactly a command a user could type (`grouptune <argv>`), so the worker looks its
+program up among the installed console scripts (core.jobs.programs) and calls it in-process
+with that argv, after it has:
   - marked the job running with its pid (and given up if the job was cancelled meanwhile);
   - sent its stdout and stderr (file descriptors, so child processes too) to the job's log,
     `<workspace>/logs/<id>-<step>.log`, appended to across attempts;
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import runpy
 import signal
 import sys
 import threading
@@ -35,6 +35,7 @@ from core.jobs.backends import LocalBackend
 from core.jobs.database import HOST, JobNotFound, JobStore
 from core.jobs.heartbeat import Heartbeat
 from core.jobs.launch import job_cwd
+from core.jobs.programs import command_line, resolve
 from core.jobs.reporter import DbReporter
 
 
@@ -139,8 +140,8 @@ def _process_started() -> float | None:
 
 
 def _run_step(job: dict, interrupts: _Interrupts) -> tuple[str, int | None, str | None]:
-    """Run the job's module as __main__; return (state, exit_code, error)."""
-    state, code, error = _call_module(job["module"], job["argv"], interrupts)
+    """Run the job's program; return (state, exit_code, error)."""
+    state, code, error = _call_program(job["program"], job["argv"], interrupts)
     if state == "failed" and interrupts.requested:
         # however the step ended once asked to stop (click turns KeyboardInterrupt into
         # Abort or exit code 1), it was cancelled, not broken
@@ -149,14 +150,15 @@ def _run_step(job: dict, interrupts: _Interrupts) -> tuple[str, int | None, str 
     return state, code, error
 
 
-def _call_module(module: str, argv: list[str], interrupts: _Interrupts):
-    sys.argv = [module, *argv]
+def _call_program(program: str, argv: list[str], interrupts: _Interrupts):
+    sys.argv = [program, *argv]
     try:
         if interrupts.requested:
             raise JobCancelled("job cancelled before its step started")
+        main = resolve(program)
         interrupts.in_step = True
         try:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            sys.exit(main())  # what a console script's wrapper does with main's return
         finally:
             interrupts.in_step = False
     except SystemExit as exc:
@@ -204,7 +206,7 @@ def _enter_job(job: dict, db: Path) -> None:
     cwd = job_cwd(job)
     os.chdir(cwd)
     if str(cwd) not in sys.path:
-        sys.path.insert(0, str(cwd))  # as `python -m` typed in that directory would have it
+        sys.path.insert(0, str(cwd))  # a `module:function` program may live there, as in a shell
 
 
 _jobs_in_this_process = 0
@@ -214,7 +216,7 @@ def _header(job: dict) -> str:
     global _jobs_in_this_process
     _jobs_in_this_process += 1
     when = time.strftime("%Y-%m-%d %H:%M:%S")
-    command = " ".join(["python", "-m", job["module"], *job["argv"]])
+    command = command_line(job)
     reused = f", its job {_jobs_in_this_process}" if _jobs_in_this_process > 1 else ""
     return (
         f"=== job {job['id']} ({job['step']}) attempt {job['attempts']}: {command}"

@@ -107,9 +107,9 @@ def submit(
     reuse_workers: bool = False,
     **job,
 ) -> int:
-    """Queue `python -m <module> <argv...>` as a job, start what can run, return the job id.
+    """Queue `<program> <argv...>` as a job, start what can run, return the job id.
 
-    `job`: JobStore.submit's module, depends_on (ids of jobs that must be done first),
+    `job`: JobStore.submit's program (default `grouptune`), depends_on (ids of jobs that must be done first),
     resources ({"cpus": n, "gpus": n, "slots": 0 for drivers}) and cwd (where relative paths
     in argv resolve; default: here). `reuse_workers`: see `dispatch`.
     """

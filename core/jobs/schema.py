@@ -1,7 +1,7 @@
 """The job database file: its tables, version, connections, and what may go into a row.
 
 The schema is versioned with SQLite's `user_version`. A file made by a newer GroupTune is
-refused with a clear error rather than misread; an older one would be migrated here.
+refused with a clear error rather than misread; an older one is migrated here (`MIGRATIONS`).
 Connections use WAL mode (set once, persistent), a 30 s busy timeout, and autocommit, so
 transactions are explicit and short (`transaction`, which takes the write lock first).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.errors import GroupTuneError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 _JSON_FIELDS = ("argv", "depends_on", "resources")
@@ -27,7 +27,7 @@ CREATE TABLE jobs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     name             TEXT    NOT NULL,
     step             TEXT    NOT NULL,
-    module           TEXT    NOT NULL DEFAULT 'core.cli',
+    program          TEXT    NOT NULL DEFAULT 'grouptune', -- core.jobs.programs
     argv             TEXT    NOT NULL,              -- JSON list of str
     depends_on       TEXT    NOT NULL DEFAULT '[]', -- JSON list of job ids
     resources        TEXT    NOT NULL DEFAULT '{}', -- JSON {"cpus": n, "gpus": n, "slots": 0 for drivers}
@@ -110,7 +110,22 @@ def init_schema(path: Path) -> None:
             # one statement at a time: executescript() would COMMIT our transaction first
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for old in range(max(version, 1), SCHEMA_VERSION) if version else ():
+            for statement in MIGRATIONS[old]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+# version -> the statements that bring a database of that version to the next
+MIGRATIONS = {
+    # 1 -> 2: a job names a program (core.jobs.programs), no longer a module run by `python -m`
+    1: [
+        "ALTER TABLE jobs RENAME COLUMN module TO program",
+        "UPDATE jobs SET program = 'grouptune' WHERE program = 'core.cli'",
+        "UPDATE jobs SET program = program || ':main' WHERE program NOT LIKE '%:%' "
+        "AND program != 'grouptune'",
+    ],
+}
 
 
 def log_name(job_id: int, step: str) -> str:

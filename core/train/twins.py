@@ -75,6 +75,7 @@ def known_without_model(cfg, ws, name: str, task_names: list[str], offsets) -> d
     nothing to do its model load (5-8 s, with 4-bit quantisation)."""
     from core.data.sources import select_tasks
     from core.models.loading import model_skeleton
+    from core.train.freshness import adapter_status
 
     tasks = select_tasks(cfg, task_names)
     fingerprint = run_fingerprint(cfg, model_skeleton(cfg.model), tasks)
@@ -85,7 +86,8 @@ def known_without_model(cfg, ws, name: str, task_names: list[str], offsets) -> d
     if path.exists():
         done = read_json_file(path)
         same = done.get("fingerprint") == fingerprint
-        return done if same and done.get("epochs") == cfg.training.epochs else None
+        status = adapter_status(ws, cfg, name, task_names, fingerprint["data"]["tasks"])
+        return done if same and status.startswith("fresh") else None
     run = Run(cfg, name, ws.adapter_dir(name), None, None, None, tasks, [], 0, fingerprint)
     twin = find_twin(ws, run)
     return copy_twin(twin, run, ws) if twin is not None else None

@@ -70,30 +70,26 @@ def _mtime(path: Path) -> float:
 
 
 def _row(stage: str, item: str, status: str, detail: str = "") -> dict:
+    """A stage view row from an engine status ('fresh', 'stale (why)', 'partial (x/n)', ...)."""
     state = status.split(" ", 1)[0]
-    if status.startswith(("stale (", "partial (")):
+    if status.endswith(")") and " (" in status:
         detail = detail or status[status.index("(") + 1 : -1]
     return {"stage": stage, "item": item, "state": state, "detail": detail}
 
 
 def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) -> dict:
-    """The affinity matrix: fresh when affinity.json was made from today's stores and settings."""
-    from core.estimate.affinity import table_fingerprint
+    """The affinity matrix: core.estimate.affinity.affinity_status, the rule the engine uses to
+    skip it, once every task's gradients are fresh (its inputs)."""
+    from core.estimate.affinity import affinity_status
     from core.io import read_json
 
-    aff = AFFINITY.read(ws)
-    if aff is None:
+    if AFFINITY.read(ws) is None:
         return _row("affinity", "affinity", "missing")
-    if list(aff.get("tasks", [])) != cfg.task_names:
-        return _row("affinity", "affinity", "stale", "the tasks changed")
     not_fresh = [t for t, s in grads.items() if s != "fresh"]
     if not_fresh:
         return _row("affinity", "affinity", "stale", f"gradients not fresh: {not_fresh}")
     metas = {t: read_json(ws.features_dir(t) / "meta.json") for t in cfg.task_names}
-    table = table_fingerprint(cfg, metas)
-    if aff.get("fingerprint") != {"table": table, "metric": cfg.estimator.metric}:
-        return _row("affinity", "affinity", "stale", "estimator settings or features changed")
-    return _row("affinity", "affinity", "fresh", f"{aff.get('subsets')} subsets")
+    return _row("affinity", "affinity", affinity_status(ws, cfg, metas))
 
 
 def grouping_state(ws: Workspace, aff_state: str) -> dict:
@@ -116,38 +112,11 @@ def expected_adapters(ws: Workspace, cfg: ExperimentConfig) -> dict[str, list[st
 def adapter_state(
     ws: Workspace, cfg: ExperimentConfig, name: str, tasks: list[str], hashes: dict | None = None
 ) -> dict:
-    """An adapter's state, judged as core.train.trainer does (its run fingerprint): the tasks and
-    their contents (`hashes`: task -> Task.content_hash(), when given), the token budget, the
-    adapter and training settings, the base model, and the number of epochs."""
-    from core.recipe import training_fingerprint
+    """An adapter's state: core.train.freshness.adapter_status, the rule the trainer itself
+    uses to skip a finished adapter (`hashes`: task -> Task.content_hash(), when given)."""
+    from core.train.freshness import adapter_status
 
-    record = ws.read("adapters", name, "grouptune.json")
-    if record is None:
-        state = ws.read("adapters", name, "checkpoint", "state.json")
-        if state is None:
-            return _row("training", name, "missing")
-        epoch = state.get("state", {}).get("epoch", 0)
-        return _row("training", name, "partial", f"epoch {epoch}/{cfg.training.epochs}")
-    if sorted(record.get("tasks", [])) != sorted(tasks):
-        return _row("training", name, "stale", f"trained on {record.get('tasks')}")
-    if record.get("epochs") != cfg.training.epochs:
-        epochs = f"trained {record.get('epochs')} epochs, the config asks {cfg.training.epochs}"
-        return _row("training", name, "stale", epochs)
-    fp, saved = record.get("fingerprint") or {}, record.get("config") or {}
-    data = fp.get("data") or {}
-    model = {k: getattr(cfg.model, k) for k in ("name", "revision", "quantization")}
-    checks = {
-        "training settings": (fp.get("training"), training_fingerprint(cfg.training, tasks)),
-        "adapter settings": (saved.get("adapter"), cfg.adapter.model_dump(mode="json")),
-        "base model": ({k: (saved.get("model") or {}).get(k) for k in model}, model),
-        "token budget": (data.get("max_tokens"), cfg.data.max_tokens),
-    }
-    if hashes is not None:
-        checks["task data"] = (data.get("tasks"), {t: hashes.get(t) for t in tasks})
-    for what, (old, now) in checks.items():
-        if old is not None and old != now:
-            return _row("training", name, "stale", f"the {what} changed")
-    return _row("training", name, "fresh", f"best epoch {record.get('best_epoch')}")
+    return _row("training", name, adapter_status(ws, cfg, name, tasks, hashes))
 
 
 def boosting_states(ws: Workspace, cfg: ExperimentConfig) -> list[dict]:
