@@ -98,3 +98,11 @@ def test_the_protocol_bench_smoke_run_is_consistent(tmp_path):
     assert sorted(map(len, control)) == sorted(map(len, head["groups"][rec]))
     assert random_grouping(head["groups"][rec]) == control
     assert res["mean_gain"] == head["by_m"][rec]["mean_gain"]
+    # a second session: the workspace is gone, the results file is not; its runs are kept
+    again = subprocess.run(
+        [sys.executable, "bench/protocol.py", "--smoke", "--part", "headline", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("kept from protocol.json") == len(head["plan"])
+    assert json.loads(out.read_text())["parts"]["headline"]["samples"] == head["samples"]
