@@ -22,7 +22,7 @@ def _state(ws: Workspace, stage: str, item: str) -> dict:
     return next(r for r in rows if (r["stage"], r["item"]) == (stage, item))
 
 
-def _edit(ws: Workspace, section: str, **values) -> None:
+def _edit(ws: Workspace, section: str, values: dict) -> None:
     path = ws.root / "config.yaml"
     data = yaml.safe_load(path.read_text())
     data[section].update(values)
@@ -33,32 +33,31 @@ def _mtime(path) -> int:
     return path.stat().st_mtime_ns
 
 
+def _skips_then_redoes(ws, argv, doc, stage, item, edit, detail=None, after=None) -> None:
+    """The engine skips the fresh output (`doc` untouched) and the view says fresh; after
+    `edit` to the config the view says not fresh (`detail` when given) and the engine redoes
+    it (`doc` rewritten); then the view says fresh again (for `after`, default `item`)."""
+    before = _mtime(doc)
+    cli(*argv, "--workspace", ws.root)
+    assert _mtime(doc) == before and _state(ws, stage, item)["state"] == "fresh"
+    _edit(ws, *edit)
+    row = _state(ws, stage, after or item)
+    assert row["state"] != "fresh" and row["detail"] == (detail or row["detail"])
+    cli(*argv, "--workspace", ws.root)
+    assert _mtime(doc) > before and _state(ws, stage, after or item)["state"] == "fresh"
+
+
 def test_gradients(real_ws):
     ws = Workspace(copy_workspace(real_ws, "fresh_gradients"))
     meta = ws.features_dir("topics") / "meta.json"
-    done = cli("gradients", "--task", "topics", "--workspace", ws.root)
-    assert (
-        done["topics"]["rows_computed"] == 0
-        and _state(ws, "gradients", "topics")["state"] == "fresh"
-    )
-    _edit(ws, "features", k=16)
-    assert _state(ws, "gradients", "topics")["detail"] == "projection.k: 32 -> 16"
-    before = _mtime(meta)
-    done = cli("gradients", "--task", "topics", "--workspace", ws.root)
-    assert done["topics"]["rows_computed"] > 0 and _mtime(meta) > before
-    assert _state(ws, "gradients", "topics")["state"] == "fresh"
+    argv, edit = ["gradients", "--task", "topics"], ("features", {"k": 16})
+    _skips_then_redoes(ws, argv, meta, "gradients", "topics", edit, "projection.k: 32 -> 16")
 
 
 def test_affinity(real_ws):
     ws = Workspace(copy_workspace(real_ws, "fresh_affinity"))
-    doc = ws.root / "affinity.json"
-    before = _mtime(doc)
-    cli("affinity", "--workspace", ws.root)
-    assert _mtime(doc) == before and _state(ws, "affinity", "affinity")["state"] == "fresh"
-    _edit(ws, "estimator", subsets=2)
-    assert _state(ws, "affinity", "affinity")["state"] == "stale"
-    cli("affinity", "--workspace", ws.root)
-    assert _mtime(doc) > before and _state(ws, "affinity", "affinity")["state"] == "fresh"
+    doc, edit = ws.root / "affinity.json", ("estimator", {"subsets": 2})
+    _skips_then_redoes(ws, ["affinity"], doc, "affinity", "affinity", edit)
 
 
 def test_training(real_ws):
@@ -66,14 +65,10 @@ def test_training(real_ws):
 
     ws = Workspace(copy_workspace(real_ws, "fresh_training"))
     record = ws.adapter_dir("group-0") / "grouptune.json"
-    before = _mtime(record)
-    cli("train", "--adapter", "group-0", "--workspace", ws.root)
-    assert _mtime(record) == before and _state(ws, "training", "group-0")["state"] == "fresh"
-    _edit(ws, "training", epochs=2)  # same settings, one more epoch: trained on
-    assert _state(ws, "training", "group-0")["detail"] == "trained 1 epochs, the config asks 2"
-    cli("train", "--adapter", "group-0", "--workspace", ws.root)
-    assert _mtime(record) > before and _state(ws, "training", "group-0")["state"] == "fresh"
-    _edit(ws, "training", lr=0.002)  # other settings: shown stale, and refused, not reused
+    argv, edit = ["train", "--adapter", "group-0"], ("training", {"epochs": 2})
+    detail = "trained 1 epochs, the config asks 2"  # same settings, one more epoch: trained on
+    _skips_then_redoes(ws, argv, record, "training", "group-0", edit, detail)
+    _edit(ws, "training", {"lr": 0.002})  # other settings: shown stale, and refused, not reused
     assert _state(ws, "training", "group-0")["detail"] == "the training settings changed"
     tasks = CHOSEN.read(ws)["groups"][0]
     with pytest.raises(StaleError, match="another training"):
@@ -82,11 +77,5 @@ def test_training(real_ws):
 
 def test_boosting(real_ws):
     ws = Workspace(copy_workspace(real_ws, "fresh_boosting"))
-    manifest = ws.root / "ensemble.json"
-    before = _mtime(manifest)
-    cli("boost", "--workspace", ws.root)
-    assert _mtime(manifest) == before and _state(ws, "boosting", "boost-0")["state"] == "fresh"
-    _edit(ws, "ensemble", boosting=2)
-    assert _state(ws, "boosting", "boost-1")["state"] == "missing"
-    cli("boost", "--workspace", ws.root)
-    assert _mtime(manifest) > before and _state(ws, "boosting", "boost-1")["state"] == "fresh"
+    doc, edit = ws.root / "ensemble.json", ("ensemble", {"boosting": 2})
+    _skips_then_redoes(ws, ["boost"], doc, "boosting", "boost-0", edit, after="boost-1")
