@@ -219,8 +219,7 @@ def variants(cfg, feats, subsets, seeds, args) -> tuple[dict, dict]:
     """({name: predictions} of the estimates a grouping can use (no real seed's batch order),
     {name: {seed: predictions}} of the seed-specific replays: "replay-seed" (each seed's own
     order: seed-matched) and "replay-cross" (the next seed's order, scored on this one))."""
-    from core.estimate.estimator import predict
-    from core.estimate.fitter import argmin_fitter
+    from core.estimate.estimator import argmin_fitter, predict
     from core.estimate.replay import replay
     from core.gradients.projection import make_projector
     from core.validate.subsets import seeded

@@ -69,7 +69,11 @@ SUBSETS = Artifact(("estimates", "subsets.json"), "affinity", ("subsets",))
 AFFINITY = Artifact(("affinity.json",), "affinity", ("tasks", "affinity"))
 SWEEP = Artifact(("groupings", "sweep.json"), "group --sweep", ("entries",))
 CHOSEN = Artifact(("groupings", "chosen.json"), "group", ("groups",))
-MANIFEST = Artifact(("ensemble.json",), "train", ("adapters", "groups", "weights"))
+MANIFEST = Artifact(
+    ("ensemble.json",),
+    "train",
+    ("base_model", "adapters", "groups", "task_to_group", "weights", "weights_kind"),
+)
 VALIDATION = Artifact(("validation.json",), "validate-estimate", ("summary",))
 REPORT = Artifact(("report.json",), "report", ("tasks",))
 RUN = Artifact(("run.json",), "run", ("wall_seconds",))

@@ -22,7 +22,7 @@ from core.estimate.affinity import (
     sample_subsets,
     score_subsets,
 )
-from core.estimate.fitter import argmin_fitter
+from core.estimate.estimator import argmin_fitter
 from core.gradients.store import TaskFeatures
 from core.workspace import Workspace
 

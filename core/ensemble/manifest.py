@@ -63,7 +63,7 @@ def make_manifest(
 def validate_manifest(manifest: dict, ws=None) -> dict:
     """Check structure, a partition of tasks, weights on the simplex over known adapters and,
     with a workspace, that every adapter folder holds a finished adapter. Returns the manifest."""
-    for key in ("base_model", "adapters", "groups", "task_to_group", "weights", "weights_kind"):
+    for key in DOC.keys:
         if key not in manifest:
             raise GroupTuneError(f"{MANIFEST}: missing key {key!r}")
     if manifest["weights_kind"] not in ("own", "fit"):

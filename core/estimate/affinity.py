@@ -33,7 +33,7 @@ import pandas as pd
 from core.artifacts import AFFINITY, SUBSETS
 from core.errors import ConfigError, GroupTuneError
 from core.estimate import fitter
-from core.estimate.estimator import check_features, check_same_k, score
+from core.estimate.estimator import argmin_fitter, check_features, check_same_k, score
 from core.io import write_json, write_text
 from core.progress import computing, track
 
@@ -226,7 +226,7 @@ class TaskAffinity:
             self.subsets_ = all_pairs(names)
         else:
             self.subsets_ = sample_subsets(names, self.subsets, self.subset_size, self.random_state)
-        fit = fitter.argmin_fitter(self.reg, self.max_norm)
+        fit = argmin_fitter(self.reg, self.max_norm)
         self.table_ = score_subsets(features_by_task, self.subsets_, fit, progress)
         self.names_ = names
         self.affinity_matrix_ = affinity_matrix(self.table_, names, self.metric)

@@ -375,6 +375,12 @@ def predict(tf, w) -> dict[str, float]:
     return {"loss": loss, "accuracy": acc, "base_loss": base_loss, "base_accuracy": base_acc}
 
 
+def argmin_fitter(reg: float | None, max_norm: float | None, balance: bool = False):
+    """Subset features -> the regularised fit of their training rows (`balance`: each task
+    weighted equally)."""
+    return lambda features: fit_arrays(*train_arrays(features, balance), reg, max_norm)
+
+
 class Argmin:
     """The paper's estimator: one regularised logistic fit per subset."""
 
@@ -383,8 +389,7 @@ class Argmin:
 
     @staticmethod
     def fitter(cfg):
-        e = cfg.estimator
-        return lambda features: fit_arrays(*train_arrays(features), e.reg, e.max_norm)
+        return argmin_fitter(cfg.estimator.reg, cfg.estimator.max_norm)
 
     @staticmethod
     def settings(cfg) -> dict:

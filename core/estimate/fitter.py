@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.estimate.estimator import FitResult, fit_arrays, train_arrays
+from core.estimate.estimator import FitResult
 from core.estimate.methods import method_class
 
 Fitter = Callable[[list], FitResult]
@@ -20,10 +20,6 @@ def fitter(cfg) -> Fitter:
     """The estimator of cfg.estimator.method (core.estimate.methods): by default the recipe's
     replay averaged over estimator.orders batch orders (the expected fine-tune)."""
     return method_class(cfg.estimator.method).fitter(cfg)
-
-
-def argmin_fitter(reg: float | None, max_norm: float | None, balance: bool = False) -> Fitter:
-    return lambda features: fit_arrays(*train_arrays(features, balance), reg, max_norm)
 
 
 def settings(cfg) -> dict:

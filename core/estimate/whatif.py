@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from core.errors import GroupTuneError
 from core.estimate import fitter
-from core.estimate.estimator import FitResult, check_features, check_same_k, score
+from core.estimate.estimator import FitResult, argmin_fitter, check_features, check_same_k, score
 
 
 class WhatIf:
@@ -37,7 +37,7 @@ class WhatIf:
         for name, tf in features_by_task.items():
             check_features(tf, name)
         self.features = dict(features_by_task)
-        self.fit = fit or fitter.argmin_fitter(reg, max_norm, balance)
+        self.fit = fit or argmin_fitter(reg, max_norm, balance)
         self.fits_: dict[frozenset, FitResult] = {}
         self.n_fits_ = 0
         self._scores: dict[tuple[str, frozenset], dict] = {}
