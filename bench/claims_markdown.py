@@ -212,7 +212,12 @@ def md_ensemble(d: dict) -> list[str]:
         "fitted weights + boosting.",
         "",
     ]
-    lines += table(
+    return lines + ensemble_tables(d)
+
+
+def ensemble_tables(d: dict) -> list[str]:
+    """The by-m table, the per-run table and the recommended m's per-task table."""
+    lines = table(
         [
             "m",
             "seeds",

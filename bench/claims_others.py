@@ -47,7 +47,7 @@ OTHER = {
         + ", ".join(f"{r['step']} {r['peak_rss_gib']} GiB" for r in d["steps"])
     ),
     "e2e": lambda d: (
-        "grouptune run sample_data/quick.yaml: "
+        "grouptune run sample_data/quick_distinct.yaml: "
         + ", ".join(f"{k} {v['wall_seconds']} s" for k, v in d["runs"].items())
         + (f"; fast path {d['speedup']['total']}x" if "speedup" in d else "")
     ),
@@ -139,7 +139,13 @@ def md_e2e(e2e: dict | None) -> list[str]:
         for k, v in runs
     ]
     lines += table(
-        ["grouptune run quick.yaml", "wall s", "estimation s", "ensemble acc", "baseline acc"],
+        [
+            "grouptune run quick_distinct.yaml",
+            "wall s",
+            "estimation s",
+            "ensemble acc",
+            "baseline acc",
+        ],
         rows,
     )
     measured = [e2e, *earlier]
@@ -263,6 +269,7 @@ def other_results() -> list[str]:
             "approx_paper",
             "protocol",
             "mixing",
+            "sampled_features",
         ) or path.stem.startswith("agreement-"):  # sections of their own
             continue
         try:
@@ -285,15 +292,93 @@ def md_protocol() -> list[str]:
             lines += md_pairs(r["parts"][name], r["provenance"][name], where)
     h = r["parts"].get("headline")
     if h:
-        lines += [
-            f"Headline: recommended m = {r['recommended']}, ensemble against one adapter "
-            f"{fmt(r['mean_gain'], '+.1f')} points {h.get('gain_ci')}, random grouping "
-            f"{fmt(r['random_gain'], '+.1f')}, training FLOPs {fmt(r['flops_ratio_paper'], '.2f')}x "
-            f"(paper's counting) / {fmt(r['flops_ratio_full'], '.2f')}x (full); complete: "
-            f"{h.get('complete')}.",
-            "",
+        lines += md_headline(r, h, r["provenance"]["headline"])
+    return lines + md_sampled()
+
+
+def _run_label(run: dict) -> str:
+    m = str(run["m"])
+    return f"s{run['seed']} {m if m.startswith('random') else 'm' + m}"
+
+
+def _points(gain, ci) -> str:
+    if gain is None:
+        return "not run yet"
+    return f"{gain:+.1f} points" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
+
+
+def md_sampled() -> list[str]:
+    """Gradient features on a sample of the train rows (bench/sampled_features.py)."""
+    r = load_result("sampled_features")
+    if r is None:
+        return []
+    from sampled_features import flops_by_fraction
+
+    fractions = sorted({v["fraction"] for v in r["by_fraction"].values()})
+    flops = flops_by_fraction(load_result("protocol") or {"parts": {}}, fractions) or {}
+    rows = [
+        [
+            f"{v['fraction']:g}",
+            v["how"],
+            v["draws"],
+            f"{fmt(v['correlation'], '.2f')} {_range(v['correlation_range'], '.2f')}",
+            f"{v['sign_agreement']:.0%} {_range(v['sign_agreement_range'], '.0%')}",
+            x_flops(flops.get(f"{v['fraction']:g}")),
         ]
-    return lines
+        for v in r["by_fraction"].values()
+    ]
+    return [
+        "### Gradient features on a sample of each task's train rows (bench/sampled_features.py)",
+        "",
+        f"The estimated pairwise transfer matrix from features on a fraction f of each task's "
+        f"{sorted(set(r['train_rows'].values()))} train rows, against the real one above (the "
+        f"pairs part: {len(r['tasks'])} tasks, seeds {r['seeds']}): `{r['provenance']['command']}` "
+        f"({r['provenance']['date']}). sample: the replay runs on the sampled rows only; "
+        "stretched: each sampled row stands for 1/f rows (the sample repeated up to n). Mean "
+        "over sampling draws, [min, max] beside it; training FLOPs the paper's way at the "
+        "recommended m, with the features' train-row FLOPs scaled by f.",
+        "",
+        *table(["f", "how", "draws", "correlation", "sign agreement", "FLOPs (paper)"], rows),
+        "",
+    ]
+
+
+def _range(r, spec: str) -> str:
+    return f"[{format(r[0], spec)}, {format(r[1], spec)}]" if r else ""
+
+
+def x_flops(ratio) -> str:
+    return f"{ratio:.2f}x" if ratio is not None else "(after the headline)"
+
+
+def md_headline(r: dict, h: dict, prov: dict) -> list[str]:
+    """The ensemble against one adapter on the protocol, with the random control, as far as
+    it ran (bench/claims_markdown.py's tables)."""
+    from claims_markdown import ensemble_tables
+
+    data, t = prov["config"]["data"], prov["config"]["training"]
+    tasks = [task["name"] for task in prov["config"]["tasks"]]
+    covered = ", ".join(_run_label(c) for c in h["covered"])
+    todo = [_run_label(c) for c in h["plan"] if c not in h["covered"]]
+    return [
+        f"Headline on {len(tasks)} protocol tasks ({', '.join(tasks)}), "
+        f"{data.get('max_train') or 'all'} train rows a task, {t['epochs']} epochs (the best "
+        f"val epoch kept), all test rows: `{prov['command']}` ({prov['date']}). Recommended "
+        f"m = {r['recommended']} ({h['recommended']['reason']}): groups "
+        f"{json.dumps(h['groups'][str(r['recommended'])])}; the control "
+        f"`{h['control']}` deals the same tasks at random into groups of the same sizes: "
+        f"{json.dumps(h['groups'].get(h['control']))}.",
+        "",
+        f"- recommended grouping against one adapter: {_points(r['mean_gain'], h.get('gain_ci'))} "
+        f"over seeds {h.get('seeds')}; the random grouping "
+        f"{_points(r['random_gain'], h.get('random_gain_ci'))}; training FLOPs "
+        f"{fmt(r['flops_ratio_paper'], '.2f')}x (paper's counting) / "
+        f"{fmt(r['flops_ratio_full'], '.2f')}x (full)",
+        f"- covered: {covered or 'nothing yet'}; still to run: {', '.join(todo) or 'nothing'} "
+        "(a rerun of the command keeps what is here and runs the rest)",
+        "",
+        *ensemble_tables(h),
+    ]
 
 
 def md_pairs(p: dict, prov: dict, where: str) -> list[str]:
@@ -362,6 +447,10 @@ def md_mixing() -> list[str]:
     return lines
 
 
+OTHER["demo_start"] = lambda d: (
+    f"{d['what']}: {', '.join(f'{x:.1f}' for x in d['seconds'])} s (median {d['median_s']} s; "
+    f"load average {d['load_average_1_5_15_min'][0]})"
+)
 OTHER["scaling"] = lambda d: (
     "replay seconds of a 3-task subset (300 rows a task), exact / CountSketch 4096: "
     + ", ".join(

@@ -98,6 +98,11 @@ def test_the_protocol_bench_smoke_run_is_consistent(tmp_path):
     assert sorted(map(len, control)) == sorted(map(len, head["groups"][rec]))
     assert random_grouping(head["groups"][rec]) == control
     assert res["mean_gain"] == head["by_m"][rec]["mean_gain"]
+    from claims_others import md_headline  # RESULTS.md's section says what the file holds
+
+    text = "\n".join(md_headline(res, head, res["provenance"]["headline"]))
+    assert f"{res['mean_gain']:+.1f} points [{head['gain_ci'][0]:+.1f}, " in text
+    assert json.dumps(head["groups"][head["control"]]) in text and "still to run: nothing" in text
     # a second session: the workspace is gone, the results file is not; its runs are kept
     again = subprocess.run(
         [sys.executable, "bench/protocol.py", "--smoke", "--part", "headline", "--out", str(out)],
