@@ -30,13 +30,13 @@ install-dev: $(VENV)/.installed-dev
 model: install
 	$(BIN)/grouptune fetch-model smollm2-135m
 
-# The demo workspace: a copy of the committed result of a real `grouptune run` of quick.yaml
-# (so every page has something to show at once); `grouptune init` re-checks it offline. Its
-# gradient features (exact B-gradients, ~90 MB) are not committed: `grouptune gradients
-# --background` queues their recompute as a background job (about 2 minutes on 2 cores; nothing
-# is queued when they are fresh) and returns at once, so the dashboard opens straight away; the
-# Groups page's what-if and the Affinity page follow the job until the features are back,
-# under the same key, so the committed estimates stay fresh.
+# The demo workspace: a copy of the committed result of a real `grouptune run` of quick.yaml, a
+# scaled-down member of the paper's protocol (so every page has something to show at once);
+# `grouptune init` re-checks it offline. Its gradient features (exact B-gradients, ~90 MB) are not
+# committed: `grouptune gradients --background` queues their recompute as a background job (about
+# 4 minutes on 2 cores; nothing is queued when they are fresh) and returns at once, so the
+# dashboard opens straight away; the Groups page's what-if and the Affinity page follow the job
+# until the features are back, under the same key, so the committed estimates stay fresh.
 workspaces/quick/config.yaml:
 	mkdir -p workspaces
 	if [ -d sample_data/workspaces/quick ]; then cp -rp sample_data/workspaces/quick workspaces/quick; fi

@@ -1,8 +1,8 @@
-"""Benchmark: `grouptune run sample_data/quick.yaml` end to end, fast path against plain path.
+"""Benchmark: `grouptune run sample_data/quick_distinct.yaml` end to end, fast path against plain path.
 
 Runs the whole pipeline as the product runs it (background jobs, one at a time) twice, in
 fresh workspaces, one after the other on the same machine:
-  fast    sample_data/quick.yaml as shipped (top 8 layers, frozen-prefix cache on)
+  fast    sample_data/quick_distinct.yaml as shipped (top 8 layers, frozen-prefix cache on)
   plain   the same with adapter.cache_lower_layers: false (every pass through all 30 layers)
   cold    fast without the quantised-base cache (GROUPTUNE_QUANTIZED_CACHE=0): every job
           quantises the base again, as every job did before that cache
@@ -46,7 +46,7 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-# what each path changes from sample_data/quick.yaml as shipped: config, environment, CLI flags
+# what each path changes from sample_data/quick_distinct.yaml as shipped: config, environment, CLI flags
 PATHS = {
     "fast": {},
     "plain": {"config": {"adapter": {"cache_lower_layers": False}}},
@@ -57,7 +57,7 @@ PATHS = {
 
 
 def write_config(name: str, changes: dict, extra_task: str | None = None) -> Path:
-    cfg = yaml.safe_load((ROOT / "sample_data" / "quick.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "sample_data" / "quick_distinct.yaml").read_text())
     cfg["data"]["root"] = str(ROOT / "sample_data" / "tasks")
     for section, values in changes.items():
         cfg.setdefault(section, {}).update(values)

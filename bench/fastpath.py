@@ -4,7 +4,7 @@ Paths (SmolLM2-135M, the quick config's adapter: LoRA r=4 on q,k,v of the top 8 
   reference     4-bit NF4 base, float32 compute, every prompt through all 30 layers
   prefix        + the frozen-prefix cache (core.models.prefix): the 22 frozen lower layers computed
                 once per prompt and saved; every later pass runs the top 8 layers only
-  prefix+bf16   + bfloat16 compute (the CPU has AVX512-BF16), the quick.yaml default
+  prefix+bf16   + bfloat16 compute (the CPU has AVX512-BF16), the quick_distinct.yaml default
   bf16          bfloat16 compute alone (all layers), to separate the two effects
 
 For each path, in a fresh workspace, with the engine's public functions:
@@ -57,7 +57,7 @@ def say(msg: str) -> None:
 def make_config(args, path: str):
     from core.config import load_config
 
-    cfg = load_config(ROOT / "sample_data" / "quick.yaml")
+    cfg = load_config(ROOT / "sample_data" / "quick_distinct.yaml")
     p = PATHS[path]
     return cfg.model_copy(
         update={

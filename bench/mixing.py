@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-PRESETS = {"quick": "quick.yaml", "protocol": "protocol.yaml"}
+PRESETS = {
+    "quick": "quick_distinct.yaml",
+    "protocol": "protocol.yaml",
+}  # quick: the distinct-answer demo
 
 
 def say(msg: str) -> None:

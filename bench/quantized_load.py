@@ -1,6 +1,6 @@
 """Benchmark: what the quantised-base cache saves on one model load (core.models.quantized).
 
-Loads sample_data/quick.yaml's model (SmolLM2-135M, 4-bit) in fresh processes, alternating
+Loads sample_data/quick_distinct.yaml's model (SmolLM2-135M, 4-bit) in fresh processes, alternating
 with the cache off (GROUPTUNE_QUANTIZED_CACHE=0: bitsandbytes quantises while loading, as every
 job did before the cache) and on (the cache folder filled first), `--repeats` times each, and
 reports each process's load_model seconds, imports excluded (they are imported first). Writes
@@ -27,7 +27,7 @@ import json, time
 import bitsandbytes, peft, torch, transformers  # imports first: only the load is timed
 from core.config import load_config
 from core.models.loading import load_model
-cfg = load_config("sample_data/quick.yaml")
+cfg = load_config("sample_data/quick_distinct.yaml")
 start = time.perf_counter()
 model, _ = load_model(cfg.model)
 print(json.dumps({"seconds": time.perf_counter() - start}))

@@ -140,12 +140,12 @@ def _uncertainty_inputs(cfg, ws: Workspace) -> tuple[dict, float | None]:
     import numpy as np
 
     from core.data.sources import load_tasks
+    from core.validate.trust import checked_current
 
     rows = {t.name: len(t.rows("val")) for t in load_tasks(cfg)}
     checked = VALIDATION.read(ws) or {}
     points = checked.get("rows") or []
-    fresh = checked.get("affinity_fingerprint") == (AFFINITY.read(ws) or {}).get("fingerprint")
-    if not points or not fresh:
+    if not points or not checked_current(checked, ws):
         return rows, None
     errors = [p["predicted_accuracy"] - p["real_accuracy"] for p in points]
     return rows, float(np.sqrt(np.mean(np.square(errors))))

@@ -122,7 +122,7 @@ if checked is not None:
             "The linear regime looks broken here; treat the estimates as rough:\n"
             + "\n".join(f"- {r}" for r in verdict["reasons"])
         )
-    if checked.get("affinity_fingerprint") != (view or {}).get("fingerprint"):
+    if not trust.checked_current(checked, ws):
         st.info("The estimates changed since this check; run it again to compare the new ones.")
     c = st.columns(4)
     num = trust.number

@@ -33,8 +33,10 @@ from pages import _common
 st.title(":material/leaderboard: Compare")
 st.caption(
     "Test-set results of three models: the **group ensemble** (one adapter per group of related "
-    "tasks), the **single QLoRA adapter** trained on every task, and the **zero-shot** base "
-    "model. Costs count everything each one needed, the ensemble's grouping work included."
+    "tasks, with its fitted weights and boosting rounds; below, how much of its gain is the "
+    "groups' and how much the boosting's), the **single QLoRA adapter** trained on every task, "
+    "and the **zero-shot** base model. Costs count everything each one needed, the ensemble's "
+    "grouping work included."
 )
 ws, cfg = _common.require_config()
 report = load_report(ws)

@@ -136,17 +136,33 @@ def wait_rendered(page, timeout_ms: int = 30000) -> None:
         ".every(c => c.querySelector('.main-svg'))",
         timeout=timeout_ms,
     )
-    page.wait_for_timeout(500)
+    settled(page)
+
+
+def settled(page, checks: int = 4, every_ms: int = 750) -> None:
+    """Until the page's content has kept one height for `checks` looks in a row: on a loaded
+    machine Streamlit may not have shown its running widget yet when the first checks pass."""
+    script = (
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+        " return (m ? m.innerText.length : 0) + ':' + (m ? m.scrollHeight : 0); }"
+    )
+    last, same = None, 0
+    while same < checks:
+        page.wait_for_timeout(every_ms)
+        now = page.evaluate(script)
+        same = same + 1 if now == last else 0
+        last = now
 
 
 def shoot(page, path: Path) -> None:
     """A screenshot of the whole page: the viewport is grown to the content's height."""
     height = page.evaluate(
-        "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
-        " return m ? m.scrollHeight : document.body.scrollHeight; }"
+        "() => Math.max(...['stMain', 'stMainBlockContainer', 'stAppViewContainer']"
+        '.map(id => document.querySelector(`[data-testid="${id}"]`))'
+        ".filter(Boolean).map(e => e.scrollHeight), document.body.scrollHeight)"
     )
     page.set_viewport_size({"width": 1400, "height": min(max(int(height) + 40, 900), 6000)})
-    page.wait_for_timeout(800)
+    page.wait_for_timeout(2500)  # tables are drawn on a canvas once they are in view
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import SAMPLE
 
 from core.config import load_config, parse_config
+from core.data.sources import load_tasks
 from core.errors import ConfigError, DataError
 from core.io import safe_name, write_json
 from core.workspace import Workspace
@@ -33,7 +34,7 @@ def test_a_config_without_features_gets_the_validated_defaults():
     assert f.resolved(786_432) == ("countsketch", AUTO_SKETCH_K)  # an 8B model, every layer
     assert (e.method, e.orders) == ("replay", ESTIMATE_ORDERS)
     assert (cfg.training.loss, cfg.training.freeze_a) == ("choices", True)
-    for preset in ("quick.yaml", "full.yaml"):
+    for preset in ("quick.yaml", "quick_distinct.yaml", "full.yaml"):
         p = load_config(SAMPLE / preset)
         assert (p.features.projection, p.features.k) == (f.projection, f.k), preset
         assert (p.estimator.method, p.estimator.orders) == (e.method, e.orders), preset
@@ -113,7 +114,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
 
 
-@pytest.mark.parametrize("name", ["quick.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["quick.yaml", "quick_distinct.yaml", "full.yaml"])
 def test_shipped_configs_validate(name):
     path = SAMPLE / name
     if not path.exists():
@@ -122,6 +123,11 @@ def test_shipped_configs_validate(name):
     names = [t.name for t in cfg.tasks]
     if name == "full.yaml":  # every sample task
         assert sorted(names) == sorted(p.name for p in (SAMPLE / "tasks").iterdir() if p.is_dir())
+    elif name == "quick.yaml":  # a scaled-down member of the paper's protocol: one answer space
+        protocol = load_config(SAMPLE / "protocol.yaml")
+        assert set(names) < set(protocol.task_names)
+        assert cfg.resolve(cfg.data.root) == protocol.resolve(protocol.data.root)
+        assert {tuple(sorted(t.answer_words)) for t in load_tasks(cfg)} == {(" No", " Yes")}
     else:
         assert names == ["yelp", "amazon", "imdb", "snli", "spam", "newsgroups"]
     assert cfg.training.patience and cfg.ensemble.weights == "fit"  # the recipe the docs describe

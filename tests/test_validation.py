@@ -273,6 +273,7 @@ def test_trust_panel_plots_validation_json(validated, monkeypatch):
     assert updates["weight_change"].tolist() == [s["weight_change"] for s in result["subsets"]]
     warned = any("linear regime looks broken" in w for w in texts(at, "warning"))
     assert warned == (not result["verdict"]["linear_regime"])
+    assert "The estimates changed since this check" not in shown_lines  # made on these ones
 
 
 def test_trust_panel_launches_validate_estimate(estimated, monkeypatch):

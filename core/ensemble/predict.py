@@ -2,7 +2,7 @@
 
     from core.ensemble import Ensemble
     ens = Ensemble.load("workspaces/quick")
-    for p in ens.predict("yelp", [{"text": "The soup was cold."}], explain=True):
+    for p in ens.predict("yelp_positive", [{"text": "The soup was cold."}], explain=True):
         print(p["answer"], p["probabilities"])
 
 `Ensemble.scores` is the one place the ensemble's choice scores are computed: `grouptune

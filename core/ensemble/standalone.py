@@ -3,11 +3,11 @@
 `grouptune export --bundle DIR` copies this file into DIR as predict.py, beside bundle.json and
 the adapters (PEFT folders). From a terminal:
 
-    python DIR/predict.py --task yelp "The soup was cold."
-    python DIR/predict.py --task yelp --input rows.jsonl --json    # rows: {"text": ...}
+    python DIR/predict.py --task yelp_positive "The soup was cold."
+    python DIR/predict.py --task yelp_positive --input rows.jsonl --json    # rows: {"text": ...}
 
 or from Python, with DIR on sys.path: `from predict import Bundle;
-Bundle(DIR).predict("yelp", [{"text": "The soup was cold."}])`.
+Bundle(DIR).predict("yelp_positive", [{"text": "The soup was cold."}])`.
 
 The scoring rules are GroupTune's: the prompt is the task's template with the text(s) cut to
 `max_tokens` tokens; a choice's score is its answer word's logit at the last prompt position

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.artifacts import VALIDATION
+from core.artifacts import AFFINITY, VALIDATION
 from core.errors import GroupTuneError
 from core.stages import command as grouptune_command
 from core.validate.subsets import DEFAULT_SEEDS as DEFAULT_SEEDS
@@ -143,6 +143,12 @@ def load_validation(ws) -> dict | None:
         comparable = (doc.get("settings") or {}).get("loss_comparable", True)
         doc["verdict"] = verdict(doc["summary"], comparable)
     return doc
+
+
+def checked_current(checked: dict, ws) -> bool:
+    """Whether a validation was made on the workspace's current estimates (its affinity
+    fingerprint is affinity.json's)."""
+    return checked.get("affinity_fingerprint") == (AFFINITY.read(ws) or {}).get("fingerprint")
 
 
 def available_subsets(ws) -> int:
