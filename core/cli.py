@@ -75,18 +75,22 @@ def evaluate_cmd(
     config: Path | None = ConfigOpt,
     workspace: Path | None = WorkspaceOpt,
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Only the base model."),
+    force: bool = typer.Option(
+        False, "--force", help="Evaluate again even what is current (same model, rows, adapters)."
+    ),
     as_json: bool = JsonOpt,
 ):
-    """Evaluate on the test splits: zero-shot base, baseline adapter and ensemble."""
+    """Evaluate on the test splits: zero-shot base, baseline adapter and ensemble. A model
+    already evaluated on today's test rows, base model and adapters is not scored again."""
     from core.train.evaluation import evaluate_zero_shot
 
     cfg, ws = _context(config, workspace)
     _configure(cfg)
-    result = {"zero_shot": evaluate_zero_shot(cfg, ws)}
+    result = {"zero_shot": evaluate_zero_shot(cfg, ws, force=force)}
     if not zero_shot:
         from core.ensemble.combine import evaluate_trained
 
-        result.update(evaluate_trained(cfg, ws))
+        result.update(evaluate_trained(cfg, ws, force=force))
     _emit(result, as_json, metrics_table(result))
 
 

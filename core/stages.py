@@ -101,7 +101,7 @@ STAGES: tuple[Stage, ...] = (
         "evaluate",
         ("eval/",),
         ("ensemble_inference", "baseline_inference"),
-        "core.views.stages:evaluation_states",
+        "core.train.eval_status:eval_status",
     ),
     Stage(
         "report",

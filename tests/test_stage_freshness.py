@@ -79,3 +79,22 @@ def test_boosting(real_ws):
     ws = Workspace(copy_workspace(real_ws, "fresh_boosting"))
     doc, edit = ws.root / "ensemble.json", ("ensemble", {"boosting": 2})
     _skips_then_redoes(ws, ["boost"], doc, "boosting", "boost-0", edit, after="boost-1")
+
+
+def test_evaluation(real_ws):
+    ws = Workspace(copy_workspace(real_ws, "fresh_evaluation"))
+    doc, edit = ws.root / "eval" / "ensemble.json", ("ensemble", {"weights": "own"})
+    baseline = ws.root / "eval" / "baseline.json"
+    before = _mtime(baseline)
+    detail = "the ensemble settings changed"
+    _skips_then_redoes(ws, ["evaluate"], doc, "evaluation", "ensemble", edit, detail)
+    assert _mtime(baseline) == before  # still current: not scored again
+
+
+def test_zero_shot(real_ws):
+    ws = Workspace(copy_workspace(real_ws, "fresh_zero_shot"))
+    doc, edit = ws.root / "eval" / "zero_shot.json", ("data", {"max_tokens": 40})
+    detail = "the token budget changed"
+    _skips_then_redoes(
+        ws, ["evaluate", "--zero-shot"], doc, "evaluation", "zero_shot", edit, detail
+    )

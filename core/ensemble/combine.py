@@ -25,6 +25,7 @@ from core.errors import GroupTuneError
 from core.models import prefix
 from core.models.flops import count_flops, padded_tokens
 from core.models.scoring import model_device
+from core.train.eval_status import eval_inputs
 
 
 def train_groups(cfg, ws, groups: list[list[str]], progress: bool = True, **kw) -> dict:
@@ -69,14 +70,16 @@ def forwards(task: str, weights: dict, rounds: list[dict]) -> int:
     return sum(1 for v in weights[task].values() if v > 0) + boosts + (1 if boosts else 0)
 
 
-def evaluate_ensemble(cfg, ws) -> dict:
+def evaluate_ensemble(cfg, ws, hashes: dict | None = None) -> dict:
     """Test metrics per task (+ mean) of the configured ensemble; writes eval/ensemble.json.
 
     The ensemble is ensemble.weights' weights (fitted on val first when "fit") plus the
     boosting rounds made on them (core.ensemble.boosting), scored by `Ensemble.scores`, the
     same call `grouptune predict` makes. The file also holds, under "by_weights", the group
     adapters alone with "own" routing and with the manifest's weights, each with its
-    forwards per example, and per-row correctness for the paired bootstrap (core.stats).
+    forwards per example, per-row correctness for the paired bootstrap (core.stats) and the
+    fingerprint of what it was computed from (core.train.eval_status; `hashes`: the tasks'
+    content hashes, computed when not given).
     """
     from core.data.sources import select_tasks
     from core.ensemble.predict import Ensemble
@@ -113,6 +116,7 @@ def evaluate_ensemble(cfg, ws) -> dict:
         "by_weights": {k: summarize(scored[k]) for k in ("own", kind)},
         "by_weights_correct": {k: correct_rows(scored[k]) for k in ("own", kind)},
         "forwards_per_example": fwd,
+        "fingerprint": eval_inputs(ws, cfg, "ensemble", hashes or task_hashes(cfg)),
     }
     ws.write(doc, "eval", "ensemble.json")
     active = {t: forwards(t, manifest["weights"], rounds) for t in encs}
@@ -121,7 +125,7 @@ def evaluate_ensemble(cfg, ws) -> dict:
     return result
 
 
-def evaluate_baseline(cfg, ws) -> dict:
+def evaluate_baseline(cfg, ws, hashes: dict | None = None) -> dict:
     """Test metrics per task (+ mean) of the single baseline adapter; eval/baseline.json. Its
     scores come from `Ensemble.logits`, as `grouptune predict --explain`'s baseline answers."""
     from core.data.sources import select_tasks
@@ -136,21 +140,40 @@ def evaluate_baseline(cfg, ws) -> dict:
     scored = {name: (ens.logits(enc, BASELINE), enc.gold) for name, enc in encs.items()}
     result = summarize(scored)
     doc = {"model": "baseline", "split": "test", "metrics": result, "correct": correct_rows(scored)}
+    doc["fingerprint"] = eval_inputs(ws, cfg, "baseline", hashes or task_hashes(cfg))
     ws.write(doc, "eval", "baseline.json")
     entry = _inference_entry(model, tokenizer, encs, dict.fromkeys(encs, 1), meter, cfg)
     Accounting(ws).record("baseline_inference", entry)
     return result
 
 
-def evaluate_trained(cfg, ws) -> dict:
-    """Evaluate what is trained: {"baseline": metrics, "ensemble": metrics}, each if present."""
-    out = {}
-    if (ws.adapter_dir("baseline") / "grouptune.json").exists():
-        out["baseline"] = evaluate_baseline(cfg, ws)
-    if ws.path(MANIFEST).exists():
-        out["ensemble"] = evaluate_ensemble(cfg, ws)
-    if not out:
+def evaluate_trained(cfg, ws, force: bool = False) -> dict:
+    """Evaluate what is trained: {"baseline": metrics, "ensemble": metrics}, each if present.
+    An evaluation still current (core.train.eval_status, the rule the dashboard shows) is
+    reused unless `force`."""
+    from core.train.eval_status import eval_status
+
+    trained = {
+        "baseline": (ws.adapter_dir("baseline") / "grouptune.json").exists(),
+        "ensemble": ws.path(MANIFEST).exists(),
+    }
+    if not any(trained.values()):
         raise GroupTuneError(
             f"nothing trained in {ws.root}: train the baseline and/or the group adapters first"
         )
+    hashes, out = task_hashes(cfg), {}
+    for name, evaluate in (("baseline", evaluate_baseline), ("ensemble", evaluate_ensemble)):
+        if not trained[name]:
+            continue
+        if not force and eval_status(ws, cfg, name, hashes) == "fresh":
+            out[name] = ws.read("eval", f"{name}.json")["metrics"]
+        else:
+            out[name] = evaluate(cfg, ws, hashes)
     return out
+
+
+def task_hashes(cfg) -> dict:
+    """task -> content hash of the configured tasks (what evaluations are fingerprinted on)."""
+    from core.data.sources import load_tasks
+
+    return {t.name: t.content_hash() for t in load_tasks(cfg)}

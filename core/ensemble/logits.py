@@ -18,12 +18,13 @@ from core.models.scoring import choice_logits, model_device
 
 def _check_adapter(path: Path, name: str, base_fp: dict, tasks: list[str] | None = None) -> dict:
     """The adapter's grouptune.json, after checking it is finished and made for this base."""
+    from core.models.fingerprint import same_model
     from core.train.run import read_json_file
 
     if not (path / "grouptune.json").exists() or not (path / "adapter_model.safetensors").exists():
         raise GroupTuneError(f"adapter {name!r} is missing or unfinished in {path}: train it first")
     record = read_json_file(path / "grouptune.json")
-    if record.get("base_model") != base_fp:
+    if not same_model(record.get("base_model"), base_fp):
         raise StaleError(
             f"{path} was trained on another base model ({record.get('base_model')}, now "
             f"{base_fp}); retrain it or restore the config it was made with"

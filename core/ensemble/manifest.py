@@ -125,13 +125,17 @@ def create_manifest(cfg, ws, groups: list[list[str]]) -> dict:
 
     An existing manifest for the same groups and the same adapter weights is kept as it is, with
     its fitted weights and boosting rounds (rerunning `grouptune run` redoes none of them)."""
-    from core.models.fingerprint import model_fingerprint
+    from core.models.fingerprint import model_fingerprint, same_model
 
     manifest = make_manifest(model_fingerprint(cfg.model), cfg.model.quantization, groups)
     manifest["digests"] = {a: weights_digest(ws.path(r)) for a, r in manifest["adapters"].items()}
     old = DOC.read(ws)
-    same = ("base_model", "adapters", "groups", "digests")
-    if old and all(old.get(k) == manifest[k] for k in same):
+    same = ("adapters", "groups", "digests")
+    if (
+        old
+        and same_model(old.get("base_model"), manifest["base_model"])
+        and all(old.get(k) == manifest[k] for k in same)
+    ):
         return old
     save_manifest(ws, manifest)
     return manifest

@@ -236,10 +236,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def checked_manifest(cfg, ws) -> dict:
     """The manifest, refused when it was made for another base model than the config's."""
-    from core.models.fingerprint import model_fingerprint
+    from core.models.fingerprint import model_fingerprint, same_model
 
     manifest = load_manifest(ws)
-    if manifest["base_model"] != model_fingerprint(cfg.model):
+    if not same_model(manifest["base_model"], model_fingerprint(cfg.model)):
         raise StaleError(
             f"{ws.path(MANIFEST)} was made for another base model ({manifest['base_model']}); "
             "retrain the group adapters or restore the config they were made with"

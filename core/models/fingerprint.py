@@ -27,9 +27,12 @@ from core.models.registry import MODELS, TINY_VERSION, model_dir
 def model_fingerprint(model_cfg: ModelConfig) -> dict:
     """What identifies the loaded weights, for caches to detect staleness. No downloads.
 
-    Holds the name, revision, resolved path (or `builtin:<name>@v<version>` / the Hub id), the
+    Holds the name, revision, where the weights come from (`registry:<name>` for a provisioned
+    model, `builtin:<name>@v<version>`, a local folder's resolved path or `hub:<id>`), the
     quantization, the resolved compute dtype, and a weights signature when known (the GGUF
-    sha256 of a provisioned model, or config hash and weight sizes of a local folder).
+    sha256 of a provisioned model, or config hash and weight sizes of a local folder). A
+    provisioned model is named, not located: its cache folder differs between machines (another
+    HOME or GROUPTUNE_CACHE) while the weights, and so everything made from them, are the same.
     """
     fp: dict[str, Any] = {
         "name": model_cfg.name,
@@ -44,7 +47,7 @@ def model_fingerprint(model_cfg: ModelConfig) -> dict:
     if spec is not None and spec.builtin:
         fp["path"] = f"builtin:{spec.name}@v{TINY_VERSION}"
     elif spec is not None:
-        fp["path"] = str(model_dir(spec.name))
+        fp["path"] = f"registry:{spec.name}"
         with contextlib.suppress(OSError, ValueError):
             fp["weights"] = read_json(model_dir(spec.name) / "provenance.json").get("gguf_sha256")
     elif local.is_dir():
@@ -55,6 +58,19 @@ def model_fingerprint(model_cfg: ModelConfig) -> dict:
         commit = hub_commit(model_cfg.name, model_cfg.revision)
         fp["weights"] = f"commit:{commit}" if commit else None
     return fp
+
+
+def same_model(saved: dict | None, now: dict) -> bool:
+    """Whether a stored fingerprint names the weights `now` does. Records made before provisioned
+    models were named (their cache folder's absolute path under `.../models/<name>`) count as
+    the same model when the weights' sha256 agrees, so older workspaces stay usable."""
+    if not saved:
+        return False
+    path = str(saved.get("path") or "")
+    if now.get("path") == f"registry:{now.get('name')}" and saved.get("weights"):
+        if Path(path).parts[-2:] == ("models", str(now.get("name"))):
+            saved = {**saved, "path": now["path"]}
+    return saved == now
 
 
 def hub_commit(repo_id: str, revision: str | None) -> str | None:

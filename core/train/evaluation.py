@@ -44,27 +44,23 @@ def evaluate_model(
 def evaluate_zero_shot(cfg: ExperimentConfig, ws: Workspace, force: bool = False) -> dict:
     """Score the base model (no adapter) on every task's test split; saved as eval/zero_shot.json.
 
-    Reused when the model, the tasks' contents and the token budget are unchanged.
+    Reused while current (core.train.eval_status: same model, test rows and token budget).
     """
-    from core.models.fingerprint import model_fingerprint
     from core.models.loading import load_model
+    from core.train.eval_status import eval_inputs, eval_status
 
     tasks = load_tasks(cfg)
-    fingerprint = {
-        "model": model_fingerprint(cfg.model),
-        "tasks": {t.name: t.content_hash() for t in tasks},
-        "max_tokens": cfg.data.max_tokens,
-    }
-    old = ws.read("eval", "zero_shot.json")
-    if not force and old and old.get("fingerprint") == fingerprint:
-        return old["metrics"]
+    hashes = {t.name: t.content_hash() for t in tasks}
+    if not force and eval_status(ws, cfg, "zero_shot", hashes) == "fresh":
+        return ws.read("eval", "zero_shot.json")["metrics"]
     from core.models import prefix
 
     model, tokenizer = load_model(cfg.model)
     prefix.attach(model, cfg, ws)
     scored = task_logits(model, tokenizer, tasks, cfg)
     result = summarize(scored)
-    record = {"model": "zero_shot", "split": "test", "metrics": result, "fingerprint": fingerprint}
+    record = {"model": "zero_shot", "split": "test", "metrics": result}
     record["correct"] = correct_rows(scored)
+    record["fingerprint"] = eval_inputs(ws, cfg, "zero_shot", hashes)
     ws.write(record, "eval", "zero_shot.json")
     return result

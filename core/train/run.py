@@ -154,8 +154,11 @@ def check_fingerprint(saved: dict, current: dict, where: Path) -> None:
         "training": "training",
         "data": "task data",
     }
+    from core.models.fingerprint import same_model
+
     for key, label in labels.items():
-        if saved.get(key) != current.get(key):
+        same = same_model if key == "base_model" else (lambda a, b: a == b)
+        if not same(saved.get(key), current.get(key)):
             raise StaleError(
                 f"{where} was made with another {label} ({saved.get(key)} vs now "
                 f"{current.get(key)}); it is not reused. Delete the folder, pass restart=True "

@@ -139,30 +139,14 @@ def boosting_todo(ws: Workspace, cfg: ExperimentConfig) -> bool:
 
 
 def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> list[dict]:
-    """zero_shot: fresh when eval/zero_shot.json's fingerprint has today's tasks (contents) and
-    token budget; baseline and ensemble: when evaluated after their adapters were trained."""
+    """zero_shot, baseline and ensemble: fresh when evaluated on today's base model, test rows
+    and adapters (core.train.eval_status, the rule `grouptune evaluate` skips by)."""
+    from core.train.eval_status import MODELS, eval_status
+
     rows = []
-    zero = ws.read("eval", "zero_shot.json")
-    if zero is None:
-        rows.append(_row("evaluation", "zero_shot", "missing"))
-    else:
-        fp = zero.get("fingerprint") or {}
-        same = fp.get("tasks") == hashes and fp.get("max_tokens") in (None, cfg.data.max_tokens)
-        rows.append(_row("evaluation", "zero_shot", "fresh" if same else "stale", ""))
-    groups = [n for n in expected_adapters(ws, cfg) if n != "baseline"]
-    inputs = {
-        "baseline": [ws.path("adapters", "baseline", "grouptune.json")],
-        "ensemble": [MANIFEST.path(ws)]
-        + [ws.path("adapters", n, "grouptune.json") for n in groups],
-    }
-    for model, paths in inputs.items():
-        path = ws.path("eval", f"{model}.json")
-        if not path.exists():
-            rows.append(_row("evaluation", model, "missing"))
-        elif any(_mtime(p) > _mtime(path) or not p.exists() for p in paths):
-            rows.append(_row("evaluation", model, "stale", "retrained since"))
-        else:
-            rows.append(_row("evaluation", model, "fresh"))
+    for model in MODELS:
+        state, _, why = eval_status(ws, cfg, model, hashes).partition(" (")
+        rows.append(_row("evaluation", model, state, why.rstrip(")")))
     return rows
 
 
