@@ -403,3 +403,23 @@ def test_a_new_hub_commit_makes_the_gradient_store_stale(tmp_path, monkeypatch):
     assert folder_status(folder, store_key(cfg, task)).startswith("stale")
     pinned = cfg.model.model_copy(update={"revision": "a" * 40})  # model.revision pins it
     assert model_fingerprint(pinned)["weights"] == before["weights"]
+
+
+def test_a_provisioned_model_is_named_not_located(tmp_path, monkeypatch):
+    """Two machines' caches holding the same weights give one fingerprint; a record made when
+    the fingerprint held the cache folder's path is the same model only if the weights agree."""
+    from core.models.fingerprint import same_model
+
+    fps = []
+    for where in ("alice", "bob"):
+        folder = tmp_path / where / "models" / "smollm2-135m"
+        folder.mkdir(parents=True)
+        (folder / "provenance.json").write_text('{"gguf_sha256": "abc"}')
+        monkeypatch.setenv("GROUPTUNE_CACHE", str(tmp_path / where))
+        fps.append(model_fingerprint(_cfg("smollm2-135m", "4bit")))
+    assert fps[0] == fps[1] and fps[0]["path"] == "registry:smollm2-135m"
+    legacy = {**fps[0], "path": str(tmp_path / "alice" / "models" / "smollm2-135m")}
+    assert same_model(legacy, fps[1])
+    assert not same_model({**legacy, "weights": "other"}, fps[1])
+    assert not same_model({**legacy, "path": "/somewhere/else/smollm2-135m"}, fps[1])
+    assert not same_model(None, fps[1])

@@ -128,6 +128,17 @@ def key_difference(old, new, path: str = "") -> str | None:
     return None
 
 
+def _as_today(old: dict | None, key: dict) -> dict | None:
+    """A stored key read as made on today's model when it names the same weights: stores made
+    before provisioned models were fingerprinted by name (core.models.fingerprint.same_model)
+    are not recomputed for that alone."""
+    from core.models.fingerprint import same_model
+
+    if isinstance(old, dict) and same_model(old.get("model"), key["model"]):
+        return {**old, "model": key["model"]}
+    return old
+
+
 def _read_meta(folder: Path) -> dict | None:
     try:
         meta = read_json(folder / META)
@@ -150,7 +161,7 @@ def folder_status(folder: Path, key: dict) -> str:
         return "missing"
     if meta.get("format") != FORMAT_VERSION:
         return f"stale (store format {meta.get('format')} -> {FORMAT_VERSION})"
-    diff = key_difference(meta.get("key"), key)
+    diff = key_difference(_as_today(meta.get("key"), key), key)
     if diff:
         return f"stale ({diff})"
     rows = meta.get("rows", {})
@@ -222,6 +233,7 @@ class FeatureStore:
         old = _read_meta(folder)
         if old is None:
             return "missing"
+        old["key"] = _as_today(old.get("key"), meta["key"])
         for part in ("format", "key", "resolved", "C", "k", "rows"):
             diff = key_difference(old.get(part), meta[part], part)
             if diff:
