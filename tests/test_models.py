@@ -423,3 +423,18 @@ def test_a_provisioned_model_is_named_not_located(tmp_path, monkeypatch):
     assert not same_model({**legacy, "weights": "other"}, fps[1])
     assert not same_model({**legacy, "path": "/somewhere/else/smollm2-135m"}, fps[1])
     assert not same_model(None, fps[1])
+
+
+def test_a_model_name_is_read_once_for_every_kind(tmp_path):
+    from core.models.registry import model_source
+
+    kinds = {
+        "tiny-llama": "builtin",
+        "smollm2-135m": "registry",
+        str(tmp_path): "local",
+        "someone/tiny-lm": "hub",
+    }
+    assert {n: model_source(n).kind for n in kinds} == kinds
+    assert model_source("smollm2-135m").folder == cache_dir() / "models" / "smollm2-135m"
+    assert model_source(str(tmp_path)).folder == tmp_path.resolve()
+    assert model_source("tiny-llama").builtin and not model_source("someone/tiny-lm").builtin

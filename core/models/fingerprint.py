@@ -21,7 +21,7 @@ from core.io import read_json
 if TYPE_CHECKING:
     from core.config import ModelConfig
 
-from core.models.registry import MODELS, TINY_VERSION, model_dir
+from core.models.registry import TINY_VERSION, model_source
 
 
 def model_fingerprint(model_cfg: ModelConfig) -> dict:
@@ -42,17 +42,16 @@ def model_fingerprint(model_cfg: ModelConfig) -> dict:
         "dtype": compute_dtype(model_cfg.dtype, model_cfg.device),
         "weights": None,
     }
-    spec = MODELS.get(model_cfg.name)
-    local = Path(model_cfg.name).expanduser()
-    if spec is not None and spec.builtin:
-        fp["path"] = f"builtin:{spec.name}@v{TINY_VERSION}"
-    elif spec is not None:
-        fp["path"] = f"registry:{spec.name}"
+    src = model_source(model_cfg.name)
+    if src.kind == "builtin":
+        fp["path"] = f"builtin:{src.name}@v{TINY_VERSION}"
+    elif src.kind == "registry":
+        fp["path"] = f"registry:{src.name}"
         with contextlib.suppress(OSError, ValueError):
-            fp["weights"] = read_json(model_dir(spec.name) / "provenance.json").get("gguf_sha256")
-    elif local.is_dir():
-        fp["path"] = str(local.resolve())
-        fp["weights"] = _folder_signature(local)
+            fp["weights"] = read_json(src.folder / "provenance.json").get("gguf_sha256")
+    elif src.kind == "local":
+        fp["path"] = str(src.folder)
+        fp["weights"] = _folder_signature(src.folder)
     else:
         fp["path"] = f"hub:{model_cfg.name}"
         commit = hub_commit(model_cfg.name, model_cfg.revision)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from core.models import quantized
 from core.models.device import configure_cpu, pick_device, pick_dtype
 from core.models.provision import resolve_model
-from core.models.registry import MODELS
+from core.models.registry import model_source
 from core.models.tiny import build_tiny_config, build_tiny_model, builtin_tokenizer, cap_length
 from core.progress import add_time
 
@@ -39,10 +39,9 @@ def load_tokenizer(model_cfg: ModelConfig):
     `model_max_length` no longer than the model's context."""
     from transformers import AutoConfig, AutoTokenizer
 
-    spec = MODELS.get(model_cfg.name)
-    if spec is not None and spec.builtin:
+    if model_source(model_cfg.name).builtin:
         tok = builtin_tokenizer()
-        cap_length(tok, build_tiny_config(spec.name, len(tok)))
+        cap_length(tok, build_tiny_config(model_cfg.name, len(tok)))
         return _finish_tokenizer(tok)
     path, _ = resolve_model(model_cfg.name, model_cfg.revision)
     tok = AutoTokenizer.from_pretrained(path)
@@ -96,17 +95,17 @@ def _load_model(model_cfg: ModelConfig, attn_implementation: str | None):
     if device.type == "cpu":
         configure_cpu(model_cfg.threads)
     quant = model_cfg.quantization
-    spec = MODELS.get(model_cfg.name)
+    builtin = model_source(model_cfg.name).builtin
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
 
-    if spec is not None and spec.builtin and quant == "none":
-        model, tok = build_tiny_model(spec.name, attn_implementation=attn_implementation)
+    if builtin and quant == "none":
+        model, tok = build_tiny_model(model_cfg.name, attn_implementation=attn_implementation)
         model = model.to(device=device, dtype=dtype)
     else:
         path, _ = resolve_model(model_cfg.name, model_cfg.revision)
-        tok = builtin_tokenizer() if spec is not None and spec.builtin else None
+        tok = builtin_tokenizer() if builtin else None
         tok = tok or AutoTokenizer.from_pretrained(path)
         kwargs["device_map"] = {"": str(device)}  # load straight onto the device
         model = _from_pretrained(model_cfg, path, device, kwargs)
@@ -158,9 +157,8 @@ def model_skeleton(model_cfg: ModelConfig):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    spec = MODELS.get(model_cfg.name)
-    if spec is not None and spec.builtin:
-        config = build_tiny_config(spec.name)
+    if model_source(model_cfg.name).builtin:
+        config = build_tiny_config(model_cfg.name)
     else:
         path, _ = resolve_model(model_cfg.name, model_cfg.revision)
         config = AutoConfig.from_pretrained(path)

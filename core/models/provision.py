@@ -35,7 +35,7 @@ from core.models.registry import (
     PROVENANCE_VERSION,
     TINY_VERSION,
     ModelSpec,
-    model_dir,
+    model_source,
 )
 from core.models.tiny import build_tiny_model, cap_length
 
@@ -113,13 +113,12 @@ def fetch_model(
     * any other name: a Hub id (at `revision`), downloaded with huggingface_hub into its usual
       cache (a clear error when offline and not cached).
     """
-    spec = MODELS.get(name)
-    if spec is None:
-        local = Path(name).expanduser()
-        if local.is_dir():
-            return local.resolve()
+    src = model_source(name)
+    if src.kind == "local":
+        return src.folder
+    if src.kind == "hub":
         return _fetch_hub(name, revision=revision, progress=progress)
-    target = model_dir(name)
+    target, spec = src.folder, src.spec
     if _is_complete(target, spec):
         return target
     with artifact_lock(target.parent / f".{name}.lock", f"the model folder of {name}"):
@@ -329,16 +328,18 @@ def resolve_model(name: str, revision: str | None = None, *, progress: bool = Tr
     `ModelSpec`; a local folder gives itself and None; anything else is tried as a Hub id and
     gives the downloaded snapshot folder and None. Unknown names raise GroupTuneError.
     """
-    spec = MODELS.get(name)
-    if spec is not None:
-        if not _is_complete(model_dir(name), spec) and not spec.builtin:
+    src = model_source(name)
+    if src.spec is not None:
+        if src.kind == "registry" and not _is_complete(src.folder, src.spec):
             _say(f"model {name} is not provisioned yet; fetching it now", progress)
-        return str(fetch_model(name, progress=progress)), spec
+        return str(fetch_model(name, progress=progress)), src.spec
+    if src.kind == "local":
+        if not (src.folder / "config.json").is_file():
+            raise GroupTuneError(
+                f"{src.folder}: folder has no config.json, so it is not a model folder"
+            )
+        return str(src.folder), None
     local = Path(name).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise GroupTuneError(f"{local}: folder has no config.json, so it is not a model folder")
-        return str(local.resolve()), None
     if local.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         raise GroupTuneError(_unknown_model_message(name, FileNotFoundError("no such folder")))
     return str(_fetch_hub(name, revision, progress)), None

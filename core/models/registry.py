@@ -1,5 +1,7 @@
 """The model registry: the names GroupTune knows without a download, and where their weights
-come from. (`core.models.provision.resolve_model` also takes a local folder or a Hub id.)"""
+come from; `model_source(name)` says once what any model name refers to (a built-in tiny model,
+a registry model, a local folder or a Hub id), for the modules that load, fetch and fingerprint
+it."""
 
 from __future__ import annotations
 
@@ -87,3 +89,31 @@ def cache_dir() -> Path:
 def model_dir(name: str) -> Path:
     """Folder a registry model is provisioned into: `cache_dir()/models/<name>/`."""
     return cache_dir() / "models" / name
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name refers to. kind: "builtin" (built in code), "registry" (provisioned
+    into `folder`, the cache), "local" (the model folder `folder`) or "hub" (a Hub id, fetched
+    into the Hub's own cache)."""
+
+    name: str
+    kind: str
+    spec: ModelSpec | None = None
+    folder: Path | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.kind == "builtin"
+
+
+def model_source(name: str) -> ModelSource:
+    """The one reading of a model name (torch-free, no network): registry names first, then an
+    existing folder, else a Hub id."""
+    spec = MODELS.get(name)
+    if spec is not None:
+        return ModelSource(name, "builtin" if spec.builtin else "registry", spec, model_dir(name))
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return ModelSource(name, "local", folder=local.resolve())
+    return ModelSource(name, "hub")
