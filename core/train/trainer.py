@@ -50,7 +50,7 @@ from core.models.flops import count_flops, padded_tokens
 from core.recipe import (
     epoch_plan,
 )
-from core.train.freshness import adapter_status
+from core.train.freshness import stale_reason
 from core.train.loop import answer_loss, fit, freeze_lora_a, make_batch, make_optimizer
 from core.train.run import (
     CHECKPOINT,
@@ -110,7 +110,7 @@ def _setup(cfg, ws, name: str, task_names: list[str]) -> Run:
     return Run(cfg, name, out, model, tokenizer, optimizer, tasks, train, val_tokens, fingerprint)
 
 
-def _finished(ws, run: Run, restart: bool) -> dict | None:
+def _finished(run: Run, restart: bool) -> dict | None:
     """The stored result if this adapter is fresh (core.train.freshness, the rule the
     dashboard shows); refuse a foreign one (other settings), naming what differs; None when
     there is work left (none yet, or fewer epochs than asked: trained on from its checkpoint)."""
@@ -120,8 +120,9 @@ def _finished(ws, run: Run, restart: bool) -> dict | None:
     done = read_json_file(path)
     check_fingerprint(done.get("fingerprint", {}), run.fingerprint, run.out)
     hashes = run.fingerprint["data"]["tasks"]
-    status = adapter_status(ws, run.cfg, run.name, [t.name for t in run.tasks], hashes)
-    return done if status.startswith("fresh") else None
+    return (
+        done if stale_reason(done, run.cfg, [t.name for t in run.tasks], hashes) is None else None
+    )
 
 
 def train_adapter(cfg, ws, name: str, task_names: list[str], progress: bool = True, **kw) -> dict:
@@ -166,7 +167,7 @@ def _train_adapter(
             raise GroupTuneError("training with logit offsets needs training.loss 'choices'")
         run.offsets = offsets
         run.fingerprint["data"]["offsets"] = run_digest(offsets)
-    done = _finished(ws, run, restart)
+    done = _finished(run, restart)
     if done is not None:
         return done
     twin = None if restart else find_twin(ws, run)
