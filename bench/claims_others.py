@@ -374,11 +374,26 @@ def md_headline(r: dict, h: dict, prov: dict) -> list[str]:
         f"{_points(r['random_gain'], h.get('random_gain_ci'))}; training FLOPs "
         f"{fmt(r['flops_ratio_paper'], '.2f')}x (paper's counting) / "
         f"{fmt(r['flops_ratio_full'], '.2f')}x (full)",
+        *_versus_control(h),
         f"- covered: {covered or 'nothing yet'}; still to run: {', '.join(todo) or 'nothing'} "
         "(a rerun of the command keeps what is here and runs the rest)",
         "",
         *ensemble_tables(h),
     ]
+
+
+def _versus_control(h: dict) -> list[str]:
+    """The recommended grouping against the random one directly (paired on their seeds)."""
+    v = h.get("rec_vs_random")
+    if not v:
+        return []
+    kinds = {"ensemble": "the full ensemble", "fit": "the group adapters alone (fitted weights)",
+             "own": "each task on its own group's adapter"}  # fmt: skip
+    parts = [
+        f"{label} {_points(v[k]['points'], v[k]['ci'])}" for k, label in kinds.items() if k in v
+    ]
+    return [f"- recommended grouping against the random one, paired on seeds {v['seeds']}: "
+            + "; ".join(parts)]  # fmt: skip
 
 
 def md_pairs(p: dict, prov: dict, where: str) -> list[str]:

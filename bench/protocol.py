@@ -18,6 +18,7 @@ saved after every run with what it covers:
     .venv/bin/python bench/protocol.py --part pairs [--pair-tasks a b c] [--pair-seeds 0 1]
     .venv/bin/python bench/protocol.py --part headline [--seeds 0 1 2] [--tasks a b c]
     .venv/bin/python bench/protocol.py --smoke          # the tests' tiny experiment, a minute
+    .venv/bin/python bench/protocol.py --summarize      # the summary again from the file's runs
 
 Budget caps (--max-train, --max-val, --max-test, --epochs, --patience) are recorded in the
 JSON: the paper trains 450 rows a task for 10 epochs; on 2 CPU cores the parts run with caps.
@@ -240,11 +241,35 @@ def kept_runs(previous: tuple[dict, dict] | None, cfg) -> dict:
 
 
 def headline(res: dict, control: str) -> dict:
-    """The JSON keys the issue names: the random control's gain beside the recommended m's."""
+    """The JSON keys the issue names: the random control's gain beside the recommended m's,
+    and the recommended grouping against the control directly."""
     res["random_gain"] = (res["by_m"].get(control) or {}).get("mean_gain")
     res["random_gain_ci"] = (res["by_m"].get(control) or {}).get("gain_ci")
     res["control"] = control
+    res["rec_vs_random"] = versus_control(res, res["recommended"]["m"], control)
     return res
+
+
+def versus_control(res: dict, rec_m, control: str) -> dict | None:
+    """What the affinity's choice of members adds: the recommended grouping's test answers
+    against the random grouping's of the same sizes, paired on the seeds both ran (points,
+    paired-bootstrap interval), for the full ensemble and for the group adapters alone."""
+    from core.stats import paired_gain, paired_sample
+
+    samples = res["samples"]
+    both = [s for s in (res["by_m"].get(control) or {}).get("seeds", [])
+            if f"s{s}-m{rec_m}" in samples]  # fmt: skip
+    if not both:
+        return None
+    out = {"seeds": both}
+    for kind in samples[f"s{both[0]}-m{rec_m}"]:
+        if kind == "baseline":
+            continue
+        pairs = [paired_sample(samples[f"s{s}-m{rec_m}"][kind], samples[f"s{s}-m{control}"][kind])
+                 for s in both]  # fmt: skip
+        g = paired_gain(pairs)
+        out[kind] = {"points": g["points"], "ci": g["ci"], "per_task": g["per_task"]}
+    return out
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -274,6 +299,8 @@ def parse_args():
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="default bench/results/protocol.json")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--summarize", action="store_true",
+                   help="recompute the summary keys from the runs the results file holds")  # fmt: skip
     args = p.parse_args()
     args.part = args.part or ["pairs", "headline"]
     args.smoke_dir = Path(tempfile.mkdtemp(prefix="protocol-smoke-")) if args.smoke else None
@@ -292,12 +319,17 @@ def main() -> None:
     from core.workspace import Workspace
 
     args = parse_args()
-    cfg = make_config(args)
-    ws = Workspace(args.workspace).ensure()
-    ws.save_config(cfg)
     res = json.loads(args.out.read_text()) if args.out.exists() else {"parts": {}}
     res.setdefault("parts", {})
     res.setdefault("provenance", {})
+    if args.summarize:  # what is derived from the runs the file holds, again; no training
+        part = res["parts"]["headline"]
+        res["parts"]["headline"] = headline(part, part["control"])
+        res.update(summary(res["parts"]))
+        return write(args.out, res)
+    cfg = make_config(args)
+    ws = Workspace(args.workspace).ensure()
+    ws.save_config(cfg)
     args.previous = (res["parts"].get("headline"), res["provenance"].get("headline"))
 
     def save(name, part):
@@ -309,15 +341,19 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         res.update(summary(res["parts"]))
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
-        os.replace(tmp, args.out)
+        write(args.out, res)
 
     if "pairs" in args.part:
         save(args.pairs_name, part_pairs(cfg, ws, args))
     if "headline" in args.part:
         save("headline", part_headline(cfg, ws, args, lambda d: save("headline", d)))
     say(f"wrote {args.out}")
+
+
+def write(out: Path, res: dict) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    os.replace(tmp, out)
 
 
 def summary(parts: dict) -> dict:
@@ -329,6 +365,7 @@ def summary(parts: dict) -> dict:
         "mean_gain": h.get("mean_gain"),
         "gain_ci": h.get("gain_ci"),
         "random_gain": h.get("random_gain"),
+        "rec_vs_random": ((h.get("rec_vs_random") or {}).get("ensemble") or {}).get("points"),
         "flops_ratio_paper": h.get("flops_ratio_paper"),
         "flops_ratio_full": h.get("flops_ratio_full"),
         "negative_pairs": len((p.get("negative_pairs") or {}).get("negative", [])) if p else None,

@@ -98,6 +98,17 @@ def test_the_protocol_bench_smoke_run_is_consistent(tmp_path):
     assert sorted(map(len, control)) == sorted(map(len, head["groups"][rec]))
     assert random_grouping(head["groups"][rec]) == control
     assert res["mean_gain"] == head["by_m"][rec]["mean_gain"]
+    versus, samples = head["rec_vs_random"], head["samples"]
+    if head["control"] in head["m_values"]:  # the recommended m > 1: the control ran
+        seeds = versus["seeds"]
+        by_task = {t: np.mean([np.subtract(samples[f"s{s}-m{rec}"]["ensemble"][t],
+                                           samples[f"s{s}-m{head['control']}"]["ensemble"][t])
+                               for s in seeds]) for t in samples[f"s{seeds[0]}-m{rec}"]["ensemble"]}  # fmt: skip
+        assert np.isclose(versus["ensemble"]["points"], 100 * np.mean(list(by_task.values())))
+        for t, d in by_task.items():
+            assert np.isclose(versus["ensemble"]["per_task"][t]["points"], 100 * d), t
+    else:
+        assert versus is None
     from claims_others import md_headline  # RESULTS.md's section says what the file holds
 
     text = "\n".join(md_headline(res, head, res["provenance"]["headline"]))
@@ -111,3 +122,9 @@ def test_the_protocol_bench_smoke_run_is_consistent(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("kept from protocol.json") == len(head["plan"])
     assert json.loads(out.read_text())["parts"]["headline"]["samples"] == head["samples"]
+    summarized = subprocess.run(
+        [sys.executable, "bench/protocol.py", "--summarize", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert summarized.returncode == 0, summarized.stderr[-3000:]
+    assert json.loads(out.read_text())["parts"]["headline"] == json.loads(json.dumps(head))
