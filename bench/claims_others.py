@@ -366,8 +366,8 @@ def md_headline(r: dict, h: dict, prov: dict) -> list[str]:
         f"val epoch kept), all test rows: `{prov['command']}` ({prov['date']}). Recommended "
         f"m = {r['recommended']} ({h['recommended']['reason']}): groups "
         f"{json.dumps(h['groups'][str(r['recommended'])])}; the control "
-        f"`{h['control']}` deals the same tasks at random into groups of the same sizes: "
-        f"{json.dumps(h['groups'].get(h['control']))}.",
+        f"`{h['control']}` deals the same tasks at random into groups of the same sizes, "
+        f"{_draws(h)}.",
         "",
         f"- recommended grouping against one adapter: {_points(r['mean_gain'], h.get('gain_ci'))} "
         f"over seeds {h.get('seeds')}; the random grouping "
@@ -382,18 +382,30 @@ def md_headline(r: dict, h: dict, prov: dict) -> list[str]:
     ]
 
 
+def _draws(h: dict) -> str:
+    """The control's groupings: a new draw per training seed, and the first draw."""
+    control, first = h["control"], h["control"].removesuffix("-per-seed")
+    drawn = h["groups"].get(control)
+    if not isinstance(drawn, dict):  # a file from before the per-seed draws
+        return json.dumps(drawn)
+    seeds = "; ".join(f"seed {s}: {json.dumps(g)}" for s, g in drawn.items())
+    return f"a new draw at every training seed ({seeds}); `{first}` is the first draw at every seed"
+
+
 def _versus_control(h: dict) -> list[str]:
-    """The recommended grouping against the random one directly (paired on their seeds)."""
-    v = h.get("rec_vs_random")
-    if not v:
-        return []
+    """The recommended grouping against the random ones directly (paired on their seeds)."""
     kinds = {"ensemble": "the full ensemble", "fit": "the group adapters alone (fitted weights)",
              "own": "each task on its own group's adapter"}  # fmt: skip
-    parts = [
-        f"{label} {_points(v[k]['points'], v[k]['ci'])}" for k, label in kinds.items() if k in v
-    ]
-    return [f"- recommended grouping against the random one, paired on seeds {v['seeds']}: "
-            + "; ".join(parts)]  # fmt: skip
+    first = h["control"].removesuffix("-per-seed")
+    lines = []
+    for key, label in (("rec_vs_random", h["control"]), ("rec_vs_random_first", first)):
+        v = h.get(key)
+        if not v or (key != "rec_vs_random" and label == h["control"]):
+            continue
+        parts = [f"{kinds[k]} {_points(v[k]['points'], v[k]['ci'])}" for k in kinds if k in v]
+        lines.append(f"- recommended grouping against `{label}`, paired on seeds {v['seeds']}: "
+                     + "; ".join(parts))  # fmt: skip
+    return lines
 
 
 def md_pairs(p: dict, prov: dict, where: str) -> list[str]:

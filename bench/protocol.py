@@ -206,23 +206,40 @@ def part_headline(cfg, ws, args, save) -> dict:
     n = len(cfg.task_names)
     rec_m, groups, rec = choose_ms(cfg, ws)
     groups = {**groups, n: [[t] for t in cfg.task_names]}
-    control = f"random{rec_m}"
-    groups[control] = random_grouping(groups[rec_m])
-    # the recommended m and its control first: the comparison the issue asks for comes soonest
-    ms = list(dict.fromkeys([rec_m] + ([control] if rec_m > 1 else []) + [1, 2, 3, n]))
+    control, first = f"random{rec_m}-per-seed", f"random{rec_m}"
+    # the control: a random grouping of the recommended sizes drawn afresh for every training
+    # seed (random_state = seed), so that it stands for random groupings, not for one draw;
+    # beside it the first draw at every seed (the control of the first runs)
+    groups[control] = {str(s): random_grouping(groups[rec_m], s) for s in args.seeds}
+    groups[first] = random_grouping(groups[rec_m])
+    # the recommended m and its controls first: the comparison the issue asks for comes soonest
+    controls = [control, first] if rec_m > 1 else []
+    ms = list(dict.fromkeys([rec_m, *controls, 1, 2, 3, n]))
     plan = [(s, m) for m in ms for s in args.seeds]
     feats = feature_flops(cfg, ws)
     zero = evaluate_zero_shot(cfg, ws)
     kept, runs = kept_runs(args.previous, cfg), []
     for seed, m in plan:
-        run = kept.get((seed, str(m)))
-        if run is None or run["groups"] != groups[m]:
-            run = one_run(cfg, ws, seed, m, groups[m], feats)
+        want = groups[m].get(str(seed)) if isinstance(groups[m], dict) else groups[m]
+        run = _same_run(list(kept.values()) + runs, seed, want)
+        if run is None:
+            run = one_run(cfg, ws, seed, m, want, feats)
         else:
-            say(f"headline: seed {seed}, m = {m} kept from {args.out.name}")
+            say(f"headline: seed {seed}, m = {m} kept (s{run['seed']} m{run['m']}, same groups)")
+            run = {**run, "m": m}
         runs.append(run)
         save(headline(result(cfg, rec, rec_m, groups, plan, runs, zero), control))
     return headline(result(cfg, rec, rec_m, groups, plan, runs, zero), control)
+
+
+def _same_run(done: list[dict], seed: int, groups: list[list[str]]) -> dict | None:
+    """A finished run of this training seed with these very groups (whatever m it was run
+    as): a run is its seed and groups, so it is reused, never trained twice."""
+    key = sorted(sorted(g) for g in groups)
+    return next(
+        (r for r in done if r["seed"] == seed and sorted(sorted(g) for g in r["groups"]) == key),
+        None,
+    )
 
 
 def kept_runs(previous: tuple[dict, dict] | None, cfg) -> dict:
@@ -242,11 +259,13 @@ def kept_runs(previous: tuple[dict, dict] | None, cfg) -> dict:
 
 def headline(res: dict, control: str) -> dict:
     """The JSON keys the issue names: the random control's gain beside the recommended m's,
-    and the recommended grouping against the control directly."""
-    res["random_gain"] = (res["by_m"].get(control) or {}).get("mean_gain")
-    res["random_gain_ci"] = (res["by_m"].get(control) or {}).get("gain_ci")
+    and the recommended grouping against the control directly; the same for the first draw."""
+    first = control.removesuffix("-per-seed")
+    for key, label in (("random", control), ("random_first", first)):
+        by = res["by_m"].get(label) or {}
+        res[f"{key}_gain"], res[f"{key}_gain_ci"] = by.get("mean_gain"), by.get("gain_ci")
+        res[f"rec_vs_{key}"] = versus_control(res, res["recommended"]["m"], label)
     res["control"] = control
-    res["rec_vs_random"] = versus_control(res, res["recommended"]["m"], control)
     return res
 
 

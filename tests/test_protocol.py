@@ -94,9 +94,14 @@ def test_the_protocol_bench_smoke_run_is_consistent(tmp_path):
     assert neg == pairs["negative_pairs"] and res["negative_pairs"] == len(neg["negative"])
     head = res["parts"]["headline"]
     rec = str(head["recommended"]["m"])
-    control = head["groups"][head["control"]]
-    assert sorted(map(len, control)) == sorted(map(len, head["groups"][rec]))
-    assert random_grouping(head["groups"][rec]) == control
+    drawn = head["groups"][head["control"]]  # a new draw at every training seed
+    assert set(drawn) == {str(s) for s in head["seeds"]}
+    for seed, control in drawn.items():
+        assert sorted(map(len, control)) == sorted(map(len, head["groups"][rec]))
+        assert random_grouping(head["groups"][rec], int(seed)) == control
+    first = head["control"].removesuffix("-per-seed")
+    assert head["groups"][first] == random_grouping(head["groups"][rec])
+    assert head["samples"][f"s0-m{head['control']}"] == head["samples"][f"s0-m{first}"]  # reused
     assert res["mean_gain"] == head["by_m"][rec]["mean_gain"]
     versus, samples = head["rec_vs_random"], head["samples"]
     if head["control"] in head["m_values"]:  # the recommended m > 1: the control ran
@@ -113,14 +118,14 @@ def test_the_protocol_bench_smoke_run_is_consistent(tmp_path):
 
     text = "\n".join(md_headline(res, head, res["provenance"]["headline"]))
     assert f"{res['mean_gain']:+.1f} points [{head['gain_ci'][0]:+.1f}, " in text
-    assert json.dumps(head["groups"][head["control"]]) in text and "still to run: nothing" in text
+    assert json.dumps(drawn["1"]) in text and "still to run: nothing" in text
     # a second session: the workspace is gone, the results file is not; its runs are kept
     again = subprocess.run(
         [sys.executable, "bench/protocol.py", "--smoke", "--part", "headline", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("kept from protocol.json") == len(head["plan"])
+    assert again.stderr.count(", same groups)") == len(head["plan"])  # all kept, none trained
     assert json.loads(out.read_text())["parts"]["headline"]["samples"] == head["samples"]
     summarized = subprocess.run(
         [sys.executable, "bench/protocol.py", "--summarize", "--out", str(out)],
