@@ -83,21 +83,32 @@ class _Forwarder:
         self.stop = False  # the driver asked the job to stop
 
     def push(self, wait: bool = False) -> bool:
-        """Report what changed (every call: the answer carries the cancel); True once the
-        driver has asked the job to stop."""
-        import ray
-
+        """Report what changed (the answer carries the cancel); True once the driver has asked
+        the job to stop. One report is in flight at a time: while the last is unanswered a call
+        only reads answers, and what changed meanwhile goes with the next report. (Sending on
+        regardless queued reports at a relay slower than the interval, on a loaded driver, and
+        the answer carrying a cancel came later and later: a 60 s step ran to its end.)"""
+        self._read(timeout=0)
+        if self.answers and not wait:
+            return self.stop
         row = self.local.peek(self.job_id)
         fields = {k: row[k] for k in RELAYED if k not in self.sent or row[k] != self.sent[k]}
         self.last_metric, records = self.local.metrics_after(self.job_id, self.last_metric)
         args = (self.db, self.job_id, self.run, self.where, fields, records)
         self.answers.append(self.relay.sync.remote(*args))
         self.sent.update(fields)
-        ready, self.answers = ray.wait(
-            self.answers, num_returns=len(self.answers), timeout=None if wait else 0
-        )
-        self.stop = self.stop or any(ray.get(ready))
+        self._read(timeout=None if wait else 0)
         return self.stop
+
+    def _read(self, timeout: float | None) -> None:
+        """Take the answers that are in (all of them, waiting, when timeout is None)."""
+        import ray
+
+        if self.answers:
+            ready, self.answers = ray.wait(
+                self.answers, num_returns=len(self.answers), timeout=timeout
+            )
+            self.stop = self.stop or any(ray.get(ready))
 
 
 def run_relayed(relay, db: str, job: dict, env: dict, cwd: str, interval_s: float) -> int:
