@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import shutil
 import tempfile
@@ -157,7 +158,7 @@ def check_fingerprint(saved: dict, current: dict, where: Path) -> None:
     from core.models.fingerprint import same_model
 
     for key, label in labels.items():
-        same = same_model if key == "base_model" else (lambda a, b: a == b)
+        same = same_model if key == "base_model" else operator.eq
         if not same(saved.get(key), current.get(key)):
             raise StaleError(
                 f"{where} was made with another {label} ({saved.get(key)} vs now "

@@ -143,11 +143,7 @@ def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> lis
     and adapters (core.train.eval_status, the rule `grouptune evaluate` skips by)."""
     from core.train.eval_status import MODELS, eval_status
 
-    rows = []
-    for model in MODELS:
-        state, _, why = eval_status(ws, cfg, model, hashes).partition(" (")
-        rows.append(_row("evaluation", model, state, why.rstrip(")")))
-    return rows
+    return [_row("evaluation", model, eval_status(ws, cfg, model, hashes)) for model in MODELS]
 
 
 def report_state(ws: Workspace) -> dict:
