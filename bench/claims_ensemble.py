@@ -25,7 +25,6 @@ points. FLOPs are counted two ways:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -53,25 +52,18 @@ SHARED = ("features", "cache")
 
 
 def train_baseline(cfg, ws, seed: int):
-    from core.ensemble.combine import evaluate_baseline
+    from core.ensemble.combine import evaluate_baseline, task_hashes
+    from core.train.eval_status import eval_status
     from core.train.trainer import train_adapter
     from core.validate.subsets import seeded
 
     scfg, bws = seeded(cfg, seed), run_workspace(ws, f"s{seed}-baseline")
     say(f"d. seed {seed}: baseline")
     record = train_adapter(scfg, bws, "baseline", list(cfg.task_names), progress=False)
-    if _stale_eval(bws, "baseline", record):
-        evaluate_baseline(scfg, bws)
+    hashes = task_hashes(scfg)
+    if eval_status(bws, scfg, "baseline", hashes) != "fresh":
+        evaluate_baseline(scfg, bws, hashes)
     return bws, record
-
-
-def _stale_eval(ws, model: str, *records) -> bool:
-    """True unless eval/<model>.json is newer than every adapter record and has per-row data."""
-    doc = ws.path("eval", f"{model}.json")
-    if not doc.exists() or "correct" not in (ws.read("eval", f"{model}.json") or {}):
-        return True
-    newest = max(os.path.getmtime(r["path"] + "/grouptune.json") for r in records)
-    return os.path.getmtime(doc) < newest
 
 
 def train_ensemble(cfg, ws, seed: int, m: int, groups: list[list[str]], bws):

@@ -171,9 +171,13 @@ def group_cmd(
     ),
     sweep: bool = typer.Option(False, "--sweep", help="Print every m and method."),
     move: str | None = typer.Option(None, help="TASK:GROUP — move a task in the chosen grouping."),
+    force: bool = typer.Option(
+        False, "--force", help="Choose again even when the chosen grouping is current."
+    ),
     as_json: bool = JsonOpt,
 ):
-    """Partition the tasks into m groups and predict each task's accuracy (what-if API)."""
+    """Partition the tasks into m groups and predict each task's accuracy (what-if API). A
+    current choice (same affinity and grouping settings), hand-edited ones included, is kept."""
     from core import pipeline
 
     cfg, ws = _context(config, workspace)
@@ -198,7 +202,7 @@ def group_cmd(
         groups = move_task(pipeline.chosen_groups(ws), task, int(index))
         chosen = pipeline.edit_groups(cfg, ws, groups)
     else:
-        chosen = pipeline.group(cfg, ws, m, method)
+        chosen = pipeline.group(cfg, ws, m, method, force)
     out = group_view(chosen)
     _emit(
         out,
@@ -254,13 +258,18 @@ def boost_cmd(
 def report_cmd(
     workspace: Path | None = WorkspaceOpt,
     config: Path | None = ConfigOpt,
+    force: bool = typer.Option(False, "--force", help="Write it again even when current."),
     as_json: bool = JsonOpt,
 ):
-    """Write report.json: accuracy per task and FLOPs, ensemble vs baseline vs zero-shot."""
+    """Write report.json: accuracy per task and FLOPs, ensemble vs baseline vs zero-shot (kept
+    when current: made from today's evaluations, manifest and accounting)."""
+    from core.artifacts import REPORT
+    from core.report.freshness import report_status
     from core.report.report import build_report
 
     _, ws = _context(config, workspace)
-    report = build_report(ws)
+    fresh = not force and report_status(ws) == "fresh"
+    report = REPORT.need(ws) if fresh else build_report(ws)
     _emit(report, as_json, report_text(report))
 
 

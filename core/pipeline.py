@@ -83,25 +83,34 @@ def _affinity_inputs(ws: Workspace):
 
 
 def sweep(cfg, ws: Workspace) -> list[dict]:
-    """Every m and method with predicted per-task accuracy; cached per affinity fingerprint."""
+    """Every m and method with predicted per-task accuracy; cached while current
+    (core.grouping.freshness.sweep_fresh, which the Groups page shows too)."""
     from core.estimate.whatif import WhatIf
     from core.grouping import choose
+    from core.grouping.freshness import sweep_fresh, sweep_inputs
 
-    T, names, fingerprint = _affinity_inputs(ws)
-    cached = SWEEP.read(ws)
-    if cached and cached.get("fingerprint") == fingerprint and fingerprint is not None:
-        return cached["entries"]
+    if sweep_fresh(cfg, ws):
+        return SWEEP.need(ws)["entries"]
+    T, names, _ = _affinity_inputs(ws)
     whatif = WhatIf.from_workspace(cfg, ws)
     entries = choose.sweep(T, names, whatif.predict, random_state=cfg.grouping.seed)
-    SWEEP.write(ws, {"fingerprint": fingerprint, "entries": entries})
+    SWEEP.write(ws, {"fingerprint": sweep_inputs(cfg, ws), "entries": entries})
     return entries
 
 
-def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -> dict:
-    """Choose the partition to train: m from the argument, the config, or the recommendation."""
+def group(
+    cfg, ws: Workspace, m: int | None = None, method: str | None = None, force: bool = False
+) -> dict:
+    """Choose the partition to train: m from the argument, the config, or the recommendation.
+
+    Without m, method or force, a current choice (core.grouping.freshness) is kept: so is a
+    grouping edited by hand, until the affinity or the grouping settings change."""
     from core.grouping.choose import prediction_uncertainty, recommend_m
+    from core.grouping.freshness import grouping_inputs, grouping_status
     from core.grouping.methods import method_class
 
+    if m is None and method is None and not force and grouping_status(cfg, ws) == "fresh":
+        return CHOSEN.need(ws)
     method = method or cfg.grouping.method
     m = m or cfg.grouping.m
     if m is None and not method_class(method).swept:  # an unknown name fails here, listing all
@@ -120,7 +129,7 @@ def group(cfg, ws: Workspace, m: int | None = None, method: str | None = None) -
     if entry is None:  # a method the sweep does not score (the random control)
         entry, reason = _one_grouping(cfg, ws, m, method), f"{method} grouping, chosen by the user"
     chosen = {**entry, "reason": reason, "source": "sweep", "uncertainty": uncertainty}
-    CHOSEN.write(ws, chosen)
+    CHOSEN.write(ws, chosen | {"inputs": grouping_inputs(cfg, ws)})
     ws.write(chosen, "groupings", f"m{m}.json")
     return chosen
 
@@ -156,6 +165,7 @@ def edit_groups(cfg, ws: Workspace, groups: list[list[str]]) -> dict:
     import numpy as np
 
     from core.estimate.whatif import WhatIf
+    from core.grouping.freshness import grouping_inputs
     from core.grouping.partition import clustering_objective
 
     T, names, _ = _affinity_inputs(ws)
@@ -170,6 +180,7 @@ def edit_groups(cfg, ws: Workspace, groups: list[list[str]]) -> dict:
         "mean_loss": float(np.mean([p["loss"] for p in predicted.values()])),
         "reason": "edited by the user",
         "source": "edited",
+        "inputs": grouping_inputs(cfg, ws),
     }
     CHOSEN.write(ws, chosen)
     return chosen

@@ -75,7 +75,12 @@ STAGES: tuple[Stage, ...] = (
         "core.estimate.affinity:affinity_status",
     ),
     Stage(
-        "grouping", "Task groups", "group", ("groupings/",), (), "core.views.stages:grouping_state"
+        "grouping",
+        "Task groups",
+        "group",
+        ("groupings/",),
+        (),
+        "core.grouping.freshness:grouping_status",
     ),
     Stage(
         "training",
@@ -109,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
         "report",
         (REPORT.name,),
         (),
-        "core.views.stages:report_state",
+        "core.report.freshness:report_status",
     ),
 )
 BY_NAME = {s.name: s for s in STAGES}

@@ -77,8 +77,9 @@ if head["gain_parts_text"]:
     st.markdown(f"**Where it comes from:** {head['gain_parts_text']}.")
 if report.get("missing"):
     st.warning("Not measured yet: " + "; ".join(report["missing"]))
-if report_state(ws)["state"] == "stale":
-    st.warning("Evaluated again since this report: `" + cli_text(command("report"), ws) + "`")
+if (state := report_state(ws))["state"] == "stale":
+    why, cmd = state["detail"], cli_text(command("report"), ws)
+    st.warning(f"This report is not current ({why}): `{cmd}`")
 
 labels = METRIC_LABELS
 metric = st.radio("Metric", list(labels), format_func=labels.get, horizontal=True, key="cmp_metric")

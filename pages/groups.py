@@ -8,6 +8,7 @@ from core import pipeline
 from core.artifacts import AFFINITY, CHOSEN
 from core.errors import GroupTuneError
 from core.grouping.edit import move_task
+from core.grouping.freshness import sweep_fresh
 from core.report.figures import sweep_figure
 from core.report.frames import groups_frame
 from core.stages import command
@@ -19,7 +20,6 @@ from core.views.groups import (
     mix_targets,
     sweep_entries,
     sweep_frame,
-    sweep_fresh,
 )
 from core.views.jobs import cli_text
 from pages import _common
@@ -42,9 +42,9 @@ if not entries:
         _common.submit(ws, [command("group")])
     _common.live_jobs(ws, stages=("grouping",))
     st.stop()
-fresh = sweep_fresh(ws)
+fresh = sweep_fresh(cfg, ws)
 if not fresh:
-    st.warning("The affinity matrix changed since these candidates were computed.")
+    st.warning("The affinity matrix or grouping.seed changed since these candidates were computed.")
     if st.button("Recompute the candidates", key="grp_sweep"):
         _common.submit(ws, [command("group", sweep=True)])
 

@@ -98,3 +98,37 @@ def test_zero_shot(real_ws):
     _skips_then_redoes(
         ws, ["evaluate", "--zero-shot"], doc, "evaluation", "zero_shot", edit, detail
     )
+
+
+def test_grouping(real_ws):
+    ws = Workspace(copy_workspace(real_ws, "fresh_grouping"))
+    doc, edit = CHOSEN.path(ws), ("grouping", {"seed": 1})
+    detail = "the grouping settings changed"
+    _skips_then_redoes(ws, ["group"], doc, "grouping", "chosen", edit, detail)
+
+
+def test_a_grouping_edited_by_hand_is_kept_while_current(real_ws):
+    ws = Workspace(copy_workspace(real_ws, "fresh_edited"))
+    task = CHOSEN.read(ws)["groups"][0][0]
+    cli("group", "--move", f"{task}:1", "--workspace", ws.root)
+    edited = CHOSEN.read(ws)
+    cli("group", "--workspace", ws.root)  # what `grouptune run` does: the edit stays
+    assert CHOSEN.read(ws) == edited and edited["source"] == "edited"
+    assert _state(ws, "grouping", "chosen")["state"] == "fresh"
+    cli("group", "--force", "--workspace", ws.root)
+    assert CHOSEN.read(ws)["source"] == "sweep"
+
+
+def test_report(real_ws):
+    ws = Workspace(copy_workspace(real_ws, "fresh_report"))
+    doc = ws.root / "report.json"
+    cli("report", "--workspace", ws.root)
+    before = _mtime(doc)
+    cli("report", "--workspace", ws.root)
+    assert _mtime(doc) == before and _state(ws, "report", "report")["state"] == "fresh"
+    _edit(ws, "data", {"max_tokens": 40})  # the same scores again would leave it current
+    cli("evaluate", "--zero-shot", "--workspace", ws.root)
+    row = _state(ws, "report", "report")
+    assert (row["state"], row["detail"]) == ("stale", "evaluated again since")
+    cli("report", "--workspace", ws.root)
+    assert _mtime(doc) > before and _state(ws, "report", "report")["state"] == "fresh"

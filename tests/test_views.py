@@ -16,6 +16,7 @@ from dashboard import cli, copy_workspace, write_experiment
 
 from core.data.sources import load_tasks
 from core.errors import ConfigError, DataError
+from core.grouping.freshness import sweep_fresh
 from core.jobs import JobStore
 from core.report.frames import affinity_view, clustered_order, groups_frame
 from core.views.affinity import estimator_settings, pair_evidence, strongest_pair
@@ -31,7 +32,7 @@ from core.views.datasets import (
     uploaded_tasks,
     word_lengths,
 )
-from core.views.groups import mean_predicted, sweep_entries, sweep_frame, sweep_fresh
+from core.views.groups import mean_predicted, sweep_entries, sweep_frame
 from core.views.jobs import (
     cli_text,
     job_counts,
@@ -427,7 +428,7 @@ def test_affinity_view_and_evidence_are_the_files(real_ws):
 def test_sweep_and_groups_tables(real_ws):
     ws = Workspace(real_ws)
     entries = json.loads((real_ws / "groupings" / "sweep.json").read_text())["entries"]
-    assert sweep_entries(ws) == entries and sweep_fresh(ws)
+    assert sweep_entries(ws) == entries and sweep_fresh(ws.load_config(), ws)
     frame = sweep_frame(entries)
     assert frame["predicted mean accuracy"].tolist() == [e["mean_accuracy"] for e in entries]
     chosen = json.loads((real_ws / "groupings" / "chosen.json").read_text())

@@ -82,6 +82,11 @@ class Task:
         return h.hexdigest()[:16]
 
 
+def content_hashes(tasks) -> dict[str, str]:
+    """task name -> Task.content_hash(): what adapters and evaluations are fingerprinted on."""
+    return {t.name: t.content_hash() for t in tasks}
+
+
 TEMPLATE_FIELDS = ("text", "text_pair")
 
 

@@ -175,5 +175,6 @@ def evaluate_trained(cfg, ws, force: bool = False) -> dict:
 def task_hashes(cfg) -> dict:
     """task -> content hash of the configured tasks (what evaluations are fingerprinted on)."""
     from core.data.sources import load_tasks
+    from core.data.tasks import content_hashes
 
-    return {t.name: t.content_hash() for t in load_tasks(cfg)}
+    return content_hashes(load_tasks(cfg))

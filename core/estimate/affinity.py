@@ -34,6 +34,7 @@ from core.artifacts import AFFINITY, SUBSETS
 from core.errors import ConfigError, GroupTuneError
 from core.estimate import fitter
 from core.estimate.estimator import argmin_fitter, check_features, check_same_k, score
+from core.gradients.store import store_metas
 from core.io import write_json, write_text
 from core.progress import computing, track
 
@@ -253,9 +254,10 @@ def _subset_settings(cfg) -> dict:
     }
 
 
-def affinity_status(ws, cfg, metas: dict) -> str:
+def affinity_status(ws, cfg) -> str:
     """'fresh (n subsets)', 'stale (why)' or 'missing': the rule compute_affinity uses to skip
-    its work and the dashboard shows (`metas`: {task: the feature store's meta.json})."""
+    its work (before loading any feature) and the dashboard shows."""
+    metas = store_metas(ws, cfg.task_names)
     old = AFFINITY.read(ws)
     if old is None:
         return "missing"
@@ -358,14 +360,13 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
             f"field 'estimator.subset_size': {e.subset_size} is more than the {len(names)} "
             "tasks; lower it or set estimator.pairs: true"
         )
+    old, results_csv = AFFINITY.read(ws), ws.path("estimates", "results.csv")
+    if affinity_status(ws, cfg).startswith("fresh"):
+        return old
     features = {name: loader(ws, name) for name in names}
     check_same_k(list(features.values()), names)  # the rows are validated when first used
     settings = _subset_settings(cfg)
-    metas = {n: getattr(tf, "meta", {}) for n, tf in features.items()}
-    old, results_csv = AFFINITY.read(ws), ws.path("estimates", "results.csv")
-    if affinity_status(ws, cfg, metas).startswith("fresh"):
-        return old
-    table_fp = table_fingerprint(cfg, metas)
+    table_fp = table_fingerprint(cfg, store_metas(ws, names))
     fingerprint = {"table": table_fp, "metric": e.metric}
     subsets = _load_subsets(ws, settings)
     if old and old.get("fingerprint", {}).get("table") == table_fp and results_csv.exists():

@@ -147,6 +147,11 @@ def _read_meta(folder: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
+def store_metas(ws, names) -> dict[str, dict]:
+    """{task: its feature store's meta.json}, {} for a task with no readable store."""
+    return {n: _read_meta(ws.features_dir(n)) or {} for n in names}
+
+
 def _done_count(folder: Path, split: str) -> int | None:
     try:
         return int(np.load(folder / f"{split}_done.npy", mmap_mode="r").sum())

@@ -31,7 +31,8 @@ writes report.json:
                                   group_training + ensemble_weights + boosting) / baseline,
                 "inference": ensemble per example / baseline per example},
   wall_seconds, peak_memory_bytes: per stage,
-  missing: ["<what>: <which step to run>", ...]
+  missing: ["<what>: <which step to run>", ...],
+  inputs: digests of the files it was made from (core.report.freshness).
 Anything not produced yet is null and named in "missing"; nothing is guessed.
 `seeds_gain(workspaces)` is the "gain" of several training seeds' workspaces of one experiment.
 """
@@ -41,9 +42,10 @@ from __future__ import annotations
 from core.accounting import Accounting
 from core.artifacts import MANIFEST, REPORT
 from core.errors import GroupTuneError
+from core.report.freshness import report_inputs
 from core.stats import paired_gain, paired_sample
+from core.train.eval_status import MODELS
 
-MODELS = ("zero_shot", "baseline", "ensemble")
 METRICS = ("accuracy", "f1", "ece")
 TRAINING_STAGES = ("gradients", "estimation", "group_training", "baseline_training")
 INFERENCE_STAGES = ("ensemble_inference", "baseline_inference")
@@ -200,6 +202,7 @@ def _ensemble_extras(doc: dict | None) -> dict:
 
 def build_report(ws) -> dict:
     """Assemble report.json from what the workspace holds; missing parts are null and listed."""
+    inputs = report_inputs(ws)  # before reading them: a later change makes the report stale
     evals = {m: ws.read("eval", f"{m}.json") for m in MODELS}
     manifest = MANIFEST.read(ws)
     acct = Accounting(ws).read()
@@ -242,6 +245,7 @@ def build_report(ws) -> dict:
         },
         "peak_memory_bytes": {s: _stage_value(acct, s, "peak_memory_bytes") for s in stages},
         "missing": missing,
+        "inputs": inputs,
     }
     REPORT.write(ws, report)
     return report

@@ -10,9 +10,8 @@ the ensemble, the same manifest and ensemble settings.
 
 from __future__ import annotations
 
-import hashlib
-
 from core.artifacts import MANIFEST
+from core.provenance import digest, first_change
 
 MODELS = ("zero_shot", "baseline", "ensemble")
 
@@ -25,13 +24,13 @@ def eval_inputs(ws, cfg, model: str, hashes: dict) -> dict:
 
     fp = {"model": model_fingerprint(cfg.model), "tasks": hashes, "max_tokens": cfg.data.max_tokens}
     if model == "baseline":
-        fp["adapters"] = {"baseline": _digest(ws.path("adapters", "baseline", "grouptune.json"))}
+        fp["adapters"] = {"baseline": digest(ws.path("adapters", "baseline", "grouptune.json"))}
     if model == "ensemble":
         manifest = MANIFEST.read(ws) or {}
         folders = list((manifest.get("adapters") or {}).values())
         folders += [r["adapter"] for r in manifest.get("boosting") or [] if r.get("adapter")]
-        fp["adapters"] = {f: _digest(ws.path(f, "grouptune.json")) for f in folders}
-        fp["manifest"] = _digest(MANIFEST.path(ws))
+        fp["adapters"] = {f: digest(ws.path(f, "grouptune.json")) for f in folders}
+        fp["manifest"] = digest(MANIFEST.path(ws))
         fp["ensemble"] = cfg.ensemble.model_dump(mode="json")
     return fp
 
@@ -49,9 +48,7 @@ def stale_reason(old: dict | None, now: dict) -> str | None:
     """Why an evaluation made from `old` is not current for `now`, or None when it is."""
     from core.models.fingerprint import same_model
 
-    if not old:
-        return "made before evaluations were fingerprinted"
-    if not same_model(old.get("model"), now["model"]):
+    if old and not same_model(old.get("model"), now["model"]):
         return "another base model"
     labels = {
         "tasks": "the test rows changed",
@@ -60,14 +57,4 @@ def stale_reason(old: dict | None, now: dict) -> str | None:
         "manifest": "the ensemble's weights or boosting changed",
         "ensemble": "the ensemble settings changed",
     }
-    for key, why in labels.items():
-        if old.get(key) != now.get(key):
-            return why
-    return None
-
-
-def _digest(path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return None
+    return first_change(old, now, labels, "made before evaluations were fingerprinted")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.config import ExperimentConfig
 from core.data.prompts import encode_split
 from core.data.sources import load_tasks
-from core.data.tasks import Task
+from core.data.tasks import Task, content_hashes
 from core.models.scoring import choice_logits, metrics_from_logits, with_mean
 from core.workspace import Workspace
 
@@ -50,7 +50,7 @@ def evaluate_zero_shot(cfg: ExperimentConfig, ws: Workspace, force: bool = False
     from core.train.eval_status import eval_inputs, eval_status
 
     tasks = load_tasks(cfg)
-    hashes = {t.name: t.content_hash() for t in tasks}
+    hashes = content_hashes(tasks)
     if not force and eval_status(ws, cfg, "zero_shot", hashes) == "fresh":
         return ws.read("eval", "zero_shot.json")["metrics"]
     from core.models import prefix

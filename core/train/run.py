@@ -15,7 +15,7 @@ import torch
 from core import settings
 from core.accounting import Accounting
 from core.data.prompts import Encoded
-from core.data.tasks import Task
+from core.data.tasks import Task, content_hashes
 from core.errors import GroupTuneError, StaleError
 from core.io import read_json, write_json
 from core.recipe import (
@@ -216,7 +216,7 @@ def run_fingerprint(cfg, model, tasks: list[Task]) -> dict:
         "training": training_fingerprint(cfg.training, [t.name for t in tasks]),
         "data": {
             "max_tokens": cfg.data.max_tokens,
-            "tasks": {t.name: t.content_hash() for t in tasks},
+            "tasks": content_hashes(tasks),
         },
     }
 

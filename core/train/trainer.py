@@ -262,7 +262,6 @@ def _finish(run: Run, state: TrainState, rates: dict, ws) -> dict:
         },
         "fingerprint": run.fingerprint,
         "base_model": run.fingerprint["base_model"],
-        "path": str(run.out),
     }
     write_json(run.out / "grouptune.json", record)
     record_accounting(ws, run.name, accounting)

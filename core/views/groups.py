@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.artifacts import AFFINITY, SWEEP
+from core.artifacts import SWEEP
 from core.stages import command
 from core.workspace import Workspace
 
 
 def sweep_entries(ws: Workspace) -> list[dict]:
     return (SWEEP.read(ws) or {}).get("entries", [])
-
-
-def sweep_fresh(ws: Workspace) -> bool:
-    sweep, aff = SWEEP.read(ws), AFFINITY.read(ws)
-    return bool(sweep and aff and sweep.get("fingerprint") == aff.get("fingerprint"))
 
 
 def sweep_frame(entries: list[dict]):

@@ -16,12 +16,11 @@ plus `next_step`, the command(s) that move the experiment forward. Every command
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from core.artifacts import AFFINITY, CHOSEN, MANIFEST, REPORT
 from core.config import ExperimentConfig
+from core.data.tasks import content_hashes
 from core.stages import BY_NAME, STAGES
 from core.views.jobs import ACTIVE, latest_jobs
 from core.workspace import Workspace
@@ -65,10 +64,6 @@ def gradient_table(ws: Workspace, cfg: ExperimentConfig, tasks, jobs=()):
     return pd.DataFrame(rows, columns=["task", "status", "rows", "seconds", "finished", "job"])
 
 
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.exists() else 0.0
-
-
 def _row(stage: str, item: str, status: str, detail: str = "") -> dict:
     """A stage view row from an engine status ('fresh', 'stale (why)', 'partial (x/n)', ...)."""
     state = status.split(" ", 1)[0]
@@ -81,23 +76,26 @@ def affinity_state(ws: Workspace, cfg: ExperimentConfig, grads: dict[str, str]) 
     """The affinity matrix: core.estimate.affinity.affinity_status, the rule the engine uses to
     skip it, once every task's gradients are fresh (its inputs)."""
     from core.estimate.affinity import affinity_status
-    from core.io import read_json
 
     if AFFINITY.read(ws) is None:
         return _row("affinity", "affinity", "missing")
     not_fresh = [t for t, s in grads.items() if s != "fresh"]
     if not_fresh:
         return _row("affinity", "affinity", "stale", f"gradients not fresh: {not_fresh}")
-    metas = {t: read_json(ws.features_dir(t) / "meta.json") for t in cfg.task_names}
-    return _row("affinity", "affinity", affinity_status(ws, cfg, metas))
+    return _row("affinity", "affinity", affinity_status(ws, cfg))
 
 
-def grouping_state(ws: Workspace, aff_state: str) -> dict:
-    chosen = CHOSEN.read(ws)
-    if chosen is None:
-        return _row("grouping", "chosen", "missing")
-    if aff_state != "fresh" or _mtime(CHOSEN.path(ws)) < _mtime(AFFINITY.path(ws)):
-        return _row("grouping", "chosen", "stale", "the affinity matrix changed since")
+def grouping_state(ws: Workspace, cfg: ExperimentConfig, aff_state: str) -> dict:
+    """The chosen grouping's state: core.grouping.freshness.grouping_status, the rule
+    `grouptune group` keeps a current choice by, once the affinity itself is current."""
+    from core.grouping.freshness import grouping_status
+
+    state = grouping_status(cfg, ws)
+    if state == "fresh" and aff_state != "fresh":
+        return _row("grouping", "chosen", "stale", "the affinity matrix is not current")
+    if state != "fresh":
+        return _row("grouping", "chosen", state)
+    chosen = CHOSEN.need(ws)
     return _row("grouping", "chosen", "fresh", f"m={chosen['m']} ({chosen['method']})")
 
 
@@ -147,13 +145,14 @@ def evaluation_states(ws: Workspace, cfg: ExperimentConfig, hashes: dict) -> lis
 
 
 def report_state(ws: Workspace) -> dict:
-    path = REPORT.path(ws)
-    if not path.exists():
-        return _row("report", "report", "missing")
-    evals = [p for p in ws.path("eval").glob("*.json")] if ws.path("eval").is_dir() else []
-    if any(_mtime(p) > _mtime(path) for p in evals):
-        return _row("report", "report", "stale", "evaluated again since")
-    missing = (REPORT.read(ws) or {}).get("missing") or []
+    """report.json's state: core.report.freshness.report_status, the rule `grouptune report`
+    keeps a current report by."""
+    from core.report.freshness import report_status
+
+    state = report_status(ws)
+    if state != "fresh":
+        return _row("report", "report", state)
+    missing = REPORT.need(ws).get("missing") or []
     return _row("report", "report", "fresh", f"{len(missing)} parts missing" if missing else "")
 
 
@@ -161,11 +160,11 @@ def experiment_status(ws: Workspace, cfg: ExperimentConfig, tasks, jobs=None) ->
     """One row per unit of work: {"stage", "item", "state", "detail"}, in pipeline order,
     with running/queued/failed jobs overriding the file-based state of what they work on."""
     grads = gradient_status(ws, cfg, tasks)
-    hashes = {t.name: t.content_hash() for t in tasks}
+    hashes = content_hashes(tasks)
     rows = [_row("gradients", t, s) for t, s in grads.items()]
     aff = affinity_state(ws, cfg, grads)
     rows.append(aff)
-    rows.append(grouping_state(ws, aff["state"]))
+    rows.append(grouping_state(ws, cfg, aff["state"]))
     for name, group in expected_adapters(ws, cfg).items():
         rows.append(adapter_state(ws, cfg, name, group, hashes))
     rows += boosting_states(ws, cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.config import ExperimentConfig
+from core.data.tasks import content_hashes
 from core.views.jobs import ACTIVE, latest_jobs
 from core.views.stages import adapter_state, expected_adapters
 from core.workspace import Workspace
@@ -54,7 +55,7 @@ def adapter_jobs(jobs: list[dict]) -> dict[str, dict]:
 def adapters_frame(ws: Workspace, cfg: ExperimentConfig, tasks=None, jobs=()):
     """Per expected adapter: tasks, state, best epoch, best mean val accuracy, its job."""
     latest = adapter_jobs(list(jobs))
-    hashes = {t.name: t.content_hash() for t in tasks} if tasks is not None else None
+    hashes = content_hashes(tasks) if tasks is not None else None
     rows = []
     for name, names in expected_adapters(ws, cfg).items():
         row = adapter_state(ws, cfg, name, names, hashes)
