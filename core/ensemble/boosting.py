@@ -284,7 +284,6 @@ def write_update_adapter(cfg, ws, name: str, tasks: list[str], w) -> None:
         "method": "features",
         "base_model": model_fingerprint(cfg.model),
         "update_norm": float(np.linalg.norm(w)),
-        "path": str(out),
     }
     write_json(out / "grouptune.json", record)
 

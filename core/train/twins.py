@@ -59,7 +59,7 @@ def copy_twin(twin: Path, run: Run, ws) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     record = read_json_file(twin / "grouptune.json")
-    record.update(name=run.name, path=str(run.out), copied_from=twin.name)
+    record.update(name=run.name, copied_from=twin.name)
     write_json(run.out / "grouptune.json", record)
     record_accounting(ws, run.name, record["accounting"])  # what making this adapter cost
     print(
