@@ -120,6 +120,23 @@ def test_a_grouping_edited_by_hand_is_kept_while_current(real_ws):
     assert CHOSEN.read(ws)["source"] == "sweep"
 
 
+def test_a_grouping_chosen_before_inputs_were_recorded_is_judged_by_file_times(real_ws):
+    import os
+
+    ws = Workspace(copy_workspace(real_ws, "fresh_legacy_grouping"))
+    task = CHOSEN.read(ws)["groups"][0][0]
+    cli("group", "--move", f"{task}:1", "--workspace", ws.root)
+    legacy = {k: v for k, v in CHOSEN.read(ws).items() if k != "inputs"}
+    CHOSEN.write(ws, legacy)  # as an older GroupTune wrote it
+    cli("group", "--workspace", ws.root)
+    assert CHOSEN.read(ws) == legacy  # the hand edit is kept
+    aff = ws.root / "affinity.json"
+    os.utime(aff, ns=(_mtime(CHOSEN.path(ws)) + 10**9,) * 2)  # the affinity was made again since
+    assert _state(ws, "grouping", "chosen")["detail"] == "the affinity matrix changed since"
+    cli("group", "--workspace", ws.root)
+    assert CHOSEN.read(ws)["source"] == "sweep" and "inputs" in CHOSEN.read(ws)
+
+
 def test_report(real_ws):
     ws = Workspace(copy_workspace(real_ws, "fresh_report"))
     doc = ws.root / "report.json"

@@ -29,9 +29,18 @@ def grouping_status(cfg, ws) -> str:
     chosen = CHOSEN.read(ws)
     if chosen is None:
         return "missing"
-    legacy = "chosen before groupings were fingerprinted"
-    why = first_change(chosen.get("inputs"), grouping_inputs(cfg, ws), LABELS, legacy)
+    if "inputs" not in chosen:  # chosen before groupings recorded their inputs: file times
+        return _by_file_times(ws)
+    why = first_change(chosen["inputs"], grouping_inputs(cfg, ws), LABELS, "no inputs")
     return f"stale ({why})" if why else "fresh"
+
+
+def _by_file_times(ws) -> str:
+    """The rule of older workspaces, so their groupings (hand-edited ones included) are kept:
+    current when chosen.json is not older than affinity.json."""
+    if CHOSEN.path(ws).stat().st_mtime < AFFINITY.path(ws).stat().st_mtime:
+        return f"stale ({LABELS['affinity']})"
+    return "fresh"
 
 
 def sweep_inputs(cfg, ws) -> dict:
