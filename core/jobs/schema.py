@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,8 +93,7 @@ def init_schema(path: Path) -> None:
     """Create the tables in a new file, or check the version of an existing one."""
     conn = connect(path)
     try:
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")  # persistent; not allowed in a transaction
+        _use_wal(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     finally:
         conn.close()
@@ -114,6 +114,23 @@ def init_schema(path: Path) -> None:
             for statement in MIGRATIONS[old]:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _use_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch a new file to WAL (persistent; not allowed in a transaction). The switch needs the
+    file to itself and SQLite answers "database is locked" at once instead of waiting with the
+    busy timeout, so several processes creating the database together retry it (6 processes
+    opening a new jobs.db at the same instant failed 9 times in 120 without)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # version -> the statements that bring a database of that version to the next
