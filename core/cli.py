@@ -262,7 +262,7 @@ def report_cmd(
     as_json: bool = JsonOpt,
 ):
     """Write report.json: accuracy per task and FLOPs, ensemble vs baseline vs zero-shot (kept
-    when current: made from today's evaluations, manifest and accounting)."""
+    when current: made from today's evaluations and manifest)."""
     from core.artifacts import REPORT
     from core.report.freshness import report_status
     from core.report.report import build_report

@@ -254,17 +254,22 @@ def _subset_settings(cfg) -> dict:
     }
 
 
-def affinity_status(ws, cfg) -> str:
-    """'fresh (n subsets)', 'stale (why)' or 'missing': the rule compute_affinity uses to skip
-    its work (before loading any feature) and the dashboard shows."""
+def affinity_inputs(ws, cfg) -> dict:
+    """What affinity.json is computed from; stored in it as "fingerprint"."""
     metas = store_metas(ws, cfg.task_names)
+    return {"table": table_fingerprint(cfg, metas), "metric": cfg.estimator.metric}
+
+
+def affinity_status(ws, cfg, now: dict | None = None) -> str:
+    """'fresh (n subsets)', 'stale (why)' or 'missing': the rule compute_affinity uses to skip
+    its work (before loading any feature) and the dashboard shows (`now`: affinity_inputs, when
+    the caller has it)."""
     old = AFFINITY.read(ws)
     if old is None:
         return "missing"
     if list(old.get("tasks", [])) != list(cfg.task_names):
         return "stale (the tasks changed)"
-    now = {"table": table_fingerprint(cfg, metas), "metric": cfg.estimator.metric}
-    if old.get("fingerprint") != now:
+    if old.get("fingerprint") != (now or affinity_inputs(ws, cfg)):
         return "stale (estimator settings or features changed)"
     if not ws.path("estimates", "results.csv").exists():
         return "stale (estimates/results.csv is missing)"
@@ -361,15 +366,15 @@ def compute_affinity(cfg, ws, loader=None, progress: bool = True) -> dict:
             "tasks; lower it or set estimator.pairs: true"
         )
     old, results_csv = AFFINITY.read(ws), ws.path("estimates", "results.csv")
-    if affinity_status(ws, cfg).startswith("fresh"):
+    fingerprint = affinity_inputs(ws, cfg)
+    if affinity_status(ws, cfg, fingerprint).startswith("fresh"):
         return old
     features = {name: loader(ws, name) for name in names}
     check_same_k(list(features.values()), names)  # the rows are validated when first used
     settings = _subset_settings(cfg)
-    table_fp = table_fingerprint(cfg, store_metas(ws, names))
-    fingerprint = {"table": table_fp, "metric": e.metric}
     subsets = _load_subsets(ws, settings)
-    if old and old.get("fingerprint", {}).get("table") == table_fp and results_csv.exists():
+    same_table = old and old.get("fingerprint", {}).get("table") == fingerprint["table"]
+    if same_table and results_csv.exists():
         table, base, single = pd.read_csv(results_csv), old["base"], old["single"]
     else:
         fit = fitter.fitter(cfg)

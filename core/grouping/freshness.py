@@ -18,10 +18,14 @@ LABELS = {
 }
 
 
+def _affinity(ws) -> dict | None:
+    return (AFFINITY.read(ws) or {}).get("fingerprint")
+
+
 def grouping_inputs(cfg, ws) -> dict:
     """What a chosen grouping is chosen from; stored in chosen.json as "inputs"."""
     settings = cfg.grouping.model_dump(mode="json", include={"method", "m", "seed"})
-    return {"affinity": (AFFINITY.read(ws) or {}).get("fingerprint"), "grouping": settings}
+    return {"affinity": _affinity(ws), "grouping": settings}
 
 
 def grouping_status(cfg, ws) -> str:
@@ -46,7 +50,7 @@ def _by_file_times(ws) -> str:
 def sweep_inputs(cfg, ws) -> dict:
     """What the candidate groupings (groupings/sweep.json) are computed from: the affinity
     matrix, and grouping.seed, which the spectral method's random draws follow."""
-    return {"affinity": (AFFINITY.read(ws) or {}).get("fingerprint"), "seed": cfg.grouping.seed}
+    return {"affinity": _affinity(ws), "seed": cfg.grouping.seed}
 
 
 def sweep_fresh(cfg, ws) -> bool:
