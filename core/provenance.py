@@ -21,7 +21,8 @@ def digest(path: Path) -> str | None:
 
 def first_change(old: dict | None, now: dict, labels: dict[str, str], legacy: str) -> str | None:
     """Why an output made from `old` is not current for `now` (the label of the first key in
-    `labels` whose value differs), `legacy` when it holds no inputs, None when it is current."""
-    if not old:
+    `labels` whose value differs), `legacy` when it holds no inputs (or something else than
+    inputs, as a hand-edited file may), None when it is current."""
+    if not old or not isinstance(old, dict):
         return legacy
     return next((why for key, why in labels.items() if old.get(key) != now.get(key)), None)

@@ -137,6 +137,22 @@ def test_a_grouping_chosen_before_inputs_were_recorded_is_judged_by_file_times(r
     assert CHOSEN.read(ws)["source"] == "sweep" and "inputs" in CHOSEN.read(ws)
 
 
+def test_inputs_that_are_not_inputs_read_as_stale_not_as_a_crash(real_ws):
+    ws = Workspace(copy_workspace(real_ws, "fresh_bad_inputs"))
+    CHOSEN.write(ws, CHOSEN.read(ws) | {"inputs": ["edited", "by", "hand"]})
+    report = ws.read("report.json")
+    ws.write(report | {"inputs": "nonsense"}, "report.json")
+    assert _state(ws, "grouping", "chosen") == {
+        "stage": "grouping",
+        "item": "chosen",
+        "state": "stale",
+        "detail": "no inputs",
+    }
+    assert _state(ws, "report", "report")["detail"] == "made before reports were fingerprinted"
+    cli("group", "--workspace", ws.root)
+    assert _state(ws, "grouping", "chosen")["state"] == "fresh"
+
+
 def test_report(real_ws):
     ws = Workspace(copy_workspace(real_ws, "fresh_report"))
     doc = ws.root / "report.json"
